@@ -1,0 +1,90 @@
+//! Command line (SPEC §7). Exit codes: 0 success, 1 runtime failure, 2 usage or config error.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "guardrail",
+    version,
+    about = "Streaming guardrail engine for progressive delivery"
+)]
+pub struct Cli {
+    /// Log format: human text (default on a terminal) or JSON lines.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The sidecar: Kafka in, commands out, HTTP on [http] listen.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds to drain on SIGTERM/SIGINT before giving up.
+        #[arg(long, default_value_t = 30)]
+        grace: u64,
+    },
+    /// The whole loop on an embedded Kafka (librdkafka's mock cluster) with simulated traffic.
+    Demo {
+        /// Policy to use (default: the embedded config/guardrail.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Windows of simulated event time (15 minutes each).
+        #[arg(long, default_value_t = 16)]
+        windows: u32,
+        /// Simulated user sessions per window.
+        #[arg(long, default_value_t = 12_000)]
+        sessions: u32,
+        /// HTTP listen address (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: String,
+        /// Keep serving HTTP this many seconds after the summary (0 exits at once).
+        #[arg(long, default_value_t = 0)]
+        linger: u64,
+    },
+    /// Runs the engine over Avro container files; writes JSON Lines.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        product_events: Option<PathBuf>,
+        #[arg(long)]
+        error_events: Option<PathBuf>,
+        #[arg(long)]
+        support_signals: Option<PathBuf>,
+        /// Commands as JSON Lines (default: stdout).
+        #[arg(long)]
+        commands_out: Option<PathBuf>,
+        /// Window evaluations as JSON Lines (default: not written).
+        #[arg(long)]
+        evaluations_out: Option<PathBuf>,
+    },
+    /// Validates a config: exit 0, or exit 2 with every error.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Writes simulated traffic as Avro container files (for replay and benchmarks).
+    Generate {
+        /// Output directory: product-events.avro, error-events.avro, support-signals.avro.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        windows: u32,
+        #[arg(long, default_value_t = 12_000)]
+        sessions: u32,
+        /// Event time of the first window, epoch millis (default: aligned, ending now).
+        #[arg(long)]
+        start_ms: Option<i64>,
+    },
+}

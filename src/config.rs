@@ -1,0 +1,418 @@
+//! The TOML configuration (SPEC §4): raw serde types, and validation that reports
+//! every error with its path (`flags[1].success[0].metric: unknown metric "x"`).
+//!
+//! Loading is two steps: each section (and each element of `[[metrics]]` and
+//! `[[flags]]`) is deserialized on its own, so one typo does not hide the others;
+//! then [`crate::policy::Policy::compile`] checks every cross reference.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// One problem in a config file, with the dotted path of the value at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error found in a config; `check` prints them all.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Config {
+    pub kafka: Option<KafkaConfig>,
+    pub topics: Topics,
+    pub window: WindowConfig,
+    pub http: HttpConfig,
+    pub output: OutputConfig,
+    pub metrics: Vec<MetricConfig>,
+    pub flags: Vec<FlagConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Passed through to librdkafka unchanged (TLS, SASL, tuning).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "guardrail".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub product_events: String,
+    pub error_events: String,
+    pub support_signals: String,
+    pub flag_commands: String,
+    pub evaluations: String,
+    pub dlq: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics {
+            product_events: "product-events".into(),
+            error_events: "error-events".into(),
+            support_signals: "support-signals".into(),
+            flag_commands: "flag-commands".into(),
+            evaluations: "guardrail-evaluations".into(),
+            dlq: "guardrail-dlq".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    pub size: String,
+    pub allowed_lateness: String,
+    pub idle_timeout: String,
+    pub max_future_skew: String,
+    /// Cohorts per flag beyond the cap are aggregated under cohort `other`.
+    pub max_cohorts_per_flag: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            size: "15m".into(),
+            allowed_lateness: "2m".into(),
+            idle_timeout: "30s".into(),
+            max_future_skew: "5m".into(),
+            max_cohorts_per_flag: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Avro,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    pub format: OutputFormat,
+}
+
+/// A `match` value: one string, a list (any of), or a boolean for boolean fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MatchValue {
+    One(String),
+    AnyOf(Vec<String>),
+    Bool(bool),
+}
+
+impl MatchValue {
+    pub fn values(&self) -> Vec<String> {
+        match self {
+            MatchValue::One(s) => vec![s.clone()],
+            MatchValue::AnyOf(v) => v.clone(),
+            MatchValue::Bool(b) => vec![b.to_string()],
+        }
+    }
+}
+
+/// `{ source = "errors", match = { service = "checkout" } }`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    pub source: String,
+    #[serde(rename = "match", default)]
+    pub matches: BTreeMap<String, MatchValue>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub numerator: Option<Selector>,
+    pub denominator: Option<Selector>,
+    pub quantile: Option<f64>,
+    pub source: Option<String>,
+    pub field: Option<String>,
+    #[serde(rename = "match", default)]
+    pub matches: BTreeMap<String, MatchValue>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagConfig {
+    pub key: String,
+    pub owner: String,
+    pub treatment: String,
+    pub control: Option<String>,
+    #[serde(default)]
+    pub cohort_by: Vec<String>,
+    pub ramp: Vec<f64>,
+    pub start_percent: f64,
+    #[serde(default = "default_approval")]
+    pub approval: String,
+    #[serde(default = "default_advance_when")]
+    pub advance_when: String,
+    #[serde(default)]
+    pub guardrails: Vec<GuardrailConfig>,
+    #[serde(default)]
+    pub success: Vec<SuccessConfig>,
+    pub description: Option<String>,
+}
+
+fn default_approval() -> String {
+    "manual".into()
+}
+fn default_advance_when() -> String {
+    "significant".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailConfig {
+    pub metric: String,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    pub max_relative_increase: Option<f64>,
+    pub max_relative_decrease: Option<f64>,
+    #[serde(default = "default_guardrail_alpha")]
+    pub alpha: f64,
+    #[serde(default = "default_windows")]
+    pub windows: u32,
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    #[serde(default = "default_severity")]
+    pub severity: String,
+    #[serde(default = "default_action")]
+    pub action: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessConfig {
+    pub metric: String,
+    pub direction: String,
+    #[serde(default = "default_success_alpha")]
+    pub alpha: f64,
+    #[serde(default = "default_windows")]
+    pub windows: u32,
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    /// The smallest relative improvement worth advancing for (test margin).
+    #[serde(default)]
+    pub min_relative_change: f64,
+}
+
+fn default_guardrail_alpha() -> f64 {
+    0.01
+}
+fn default_success_alpha() -> f64 {
+    0.05
+}
+fn default_windows() -> u32 {
+    1
+}
+fn default_min_samples() -> u64 {
+    100
+}
+fn default_severity() -> String {
+    "critical".into()
+}
+fn default_action() -> String {
+    "pause".into()
+}
+
+impl Config {
+    /// Reads and parses a config file; structural errors only (see `Policy::compile`).
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses TOML text, collecting an error per broken section or array element.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("TOML syntax: {}", e.message()),
+            }])
+        })?;
+        let mut errors = Vec::new();
+        let mut config = Config::default();
+        for (key, value) in table {
+            match key.as_str() {
+                "kafka" => config.kafka = section(&key, value, &mut errors),
+                "topics" => set(&mut config.topics, section(&key, value, &mut errors)),
+                "window" => set(&mut config.window, section(&key, value, &mut errors)),
+                "http" => set(&mut config.http, section(&key, value, &mut errors)),
+                "output" => set(&mut config.output, section(&key, value, &mut errors)),
+                "metrics" => config.metrics = elements(&key, value, &mut errors),
+                "flags" => config.flags = elements(&key, value, &mut errors),
+                other => errors.push(ConfigError {
+                    path: other.to_string(),
+                    message: "unknown section (expected kafka, topics, window, http, output, metrics, flags)".into(),
+                }),
+            }
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
+/// Deserializes one value, turning a serde error into a path-carrying `ConfigError`.
+fn section<T: DeserializeOwned>(
+    path: &str,
+    value: toml::Value,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." || inner.is_empty() {
+                path.to_string()
+            } else if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                format!("{path}.{inner}")
+            };
+            let message = e.into_inner().message().to_string();
+            errors.push(ConfigError { path, message });
+            None
+        }
+    }
+}
+
+/// Deserializes an array of tables element by element (`flags[2].ramp: ...`).
+fn elements<T: DeserializeOwned>(
+    path: &str,
+    value: toml::Value,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<T> {
+    let toml::Value::Array(items) = value else {
+        errors.push(ConfigError {
+            path: path.to_string(),
+            message: format!("expected an array of tables ([[{path}]])"),
+        });
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, item)| section(&format!("{path}[{i}]"), item, errors))
+        .collect()
+}
+
+/// Parses a duration such as `15m`, `30s` or `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_one_error_per_broken_element() {
+        let text = r#"
+            [window]
+            size = 15
+            [[metrics]]
+            name = "a"
+            type = "rate"
+            colour = "red"
+            [[flags]]
+            key = "f"
+            [[flags]]
+            key = "g"
+            owner = "o"
+            treatment = "on"
+            ramp = "no"
+            start_percent = 5
+        "#;
+        let errs = Config::parse(text).unwrap_err().0;
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec!["window.size", "metrics[0]", "flags[0]", "flags[1].ramp"]
+        );
+        assert!(
+            errs[1].message.contains("unknown field `colour`"),
+            "{}",
+            errs[1]
+        );
+        assert!(
+            errs[2].message.contains("missing field `owner`"),
+            "{}",
+            errs[2]
+        );
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let errs = Config::parse("[kafak]\nbrokers = \"x\"").unwrap_err().0;
+        assert_eq!(errs[0].path, "kafak");
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert!(parse_duration("15 parsecs").is_err());
+    }
+}

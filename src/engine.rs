@@ -1,0 +1,265 @@
+//! The engine: decode → window → watermark → rules, synchronous and free of I/O.
+//! `run`, `demo` and `replay` are shells around this one type: they feed records in,
+//! call `tick` (or `finish`), and ship what comes out.
+
+use std::sync::Arc;
+
+use crate::ingest::decode::{DecodeError, SchemaRegistry};
+use crate::model::{EventRef, Source};
+use crate::policy::Policy;
+use crate::rules::{Judged, Rules};
+use crate::window::watermark::{PartitionKey, Watermark};
+use crate::window::{Recorded, Windows};
+
+/// Per-event outcome; `Rejected` records go to the DLQ with `reason`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ingested {
+    Accepted,
+    Unmatched,
+    Rejected { reason: Reason, detail: String },
+}
+
+/// DLQ reasons (SPEC §6), in metric label order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Decode,
+    Schema,
+    Late,
+    Future,
+    TooManyCohorts,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::Decode,
+        Reason::Schema,
+        Reason::Late,
+        Reason::Future,
+        Reason::TooManyCohorts,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Decode => "decode",
+            Reason::Schema => "schema",
+            Reason::Late => "late",
+            Reason::Future => "future",
+            Reason::TooManyCohorts => "too_many_cohorts",
+        }
+    }
+}
+
+/// `guardrail_events_total` statuses, in label order.
+pub const STATUSES: [&str; 5] = ["accepted", "late", "invalid", "future", "unmatched"];
+
+/// Counts kept by the engine; the telemetry layer publishes them per batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    /// [source][status] per `STATUSES`.
+    pub events: [[u64; 5]; 3],
+    /// per `Reason::ALL`.
+    pub dlq: [u64; 5],
+    pub windows_closed: u64,
+}
+
+pub struct Engine {
+    policy: Arc<Policy>,
+    registry: SchemaRegistry,
+    windows: Windows,
+    watermark: Watermark,
+    rules: Rules,
+    counters: Counters,
+    scratch: Vec<u8>,
+}
+
+impl Engine {
+    /// `idle_timeout`: whether partitions go idle by wall time (off for replay, which
+    /// merges its inputs in event-time order).
+    pub fn new(policy: Arc<Policy>, idle_timeout: bool) -> Result<Engine, String> {
+        let w = policy.window;
+        Ok(Engine {
+            registry: SchemaRegistry::shipped()?,
+            windows: Windows::new(policy.clone()),
+            watermark: Watermark::new(
+                w.allowed_lateness_ms,
+                idle_timeout.then_some(w.idle_timeout_ms),
+            ),
+            rules: Rules::new(policy.clone()),
+            counters: Counters::default(),
+            scratch: Vec::new(),
+            policy,
+        })
+    }
+
+    /// Decodes and records one single-object encoded record from partition `p`.
+    pub fn ingest(&mut self, p: PartitionKey, offset: i64, bytes: &[u8], now: i64) -> Ingested {
+        let decoded = self.registry.decode(p.source, bytes, &mut self.scratch);
+        match decoded {
+            Ok(ev) => record(
+                &mut self.windows,
+                &mut self.watermark,
+                &mut self.counters,
+                &self.policy,
+                p,
+                offset,
+                &ev,
+                now,
+            ),
+            Err(e) => invalid(&mut self.counters, p.source, e),
+        }
+    }
+
+    /// Records an already decoded event (replay decodes container files itself).
+    pub fn ingest_event(
+        &mut self,
+        p: PartitionKey,
+        offset: i64,
+        ev: &EventRef<'_>,
+        now: i64,
+    ) -> Ingested {
+        record(
+            &mut self.windows,
+            &mut self.watermark,
+            &mut self.counters,
+            &self.policy,
+            p,
+            offset,
+            ev,
+            now,
+        )
+    }
+
+    /// Counts a record that could not be decoded.
+    pub fn invalid(&mut self, source: Source, e: DecodeError) -> Ingested {
+        invalid(&mut self.counters, source, e)
+    }
+
+    /// Advances the watermark to wall time `now`, closes passed windows, decides.
+    pub fn tick(&mut self, now: i64) -> Vec<Judged> {
+        let wm = self.watermark.advance(now);
+        self.close(wm, now)
+    }
+
+    /// End of input (replay): every open window closes.
+    pub fn finish(&mut self, now: i64) -> Vec<Judged> {
+        let closed = self.windows.close_all();
+        self.decide(closed, now)
+    }
+
+    fn close(&mut self, watermark: i64, now: i64) -> Vec<Judged> {
+        let closed = self.windows.close_until(watermark);
+        self.decide(closed, now)
+    }
+
+    fn decide(&mut self, closed: Vec<crate::window::ClosedWindow>, now: i64) -> Vec<Judged> {
+        let mut out = Vec::new();
+        for w in &closed {
+            self.counters.windows_closed += 1;
+            out.extend(self.rules.decide(w, now));
+        }
+        out
+    }
+
+    pub fn finish_partition(&mut self, p: PartitionKey) {
+        self.watermark.finish(p);
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn watermark(&self) -> i64 {
+        self.watermark.current()
+    }
+
+    pub fn windows(&self) -> &Windows {
+        &self.windows
+    }
+
+    pub fn windows_mut(&mut self) -> &mut Windows {
+        &mut self.windows
+    }
+
+    pub fn watermark_mut(&mut self) -> &mut Watermark {
+        &mut self.watermark
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn rules_mut(&mut self) -> &mut Rules {
+        &mut self.rules
+    }
+
+    pub fn registry_mut(&mut self) -> &mut SchemaRegistry {
+        &mut self.registry
+    }
+
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+}
+
+fn invalid(counters: &mut Counters, source: Source, e: DecodeError) -> Ingested {
+    let reason = if e.reason() == "schema" {
+        Reason::Schema
+    } else {
+        Reason::Decode
+    };
+    counters.events[source.index()][2] += 1;
+    counters.dlq[reason as usize] += 1;
+    Ingested::Rejected {
+        reason,
+        detail: e.to_string(),
+    }
+}
+
+/// Future-skew check, watermark observation and windowing of one decoded event.
+#[allow(clippy::too_many_arguments)] // the disjoint borrows of Engine's fields, spelled out
+fn record(
+    windows: &mut Windows,
+    watermark: &mut Watermark,
+    counters: &mut Counters,
+    policy: &Policy,
+    p: PartitionKey,
+    offset: i64,
+    ev: &EventRef<'_>,
+    now: i64,
+) -> Ingested {
+    let src = p.source.index();
+    if ev.timestamp > now.saturating_add(policy.window.max_future_skew_ms) {
+        counters.events[src][3] += 1;
+        counters.dlq[Reason::Future as usize] += 1;
+        return Ingested::Rejected {
+            reason: Reason::Future,
+            detail: format!(
+                "event time {} is more than {} ms ahead of the clock",
+                ev.timestamp, policy.window.max_future_skew_ms
+            ),
+        };
+    }
+    watermark.observe(p, ev.timestamp, now);
+    match windows.record(p, offset, ev) {
+        Recorded::Accepted => {
+            counters.events[src][0] += 1;
+            Ingested::Accepted
+        }
+        Recorded::Unmatched => {
+            counters.events[src][4] += 1;
+            Ingested::Unmatched
+        }
+        Recorded::Late => {
+            counters.events[src][1] += 1;
+            counters.dlq[Reason::Late as usize] += 1;
+            Ingested::Rejected {
+                reason: Reason::Late,
+                detail: format!(
+                    "window of event time {} closed (watermark {})",
+                    ev.timestamp,
+                    watermark.current()
+                ),
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! guardrail's binary: parse the CLI, set up logging, dispatch. See `guardrail --help`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use guardrail::cli::{Cli, Command, LogFormat};
+use guardrail::model::Source;
+use guardrail::replay::{self, ReplayError};
+use guardrail::{policy, sim};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Replay {
+            config,
+            product_events,
+            error_events,
+            support_signals,
+            commands_out,
+            evaluations_out,
+        } => {
+            let policy = match load(&config) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let files: Vec<(Source, std::path::PathBuf)> = [
+                (Source::Product, product_events),
+                (Source::Errors, error_events),
+                (Source::Support, support_signals),
+            ]
+            .into_iter()
+            .filter_map(|(s, p)| p.map(|p| (s, p)))
+            .collect();
+            match run_replay(
+                policy,
+                &files,
+                commands_out.as_deref(),
+                evaluations_out.as_deref(),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("guardrail replay: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Generate {
+            out,
+            windows,
+            sessions,
+            start_ms,
+        } => match generate(&out, windows, sessions, start_ms) {
+            Ok(n) => {
+                eprintln!("wrote {n} events to {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("guardrail generate: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Run { config, grace } => {
+            let Ok((config, policy)) = load_both(&config) else {
+                return ExitCode::from(2);
+            };
+            exit(guardrail::app::run(
+                config,
+                policy,
+                std::time::Duration::from_secs(grace),
+            ))
+        }
+        Command::Demo {
+            config,
+            windows,
+            sessions,
+            listen,
+            linger,
+        } => exit(guardrail::demo::run(
+            config.as_deref(),
+            windows,
+            sessions,
+            &listen,
+            std::time::Duration::from_secs(linger),
+        )),
+    }
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guardrail: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let json = match format {
+        Some(f) => f == LogFormat::Json,
+        None => {
+            !std::io::stderr().is_terminal() && std::env::var_os("GUARDRAIL_LOG_JSON").is_some()
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_both(path: &Path) -> Result<(guardrail::config::Config, policy::Policy), ExitCode> {
+    policy::load(path).map_err(|errs| {
+        for e in errs.0 {
+            eprintln!("{}: {e}", path.display());
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn load(path: &Path) -> Result<Arc<policy::Policy>, ExitCode> {
+    load_both(path).map(|(_, p)| Arc::new(p))
+}
+
+fn check(path: &Path) -> ExitCode {
+    match load_both(path) {
+        Ok((_, p)) => {
+            println!(
+                "{}: ok ({} metrics, {} flags: {})",
+                path.display(),
+                p.metrics.len(),
+                p.flags.len(),
+                p.flags
+                    .iter()
+                    .map(|f| format!("{} v{}", f.key, f.policy_version))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn output(path: Option<&Path>) -> std::io::Result<Box<dyn Write>> {
+    Ok(match path {
+        Some(p) => Box::new(BufWriter::new(File::create(p)?)),
+        None => Box::new(BufWriter::new(std::io::stdout())),
+    })
+}
+
+fn run_replay(
+    policy: Arc<policy::Policy>,
+    files: &[(Source, std::path::PathBuf)],
+    commands: Option<&Path>,
+    evaluations: Option<&Path>,
+) -> Result<(), ReplayError> {
+    let mut cmd_out = output(commands)?;
+    let mut eval_out = evaluations.map(|p| output(Some(p))).transpose()?;
+    let now = guardrail::clock::wall_ms();
+    let started = std::time::Instant::now();
+    let (summary, _) = replay::replay(policy, files, now, |j| {
+        if let Some(c) = &j.command {
+            replay::json_line(&mut cmd_out, c)?;
+        }
+        if let Some(out) = eval_out.as_mut() {
+            replay::json_line(out.as_mut(), &j.evaluation)?;
+        }
+        Ok(())
+    })?;
+    cmd_out.flush()?;
+    if let Some(out) = eval_out.as_mut() {
+        out.flush()?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "replayed {} events ({} rejected) in {:.2}s ({:.0} events/s): {} windows, {} evaluations, {} commands",
+        summary.events,
+        summary.rejected,
+        secs,
+        summary.events as f64 / secs.max(1e-9),
+        summary.windows,
+        summary.evaluations,
+        summary.commands
+    );
+    Ok(())
+}
+
+fn generate(
+    dir: &Path,
+    windows: u32,
+    sessions: u32,
+    start_ms: Option<i64>,
+) -> std::io::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    let window_ms = 15 * 60_000;
+    let start = start_ms.unwrap_or_else(|| {
+        let now = guardrail::clock::wall_ms();
+        (now / window_ms) * window_ms - i64::from(windows) * window_ms
+    });
+    sim::write_ocf_files(
+        &mut sim::Simulator::new(sim::Scenario::demo(start, windows, sessions)),
+        dir,
+    )
+}

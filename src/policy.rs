@@ -1,0 +1,643 @@
+//! The validated, compiled form of a config: metric matchers resolved to record
+//! fields, flags with guardrails pointing at metric indices, durations in millis.
+//! Built once by [`Policy::compile`], shared read-only by every stage.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::{
+    Config, ConfigError, ConfigErrors, FlagConfig, MatchValue, MetricConfig, Selector,
+    parse_duration,
+};
+use crate::ids::stable_hash_hex;
+use crate::model::{Action, Channel, Outcome, Severity, Source};
+
+/// A string-valued field of an input record that `match` may test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldRef {
+    EventId,
+    UserId,
+    Journey,
+    Step,
+    Outcome,
+    Service,
+    ErrorClass,
+    Fatal,
+    Channel,
+    Attribute(String),
+}
+
+/// A numeric field that `mean` and `quantile` metrics aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumField {
+    LatencyMs,
+    Value,
+    StatusCode,
+    Csat,
+    Sentiment,
+}
+
+/// Selects the events of one source whose fields match every condition.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    pub source: Source,
+    pub conditions: Vec<(FieldRef, Vec<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum MetricKind {
+    Rate {
+        numerator: Matcher,
+        denominator: Matcher,
+    },
+    Mean {
+        matcher: Matcher,
+        field: NumField,
+    },
+    Quantile {
+        matcher: Matcher,
+        field: NumField,
+        quantile: f64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Metric {
+    pub name: String,
+    pub kind: MetricKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdvanceWhen {
+    Significant,
+    Healthy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Increase,
+    Decrease,
+}
+
+/// A metric that must not regress.
+#[derive(Debug, Clone)]
+pub struct Guardrail {
+    /// Index into `Policy::metrics`.
+    pub metric: usize,
+    /// Index into the flag's `metric_ids` (its aggregate slot in a cell).
+    pub slot: usize,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    pub max_relative_increase: Option<f64>,
+    pub max_relative_decrease: Option<f64>,
+    pub alpha: f64,
+    pub windows: u32,
+    pub min_samples: u64,
+    pub severity: Severity,
+    pub action: Action,
+}
+
+/// A metric that should improve before the ramp advances.
+#[derive(Debug, Clone)]
+pub struct SuccessMetric {
+    pub metric: usize,
+    pub slot: usize,
+    pub direction: Direction,
+    pub alpha: f64,
+    pub windows: u32,
+    pub min_samples: u64,
+    pub margin: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Flag {
+    pub key: String,
+    pub owner: String,
+    pub treatment: String,
+    pub control: Option<String>,
+    pub cohort_by: Vec<String>,
+    pub ramp: Vec<f64>,
+    pub start_percent: f64,
+    pub manual_approval: bool,
+    pub advance_when: AdvanceWhen,
+    pub guardrails: Vec<Guardrail>,
+    pub success: Vec<SuccessMetric>,
+    /// Distinct metrics this flag aggregates, in slot order.
+    pub metric_ids: Vec<usize>,
+    /// Hash of the flag's policy and the metrics it uses; changes when either does.
+    pub policy_version: String,
+}
+
+/// Window timing, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowSettings {
+    pub size_ms: i64,
+    pub allowed_lateness_ms: i64,
+    pub idle_timeout_ms: i64,
+    pub max_future_skew_ms: i64,
+    pub max_cohorts_per_flag: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub window: WindowSettings,
+    pub metrics: Vec<Metric>,
+    pub flags: Vec<Flag>,
+}
+
+/// Fields of each source's record that `match` may name (besides `attributes.*`).
+fn match_field(source: Source, name: &str) -> Option<FieldRef> {
+    let field = match (source, name) {
+        (_, "event_id") => FieldRef::EventId,
+        (_, "user_id") => FieldRef::UserId,
+        (Source::Product, "journey") => FieldRef::Journey,
+        (Source::Product, "step") => FieldRef::Step,
+        (Source::Product, "outcome") => FieldRef::Outcome,
+        (Source::Errors, "service") => FieldRef::Service,
+        (Source::Errors, "error_class") => FieldRef::ErrorClass,
+        (Source::Errors, "fatal") => FieldRef::Fatal,
+        (Source::Support, "channel") => FieldRef::Channel,
+        (_, attr) => FieldRef::Attribute(attr.strip_prefix("attributes.")?.to_string()),
+    };
+    Some(field)
+}
+
+fn num_field(source: Source, name: &str) -> Option<NumField> {
+    Some(match (source, name) {
+        (Source::Product | Source::Errors, "latency_ms") => NumField::LatencyMs,
+        (Source::Product, "value") => NumField::Value,
+        (Source::Errors, "status_code") => NumField::StatusCode,
+        (Source::Support, "csat") => NumField::Csat,
+        (Source::Support, "sentiment") => NumField::Sentiment,
+        _ => return None,
+    })
+}
+
+fn numeric_fields(source: Source) -> &'static str {
+    match source {
+        Source::Product => "latency_ms, value",
+        Source::Errors => "latency_ms, status_code",
+        Source::Support => "csat, sentiment",
+    }
+}
+
+/// Collects errors while compiling; `err` records one and returns `None`.
+struct Checker {
+    errors: Vec<ConfigError>,
+}
+
+impl Checker {
+    fn err<T>(&mut self, path: impl Into<String>, message: impl Into<String>) -> Option<T> {
+        self.errors.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+        None
+    }
+
+    fn duration(&mut self, path: &str, text: &str) -> i64 {
+        match parse_duration(text) {
+            Ok(d) if d.as_millis() > 0 || path != "window.size" => d.as_millis() as i64,
+            Ok(_) => self.err(path, "must be longer than 0").unwrap_or(0),
+            Err(e) => self.err(path, e).unwrap_or(0),
+        }
+    }
+
+    fn source(&mut self, path: String, name: &str) -> Option<Source> {
+        match Source::parse(name) {
+            Some(s) => Some(s),
+            None => self.err(
+                path,
+                format!("unknown source {name:?} (expected product, errors or support)"),
+            ),
+        }
+    }
+
+    fn matcher(
+        &mut self,
+        path: &str,
+        source: Source,
+        matches: &BTreeMap<String, MatchValue>,
+    ) -> Matcher {
+        let mut conditions = Vec::new();
+        for (name, value) in matches {
+            let p = format!("{path}.match.{name}");
+            let Some(field) = match_field(source, name) else {
+                self.err::<()>(
+                    p,
+                    format!(
+                        "unknown field {name:?} for source {:?} (string, enum and boolean fields, or attributes.NAME)",
+                        source.as_str()
+                    ),
+                );
+                continue;
+            };
+            let values = value.values();
+            if values.is_empty() {
+                self.err::<()>(p.clone(), "empty list matches nothing");
+            }
+            let allowed: Option<&[&str]> = match field {
+                FieldRef::Outcome => Some(&Outcome::SYMBOLS),
+                FieldRef::Channel => Some(&Channel::SYMBOLS),
+                FieldRef::Fatal => Some(&["true", "false"]),
+                _ => None,
+            };
+            if let Some(allowed) = allowed {
+                for v in &values {
+                    if !allowed.contains(&v.as_str()) {
+                        self.err::<()>(
+                            p.clone(),
+                            format!("{v:?} is not one of {}", allowed.join(", ")),
+                        );
+                    }
+                }
+            } else if matches!(value, MatchValue::Bool(_)) {
+                self.err::<()>(
+                    p.clone(),
+                    "a boolean only matches the boolean field `fatal`",
+                );
+            }
+            conditions.push((field, values));
+        }
+        Matcher { source, conditions }
+    }
+
+    fn selector(&mut self, path: &str, sel: &Selector) -> Option<Matcher> {
+        let source = self.source(format!("{path}.source"), &sel.source)?;
+        Some(self.matcher(path, source, &sel.matches))
+    }
+
+    fn metric(&mut self, i: usize, m: &MetricConfig) -> Option<Metric> {
+        let path = format!("metrics[{i}]");
+        let kind = match m.kind.as_str() {
+            "rate" => {
+                for (f, present) in [
+                    ("quantile", m.quantile.is_some()),
+                    ("field", m.field.is_some()),
+                    ("source", m.source.is_some()),
+                ] {
+                    if present {
+                        self.err::<()>(
+                            format!("{path}.{f}"),
+                            "not used by a rate metric (use numerator and denominator)",
+                        );
+                    }
+                }
+                let num = match &m.numerator {
+                    Some(s) => self.selector(&format!("{path}.numerator"), s),
+                    None => self.err(format!("{path}.numerator"), "required for type \"rate\""),
+                };
+                let den = match &m.denominator {
+                    Some(s) => self.selector(&format!("{path}.denominator"), s),
+                    None => self.err(format!("{path}.denominator"), "required for type \"rate\""),
+                };
+                MetricKind::Rate {
+                    numerator: num?,
+                    denominator: den?,
+                }
+            }
+            kind @ ("mean" | "quantile") => {
+                let quantile = if kind == "quantile" {
+                    match m.quantile {
+                        Some(q) if q > 0.0 && q < 1.0 => Some(q),
+                        Some(q) => {
+                            self.err(format!("{path}.quantile"), format!("{q} is not in (0, 1)"))
+                        }
+                        None => {
+                            self.err(format!("{path}.quantile"), "required for type \"quantile\"")
+                        }
+                    }
+                } else {
+                    if m.quantile.is_some() {
+                        self.err::<()>(format!("{path}.quantile"), "only for type \"quantile\"");
+                    }
+                    Some(0.0)
+                };
+                let source = match &m.source {
+                    Some(s) => self.source(format!("{path}.source"), s),
+                    None => self.err(
+                        format!("{path}.source"),
+                        format!("required for type {kind:?}"),
+                    ),
+                }?;
+                let field = match &m.field {
+                    Some(f) => match num_field(source, f) {
+                        Some(nf) => Some(nf),
+                        None => self.err(
+                            format!("{path}.field"),
+                            format!(
+                                "{f:?} is not a numeric field of source {:?} (one of {})",
+                                source.as_str(),
+                                numeric_fields(source)
+                            ),
+                        ),
+                    },
+                    None => self.err(
+                        format!("{path}.field"),
+                        format!("required for type {kind:?}"),
+                    ),
+                };
+                let matcher = self.matcher(&path, source, &m.matches);
+                let (field, quantile) = (field?, quantile?);
+                if kind == "quantile" {
+                    MetricKind::Quantile {
+                        matcher,
+                        field,
+                        quantile,
+                    }
+                } else {
+                    MetricKind::Mean { matcher, field }
+                }
+            }
+            other => {
+                return self.err(
+                    format!("{path}.type"),
+                    format!("unknown metric type {other:?} (expected rate, mean or quantile)"),
+                );
+            }
+        };
+        Some(Metric {
+            name: m.name.clone(),
+            kind,
+        })
+    }
+}
+
+impl Policy {
+    /// Validates every reference in the config and compiles it; returns all errors.
+    pub fn compile(config: &Config) -> Result<Policy, ConfigErrors> {
+        let mut c = Checker { errors: Vec::new() };
+        let w = &config.window;
+        let window = WindowSettings {
+            size_ms: c.duration("window.size", &w.size),
+            allowed_lateness_ms: c.duration("window.allowed_lateness", &w.allowed_lateness),
+            idle_timeout_ms: c.duration("window.idle_timeout", &w.idle_timeout),
+            max_future_skew_ms: c.duration("window.max_future_skew", &w.max_future_skew),
+            max_cohorts_per_flag: w.max_cohorts_per_flag,
+        };
+        if w.max_cohorts_per_flag == 0 {
+            c.err::<()>("window.max_cohorts_per_flag", "must be at least 1");
+        }
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut metrics = Vec::new();
+        for (i, m) in config.metrics.iter().enumerate() {
+            if names.insert(m.name.as_str(), i).is_some() {
+                c.err::<()>(
+                    format!("metrics[{i}].name"),
+                    format!("duplicate metric name {:?}", m.name),
+                );
+            }
+            // Keep indices aligned with config order even when a metric is broken.
+            metrics.push(c.metric(i, m).unwrap_or(Metric {
+                name: m.name.clone(),
+                kind: MetricKind::Mean {
+                    matcher: Matcher {
+                        source: Source::Product,
+                        conditions: Vec::new(),
+                    },
+                    field: NumField::Value,
+                },
+            }));
+        }
+        let mut flags = Vec::new();
+        let mut keys = HashMap::new();
+        for (i, f) in config.flags.iter().enumerate() {
+            if keys.insert(f.key.as_str(), i).is_some() {
+                c.err::<()>(
+                    format!("flags[{i}].key"),
+                    format!("duplicate flag key {:?}", f.key),
+                );
+            }
+            if let Some(flag) = compile_flag(&mut c, i, f, &names, config) {
+                flags.push(flag);
+            }
+        }
+        if c.errors.is_empty() {
+            Ok(Policy {
+                window,
+                metrics,
+                flags,
+            })
+        } else {
+            Err(ConfigErrors(c.errors))
+        }
+    }
+
+    pub fn flag(&self, key: &str) -> Option<&Flag> {
+        self.flags.iter().find(|f| f.key == key)
+    }
+}
+
+fn compile_flag(
+    c: &mut Checker,
+    i: usize,
+    f: &FlagConfig,
+    names: &HashMap<&str, usize>,
+    config: &Config,
+) -> Option<Flag> {
+    let path = format!("flags[{i}]");
+    if f.key.is_empty() {
+        c.err::<()>(format!("{path}.key"), "must not be empty");
+    }
+    if f.control.as_deref() == Some(f.treatment.as_str()) {
+        c.err::<()>(format!("{path}.control"), "must differ from treatment");
+    }
+    for (j, attr) in f.cohort_by.iter().enumerate() {
+        if attr.is_empty() || attr.contains([',', '=']) || attr == "*" {
+            c.err::<()>(
+                format!("{path}.cohort_by[{j}]"),
+                format!("{attr:?} is not an attribute name"),
+            );
+        }
+    }
+    if f.ramp.is_empty() {
+        c.err::<()>(format!("{path}.ramp"), "must list at least one percent");
+    }
+    for (j, p) in f.ramp.iter().enumerate() {
+        if !(*p > 0.0 && *p <= 100.0) {
+            c.err::<()>(
+                format!("{path}.ramp[{j}]"),
+                format!("{p} is not in (0, 100]"),
+            );
+        }
+        if j > 0 && *p <= f.ramp[j - 1] {
+            c.err::<()>(
+                format!("{path}.ramp[{j}]"),
+                "ramp must be strictly ascending",
+            );
+        }
+    }
+    if !f.ramp.contains(&f.start_percent) {
+        c.err::<()>(
+            format!("{path}.start_percent"),
+            format!("{} is not a step of the ramp", f.start_percent),
+        );
+    }
+    let manual_approval = match f.approval.as_str() {
+        "manual" => true,
+        "auto" => false,
+        other => c.err(
+            format!("{path}.approval"),
+            format!("{other:?} is not manual or auto"),
+        )?,
+    };
+    let advance_when = match f.advance_when.as_str() {
+        "significant" => AdvanceWhen::Significant,
+        "healthy" => AdvanceWhen::Healthy,
+        other => c.err(
+            format!("{path}.advance_when"),
+            format!("{other:?} is not significant or healthy"),
+        )?,
+    };
+    if advance_when == AdvanceWhen::Significant && f.success.is_empty() && !f.guardrails.is_empty()
+    {
+        c.err::<()>(
+            format!("{path}.advance_when"),
+            "\"significant\" needs at least one [[flags.success]] metric (or use \"healthy\")",
+        );
+    }
+    let mut metric_ids: Vec<usize> = Vec::new();
+    let mut slot_of = |m: usize| match metric_ids.iter().position(|&x| x == m) {
+        Some(s) => s,
+        None => {
+            metric_ids.push(m);
+            metric_ids.len() - 1
+        }
+    };
+    let resolve = |c: &mut Checker, p: String, name: &str| match names.get(name) {
+        Some(&m) => Some(m),
+        None => c.err(p, format!("unknown metric {name:?}")),
+    };
+    let mut guardrails = Vec::new();
+    for (j, g) in f.guardrails.iter().enumerate() {
+        let gp = format!("{path}.guardrails[{j}]");
+        let metric = resolve(c, format!("{gp}.metric"), &g.metric);
+        check_common(c, &gp, g.alpha, g.windows);
+        if g.max.is_none()
+            && g.min.is_none()
+            && g.max_relative_increase.is_none()
+            && g.max_relative_decrease.is_none()
+        {
+            c.err::<()>(
+                gp.clone(),
+                "needs a bound: max, min, max_relative_increase or max_relative_decrease",
+            );
+        }
+        for (name, v) in [
+            ("max_relative_increase", g.max_relative_increase),
+            ("max_relative_decrease", g.max_relative_decrease),
+        ] {
+            if let Some(v) = v {
+                if f.control.is_none() {
+                    c.err::<()>(
+                        format!("{gp}.{name}"),
+                        "a relative bound needs the flag's control variant",
+                    );
+                }
+                if !(v >= 0.0 && v.is_finite()) || (name == "max_relative_decrease" && v >= 1.0) {
+                    c.err::<()>(
+                        format!("{gp}.{name}"),
+                        format!("{v} is not a valid relative change"),
+                    );
+                }
+            }
+        }
+        let severity = match g.severity.as_str() {
+            "critical" => Some(Severity::Critical),
+            "warning" => Some(Severity::Warning),
+            other => c.err(
+                format!("{gp}.severity"),
+                format!("{other:?} is not critical or warning"),
+            ),
+        };
+        let action = match g.action.as_str() {
+            "pause" => Some(Action::Pause),
+            "rollback" => Some(Action::Rollback),
+            other => c.err(
+                format!("{gp}.action"),
+                format!("{other:?} is not pause or rollback"),
+            ),
+        };
+        if let (Some(metric), Some(severity), Some(action)) = (metric, severity, action) {
+            guardrails.push(crate::policy::Guardrail {
+                metric,
+                slot: slot_of(metric),
+                max: g.max,
+                min: g.min,
+                max_relative_increase: g.max_relative_increase,
+                max_relative_decrease: g.max_relative_decrease,
+                alpha: g.alpha,
+                windows: g.windows,
+                min_samples: g.min_samples,
+                severity,
+                action,
+            });
+        }
+    }
+    let mut success = Vec::new();
+    for (j, s) in f.success.iter().enumerate() {
+        let sp = format!("{path}.success[{j}]");
+        let metric = resolve(c, format!("{sp}.metric"), &s.metric);
+        check_common(c, &sp, s.alpha, s.windows);
+        if f.control.is_none() {
+            c.err::<()>(
+                sp.clone(),
+                "a success metric is tested against control: set the flag's control",
+            );
+        }
+        if !(s.min_relative_change >= 0.0 && s.min_relative_change < 1.0) {
+            c.err::<()>(format!("{sp}.min_relative_change"), "must be in [0, 1)");
+        }
+        let direction = match s.direction.as_str() {
+            "increase" => Some(Direction::Increase),
+            "decrease" => Some(Direction::Decrease),
+            other => c.err(
+                format!("{sp}.direction"),
+                format!("{other:?} is not increase or decrease"),
+            ),
+        };
+        if let (Some(metric), Some(direction)) = (metric, direction) {
+            success.push(SuccessMetric {
+                metric,
+                slot: slot_of(metric),
+                direction,
+                alpha: s.alpha,
+                windows: s.windows,
+                min_samples: s.min_samples,
+                margin: s.min_relative_change,
+            });
+        }
+    }
+    let used: Vec<&MetricConfig> = metric_ids.iter().map(|&m| &config.metrics[m]).collect();
+    let fingerprint = serde_json::to_string(&(f, &used, &config.window.size)).unwrap_or_default();
+    Some(Flag {
+        key: f.key.clone(),
+        owner: f.owner.clone(),
+        treatment: f.treatment.clone(),
+        control: f.control.clone(),
+        cohort_by: f.cohort_by.clone(),
+        ramp: f.ramp.clone(),
+        start_percent: f.start_percent,
+        manual_approval,
+        advance_when,
+        guardrails,
+        success,
+        metric_ids,
+        policy_version: stable_hash_hex(fingerprint.as_bytes())[..12].to_string(),
+    })
+}
+
+fn check_common(c: &mut Checker, path: &str, alpha: f64, windows: u32) {
+    if !(alpha > 0.0 && alpha < 1.0) {
+        c.err::<()>(format!("{path}.alpha"), format!("{alpha} is not in (0, 1)"));
+    }
+    if windows < 1 {
+        c.err::<()>(format!("{path}.windows"), "must be at least 1");
+    }
+}
+
+/// Loads, parses and compiles a config file; the one call `run`, `replay` and `check` make.
+pub fn load(path: &std::path::Path) -> Result<(Config, Policy), ConfigErrors> {
+    let config = Config::load(path)?;
+    let policy = Policy::compile(&config)?;
+    Ok((config, policy))
+}

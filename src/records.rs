@@ -1,0 +1,177 @@
+//! The output records (`FlagCommand`, `WindowEvaluation`, `MetricEvidence`) and their
+//! encodings: JSON with the Avro field names (enums as strings, timestamps as epoch
+//! millis), and Avro single-object encoding of `schemas/*.avsc`, written by hand and
+//! checked against apache-avro in tests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Action, Role, Severity};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricEvidence {
+    pub metric: String,
+    pub role: Role,
+    pub treatment_value: f64,
+    pub control_value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub relative_change: Option<f64>,
+    pub p_value: Option<f64>,
+    pub treatment_samples: i64,
+    pub control_samples: i64,
+    pub method: String,
+    pub breached: bool,
+    pub consecutive_windows: i32,
+    /// breached | healthy | insufficient | significant | not_significant
+    #[serde(default)]
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlagCommand {
+    pub command_id: String,
+    pub flag_key: String,
+    pub cohort: String,
+    pub action: Action,
+    pub severity: Severity,
+    pub from_percent: f64,
+    pub to_percent: f64,
+    pub requires_approval: bool,
+    pub reason: String,
+    pub owner: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub issued_at: i64,
+    pub policy_version: String,
+    pub evidence: Vec<MetricEvidence>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowEvaluation {
+    pub flag_key: String,
+    pub cohort: String,
+    pub window_start: i64,
+    pub window_end: i64,
+    pub decision: Option<Action>,
+    pub evidence: Vec<MetricEvidence>,
+    pub late_events: i64,
+    pub evaluated_at: i64,
+    #[serde(default)]
+    pub rollout_percent: Option<f64>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub healthy_windows: i32,
+    #[serde(default)]
+    pub policy_version: Option<String>,
+    #[serde(default)]
+    pub command_id: Option<String>,
+}
+
+/// Avro binary writer for the two output records.
+struct W(Vec<u8>);
+
+impl W {
+    fn long(&mut self, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            self.0.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        self.0.push(z as u8);
+    }
+    fn string(&mut self, s: &str) {
+        self.long(s.len() as i64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn double(&mut self, v: f64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn boolean(&mut self, b: bool) {
+        self.0.push(u8::from(b));
+    }
+    fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
+        match v {
+            None => self.long(0),
+            Some(x) => {
+                self.long(1);
+                f(self, x);
+            }
+        }
+    }
+    fn evidence(&mut self, ev: &[MetricEvidence]) {
+        if !ev.is_empty() {
+            self.long(ev.len() as i64);
+            for e in ev {
+                self.string(&e.metric);
+                self.long(e.role as i64);
+                self.double(e.treatment_value);
+                self.opt(e.control_value, W::double);
+                self.opt(e.threshold, W::double);
+                self.opt(e.relative_change, W::double);
+                self.opt(e.p_value, W::double);
+                self.long(e.treatment_samples);
+                self.long(e.control_samples);
+                self.string(&e.method);
+                self.boolean(e.breached);
+                self.long(i64::from(e.consecutive_windows));
+                self.string(&e.status);
+            }
+        }
+        self.long(0);
+    }
+}
+
+fn framed(fingerprint: u64, body: impl FnOnce(&mut W)) -> Vec<u8> {
+    let mut w = W(Vec::with_capacity(512));
+    w.0.extend_from_slice(&[0xC3, 0x01]);
+    w.0.extend_from_slice(&fingerprint.to_le_bytes());
+    body(&mut w);
+    w.0
+}
+
+impl FlagCommand {
+    /// Avro single-object encoding with `schemas/flag_command.avsc`'s fingerprint.
+    pub fn to_avro(&self, fingerprint: u64) -> Vec<u8> {
+        framed(fingerprint, |w| {
+            w.string(&self.command_id);
+            w.string(&self.flag_key);
+            w.string(&self.cohort);
+            w.long(self.action as i64);
+            w.long(self.severity as i64);
+            w.double(self.from_percent);
+            w.double(self.to_percent);
+            w.boolean(self.requires_approval);
+            w.string(&self.reason);
+            w.string(&self.owner);
+            w.long(self.window_start);
+            w.long(self.window_end);
+            w.long(self.issued_at);
+            w.string(&self.policy_version);
+            w.evidence(&self.evidence);
+        })
+    }
+}
+
+impl WindowEvaluation {
+    /// Avro single-object encoding with `schemas/window_evaluation.avsc`'s fingerprint.
+    pub fn to_avro(&self, fingerprint: u64) -> Vec<u8> {
+        framed(fingerprint, |w| {
+            w.string(&self.flag_key);
+            w.string(&self.cohort);
+            w.long(self.window_start);
+            w.long(self.window_end);
+            w.opt(self.decision, |w, a| w.long(a as i64));
+            w.evidence(&self.evidence);
+            w.long(self.late_events);
+            w.long(self.evaluated_at);
+            w.opt(self.rollout_percent, W::double);
+            w.opt(self.state.as_deref(), W::string);
+            w.long(i64::from(self.healthy_windows));
+            w.opt(self.policy_version.as_deref(), W::string);
+            w.opt(self.command_id.as_deref(), W::string);
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

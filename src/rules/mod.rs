@@ -1,0 +1,435 @@
+//! The rules stage (SPEC §5): judges each closed window per flag and cohort, keeps
+//! streaks and the rollout state, and decides PAUSE, ROLLBACK, HOLD or ADVANCE.
+//!
+//! State per (flag, cohort): current percent, status, a streak per guardrail and per
+//! success metric, and the count of consecutive all-healthy windows. It is rebuilt
+//! after a restart from the `WindowEvaluation`s the engine published ([`Rules::restore`]).
+
+pub mod judge;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::ids::command_id;
+use crate::model::{Action, Severity};
+use crate::policy::{AdvanceWhen, Flag, Policy};
+use crate::records::{FlagCommand, MetricEvidence, WindowEvaluation};
+use crate::window::{Cell, ClosedWindow};
+use judge::Status;
+
+/// Where a cohort's rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CohortStatus {
+    Ramping,
+    Held,
+    Paused,
+    RolledBack,
+    Complete,
+}
+
+impl CohortStatus {
+    pub const ALL: [CohortStatus; 5] = [
+        CohortStatus::Ramping,
+        CohortStatus::Held,
+        CohortStatus::Paused,
+        CohortStatus::RolledBack,
+        CohortStatus::Complete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CohortStatus::Ramping => "ramping",
+            CohortStatus::Held => "held",
+            CohortStatus::Paused => "paused",
+            CohortStatus::RolledBack => "rolled_back",
+            CohortStatus::Complete => "complete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CohortStatus> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// A paused or rolled-back cohort is not acted on again until an operator resumes it.
+    fn stopped(self) -> bool {
+        matches!(self, CohortStatus::Paused | CohortStatus::RolledBack)
+    }
+}
+
+/// Decision state of one cohort of one flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohortState {
+    pub percent: f64,
+    pub status: CohortStatus,
+    pub guardrail_streaks: Vec<u32>,
+    pub success_streaks: Vec<u32>,
+    pub healthy_windows: u32,
+    /// Windows evaluated in the current ramp band.
+    pub band_windows: u32,
+}
+
+impl CohortState {
+    fn new(flag: &Flag) -> CohortState {
+        CohortState {
+            percent: flag.start_percent,
+            status: CohortStatus::Ramping,
+            guardrail_streaks: vec![0; flag.guardrails.len()],
+            success_streaks: vec![0; flag.success.len()],
+            healthy_windows: 0,
+            band_windows: 0,
+        }
+    }
+}
+
+pub struct Rules {
+    policy: Arc<Policy>,
+    /// Per flag (policy order), per cohort name.
+    states: Vec<HashMap<String, CohortState>>,
+}
+
+impl Rules {
+    pub fn new(policy: Arc<Policy>) -> Rules {
+        let states = policy.flags.iter().map(|_| HashMap::new()).collect();
+        Rules { policy, states }
+    }
+
+    /// Judges every flag and cohort of a closed window; one evaluation each.
+    pub fn decide(&mut self, window: &ClosedWindow, now: i64) -> Vec<Judged> {
+        let mut out = Vec::new();
+        for (fi, closed) in window.flags.iter().enumerate() {
+            let flag = &self.policy.flags[fi];
+            for (cohort, cell) in &closed.cohorts {
+                let state = self.states[fi]
+                    .entry(cohort.clone())
+                    .or_insert_with(|| CohortState::new(flag));
+                let mut judged = judge_cohort(&self.policy, flag, cohort, cell, state, window, now);
+                judged.evaluation.late_events = closed.late_events as i64;
+                out.push(judged);
+            }
+        }
+        out
+    }
+
+    /// Rebuilds state from a published evaluation (restart recovery); the newest wins.
+    pub fn restore(&mut self, eval: &WindowEvaluation) {
+        let Some(fi) = self
+            .policy
+            .flags
+            .iter()
+            .position(|f| f.key == eval.flag_key)
+        else {
+            return;
+        };
+        let flag = &self.policy.flags[fi];
+        if eval.policy_version.as_deref() != Some(flag.policy_version.as_str()) {
+            return; // The policy changed since: start the new policy from scratch.
+        }
+        let mut state = CohortState::new(flag);
+        state.percent = eval.rollout_percent.unwrap_or(flag.start_percent);
+        state.status = eval
+            .state
+            .as_deref()
+            .and_then(CohortStatus::parse)
+            .unwrap_or(CohortStatus::Ramping);
+        state.healthy_windows = eval.healthy_windows.max(0) as u32;
+        let streak = |name: &str, role| {
+            eval.evidence
+                .iter()
+                .find(|e| e.metric == name && e.role == role)
+                .map_or(0, |e| e.consecutive_windows.max(0) as u32)
+        };
+        for (i, g) in flag.guardrails.iter().enumerate() {
+            state.guardrail_streaks[i] = streak(
+                &self.policy.metrics[g.metric].name,
+                crate::model::Role::Guardrail,
+            );
+        }
+        for (i, s) in flag.success.iter().enumerate() {
+            state.success_streaks[i] = streak(
+                &self.policy.metrics[s.metric].name,
+                crate::model::Role::Success,
+            );
+        }
+        self.states[fi].insert(eval.cohort.clone(), state);
+    }
+
+    pub fn state(&self, flag: usize, cohort: &str) -> Option<&CohortState> {
+        self.states.get(flag)?.get(cohort)
+    }
+
+    /// Every (flag index, cohort, state), for metrics and the HTTP API.
+    pub fn states(&self) -> impl Iterator<Item = (usize, &str, &CohortState)> {
+        self.states
+            .iter()
+            .enumerate()
+            .flat_map(|(fi, m)| m.iter().map(move |(c, s)| (fi, c.as_str(), s)))
+    }
+}
+
+fn bump(streak: &mut u32, status: Status) {
+    match status {
+        Status::Breached | Status::Significant => *streak += 1,
+        Status::Healthy | Status::NotSignificant => *streak = 0,
+        Status::Insufficient => {}
+    }
+}
+
+/// Judges one cohort: updates streaks, applies SPEC §5 in order, builds the evaluation.
+fn judge_cohort(
+    policy: &Policy,
+    flag: &Flag,
+    cohort: &str,
+    cell: &Cell,
+    state: &mut CohortState,
+    window: &ClosedWindow,
+    now: i64,
+) -> Judged {
+    let has_control = flag.control.is_some();
+    let mut evidence: Vec<MetricEvidence> = Vec::new();
+    let mut all_healthy = true;
+    let mut critical: Option<usize> = None;
+    let mut warning: Option<usize> = None;
+    for (i, g) in flag.guardrails.iter().enumerate() {
+        let (mut ev, status) = judge::guardrail(policy, g, cell, has_control);
+        bump(&mut state.guardrail_streaks[i], status);
+        let streak = state.guardrail_streaks[i];
+        ev.consecutive_windows = streak as i32;
+        all_healthy &= status == Status::Healthy;
+        if streak >= g.windows {
+            match g.severity {
+                Severity::Critical if critical.is_none() => critical = Some(i),
+                Severity::Warning if warning.is_none() => warning = Some(i),
+                _ => {}
+            }
+        }
+        evidence.push(ev);
+    }
+    let mut success_ready = true;
+    for (i, s) in flag.success.iter().enumerate() {
+        let (mut ev, status) = judge::success(policy, s, cell);
+        bump(&mut state.success_streaks[i], status);
+        ev.consecutive_windows = state.success_streaks[i] as i32;
+        success_ready &= state.success_streaks[i] >= s.windows;
+        evidence.push(ev);
+    }
+    state.healthy_windows = if all_healthy {
+        state.healthy_windows + 1
+    } else {
+        0
+    };
+    state.band_windows += 1;
+    if state.status == CohortStatus::Held && warning.is_none() {
+        // The warning episode is over once no warning guardrail is at its streak.
+        let any_warning_breach = flag
+            .guardrails
+            .iter()
+            .zip(&state.guardrail_streaks)
+            .any(|(g, s)| g.severity == Severity::Warning && *s > 0);
+        if !any_warning_breach {
+            state.status = CohortStatus::Ramping;
+        }
+    }
+
+    let from = state.percent;
+    let mut decision: Option<(Action, f64, Severity, String)> = None;
+    if let Some(i) = critical.filter(|_| !state.status.stopped()) {
+        let g = &flag.guardrails[i];
+        let to = if g.action == Action::Rollback {
+            0.0
+        } else {
+            from
+        };
+        state.status = if g.action == Action::Rollback {
+            CohortStatus::RolledBack
+        } else {
+            CohortStatus::Paused
+        };
+        let verb = if g.action == Action::Rollback {
+            "rolled back to 0%"
+        } else {
+            "paused at"
+        };
+        let reason = format!(
+            "{}; {} {}",
+            describe(&evidence[i], g.windows),
+            verb,
+            pct_if_pause(g.action, from)
+        );
+        decision = Some((g.action, to, Severity::Critical, reason));
+    } else if let Some(i) = warning.filter(|_| state.status == CohortStatus::Ramping) {
+        state.status = CohortStatus::Held;
+        let reason = format!(
+            "{}; holding at {}% until it recovers",
+            describe(&evidence[i], flag.guardrails[i].windows),
+            fmt_pct(from)
+        );
+        decision = Some((Action::Hold, from, Severity::Warning, reason));
+    } else if state.status == CohortStatus::Ramping && all_healthy {
+        let ready = match flag.advance_when {
+            AdvanceWhen::Significant => success_ready && !flag.success.is_empty(),
+            AdvanceWhen::Healthy => {
+                let need = flag.guardrails.iter().map(|g| g.windows).max().unwrap_or(1);
+                state.healthy_windows >= need
+            }
+        };
+        if ready {
+            if let Some(&next) = flag.ramp.iter().find(|&&p| p > from) {
+                let why = match flag.advance_when {
+                    AdvanceWhen::Significant => flag
+                        .success
+                        .iter()
+                        .zip(&evidence[flag.guardrails.len()..])
+                        .map(|(s, e)| {
+                            format!(
+                                "{} {} {} (p={}) for {} window(s)",
+                                e.metric,
+                                if s.direction == crate::policy::Direction::Increase {
+                                    "rose"
+                                } else {
+                                    "fell"
+                                },
+                                fmt_rel(e.relative_change),
+                                fmt_p(e.p_value),
+                                s.windows
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    AdvanceWhen::Healthy => format!(
+                        "all guardrails healthy for {} windows",
+                        state.healthy_windows
+                    ),
+                };
+                let reason = format!(
+                    "{why}; advance from {}% to {}%",
+                    fmt_pct(from),
+                    fmt_pct(next)
+                );
+                state.percent = next;
+                state.healthy_windows = 0;
+                state.band_windows = 0;
+                state.success_streaks.iter_mut().for_each(|s| *s = 0);
+                if next >= 100.0 || flag.ramp.last() == Some(&next) {
+                    state.status = CohortStatus::Complete;
+                }
+                decision = Some((Action::Advance, next, Severity::Info, reason));
+            }
+        }
+    }
+
+    let cmd = decision.map(|(action, to, severity, reason)| FlagCommand {
+        command_id: command_id(
+            &flag.key,
+            cohort,
+            action.as_str(),
+            window.start,
+            &flag.policy_version,
+        ),
+        flag_key: flag.key.clone(),
+        cohort: cohort.to_string(),
+        action,
+        severity,
+        from_percent: from,
+        to_percent: to,
+        requires_approval: action == Action::Advance && flag.manual_approval,
+        reason,
+        owner: flag.owner.clone(),
+        window_start: window.start,
+        window_end: window.end,
+        issued_at: now,
+        policy_version: flag.policy_version.clone(),
+        evidence: evidence.clone(),
+    });
+    let evaluation = WindowEvaluation {
+        flag_key: flag.key.clone(),
+        cohort: cohort.to_string(),
+        window_start: window.start,
+        window_end: window.end,
+        decision: cmd.as_ref().map(|c| c.action),
+        evidence,
+        late_events: 0,
+        evaluated_at: now,
+        rollout_percent: Some(state.percent),
+        state: Some(state.status.as_str().to_string()),
+        healthy_windows: state.healthy_windows as i32,
+        policy_version: Some(flag.policy_version.clone()),
+        command_id: cmd.as_ref().map(|c| c.command_id.clone()),
+    };
+    Judged {
+        evaluation,
+        command: cmd,
+    }
+}
+
+fn pct_if_pause(action: Action, from: f64) -> String {
+    if action == Action::Rollback {
+        String::new()
+    } else {
+        format!("{}%", fmt_pct(from))
+    }
+}
+
+fn fmt_pct(p: f64) -> String {
+    if p.fract() == 0.0 {
+        format!("{p:.0}")
+    } else {
+        format!("{p}")
+    }
+}
+
+fn fmt_rel(r: Option<f64>) -> String {
+    r.map_or("n/a".into(), |r| format!("{:+.1}%", r * 100.0))
+}
+
+fn fmt_p(p: Option<f64>) -> String {
+    p.map_or("n/a".into(), |p| {
+        if p < 1e-4 {
+            format!("{p:.1e}")
+        } else {
+            format!("{p:.4}")
+        }
+    })
+}
+
+fn fmt_val(v: f64) -> String {
+    if v.abs() < 1.0 {
+        format!("{:.3}%", v * 100.0)
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// One sentence on a breached guardrail: values, change, p, bound, streak.
+fn describe(e: &MetricEvidence, windows: u32) -> String {
+    let mut s = format!(
+        "{} is {} in treatment",
+        e.metric,
+        fmt_val(e.treatment_value)
+    );
+    if let Some(c) = e.control_value {
+        s += &format!(
+            " vs {} in control ({}, p={})",
+            fmt_val(c),
+            fmt_rel(e.relative_change),
+            fmt_p(e.p_value)
+        );
+    }
+    if let Some(t) = e.threshold {
+        s += &format!(", beyond the limit {}", fmt_val(t));
+    }
+    s + &format!(
+        ", for {} consecutive window(s) (policy: {windows})",
+        e.consecutive_windows
+    )
+}
+
+/// A window evaluation with the command it produced, if any.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub evaluation: WindowEvaluation,
+    pub command: Option<FlagCommand>,
+}
+
+#[cfg(test)]
+mod tests;
