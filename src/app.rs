@@ -1,7 +1,451 @@
-pub fn run(
-    _c: crate::config::Config,
-    _p: crate::policy::Policy,
-    _g: std::time::Duration,
+//! `guardrail run`: the sidecar. One task owns the engine and `select!`s over the
+//! consumer, a tick and shutdown; outputs go through an idempotent producer.
+//!
+//! Offsets (SPEC §6): a partition's committed offset is the lowest offset any open
+//! window still needs (or the next unread one), committed only after every output and
+//! DLQ record so far was acknowledged. The commit metadata carries how far the
+//! partition was read, so after a restart or rebalance the re-read records of closed
+//! windows are recognised as duplicates, not "late". Decision state (percent, streaks,
+//! the closed-window frontier) is restored from the evaluations topic at start.
+//! On a revoke every open window is dropped and rebuilt from the committed offsets.
+//!
+//! Shutdown: stop consuming, close what the watermark allows, flush the producer,
+//! commit, exit — within the grace period.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use prometheus::Registry;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::clock::wall_ms;
+use crate::config::Config;
+use crate::engine::{Engine, Ingested};
+use crate::http::Shared;
+use crate::kafka::{self, Encoder, RebalanceContext};
+use crate::model::Source;
+use crate::policy::Policy;
+use crate::records::FlagCommand;
+use crate::rules::Judged;
+use crate::telemetry::Metrics;
+use crate::window::watermark::PartitionKey;
+
+/// Messages between ticks when traffic is continuous (bounds decision latency).
+const TICK_EVERY: u32 = 256;
+const TICK_INTERVAL: Duration = Duration::from_millis(50);
+const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Callbacks for the demo: sees every command once it is acknowledged.
+pub type CommandSink = tokio::sync::mpsc::UnboundedSender<FlagCommand>;
+
+/// Entry point of `guardrail run`.
+pub fn run(config: Config, policy: Policy, grace: Duration) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(async move {
+        let registry = Registry::new();
+        let policy = Arc::new(policy);
+        let shared = Shared::new(registry.clone(), &policy);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut http_stop = stop_rx.clone();
+        let (addr, http) = crate::http::serve(&config.http.listen, shared.clone(), async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
+        tracing::info!(%addr, "HTTP listening");
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested; draining");
+            let _ = stop_tx.send(true);
+        });
+        let result = run_engine(config, policy, shared, &registry, stop_rx, grace, None).await;
+        let _ = http.await;
+        result
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The engine loop on Kafka, until `stop` turns true; then drains within `grace`.
+pub async fn run_engine(
+    config: Config,
+    policy: Arc<Policy>,
+    shared: Arc<Shared>,
+    registry: &Registry,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    sink: Option<CommandSink>,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+    let k = config.kafka.clone().context("[kafka] is required by run")?;
+    let metrics = Metrics::register(registry).map_err(anyhow::Error::msg)?;
+    let mut engine = Engine::new(policy.clone(), true).map_err(anyhow::Error::msg)?;
+    let restored =
+        tokio::task::block_in_place(|| kafka::restore(&k, &config.topics.evaluations, &mut engine))
+            .context("restoring state")?;
+    for e in &restored {
+        shared.record(e, None);
+        metrics.evaluation(e);
+    }
+    let ctx = RebalanceContext::default();
+    let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
+        kafka::consumer_config(&k)
+            .create_with_context(ctx.clone())
+            .context("creating the consumer")?,
+    );
+    let producer: FutureProducer = kafka::producer_config(&k)
+        .create()
+        .context("creating the producer")?;
+    let t = &config.topics;
+    consumer
+        .subscribe(&[&t.product_events, &t.error_events, &t.support_signals])
+        .context("subscribing")?;
+    let mut shell = Shell {
+        engine,
+        consumer: consumer.clone(),
+        producer,
+        encoder: Encoder::new(config.output.format)?,
+        topics: [
+            (t.product_events.clone(), Source::Product),
+            (t.error_events.clone(), Source::Errors),
+            (t.support_signals.clone(), Source::Support),
+        ]
+        .into_iter()
+        .collect(),
+        config: config.clone(),
+        metrics,
+        shared,
+        ctx,
+        seen_revocations: 0,
+        seen_assignments: 0,
+        consumed_next: HashMap::new(),
+        seen_until: HashMap::new(),
+        pending: Vec::new(),
+        sink,
+    };
+    let mut tick = tokio::time::interval(TICK_INTERVAL);
+    let mut commit = tokio::time::interval(COMMIT_INTERVAL);
+    let mut since_tick = 0;
+    loop {
+        tokio::select! {
+            biased;
+            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+            msg = consumer.recv() => {
+                shell.check_rebalance();
+                match msg {
+                    Ok(m) => shell.on_message(&m),
+                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                }
+                since_tick += 1;
+                if since_tick >= TICK_EVERY {
+                    since_tick = 0;
+                    shell.tick().await?;
+                }
+            }
+            _ = tick.tick() => {
+                shell.check_rebalance();
+                shell.tick().await?;
+            }
+            _ = commit.tick() => shell.commit(CommitMode::Async).await,
+        }
+    }
+    // Drain: no more consuming; close what can close, flush, commit.
+    let drain = async {
+        shell.tick().await?;
+        shell.flush_pending().await;
+        let _ = shell.producer.flush(Duration::from_secs(5));
+        shell.commit(CommitMode::Sync).await;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(grace, drain).await {
+        Ok(r) => r?,
+        Err(_) => tracing::warn!(?grace, "drain did not finish within the grace period"),
+    }
+    shell.shared.ready.store(false, Ordering::Relaxed);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Shell {
+    engine: Engine,
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    producer: FutureProducer,
+    encoder: Encoder,
+    topics: HashMap<String, Source>,
+    config: Config,
+    metrics: Metrics,
+    shared: Arc<Shared>,
+    ctx: RebalanceContext,
+    seen_revocations: u64,
+    seen_assignments: u64,
+    /// Next offset to read, per partition currently owned.
+    consumed_next: HashMap<PartitionKey, i64>,
+    /// Highest offset ever read + 1 (survives revokes; seeded from commit metadata).
+    seen_until: HashMap<PartitionKey, i64>,
+    /// DLQ deliveries not yet awaited.
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    sink: Option<CommandSink>,
+}
+
+impl Shell {
+    fn source_of(&self, topic: &str) -> Option<Source> {
+        self.topics.get(topic).copied()
+    }
+
+    /// Applies rebalances signalled by the consumer context since the last look.
+    fn check_rebalance(&mut self) {
+        let revs = self.ctx.revocations.load(Ordering::SeqCst);
+        if revs != self.seen_revocations {
+            self.seen_revocations = revs;
+            // Open windows mix every partition's records and cannot be split: drop them
+            // all; the new assignment re-reads from committed offsets.
+            self.engine.windows_mut().clear_open();
+            self.engine.watermark_mut().clear_partitions();
+            self.consumed_next.clear();
+            self.pending.clear();
+            self.shared.ready.store(false, Ordering::Relaxed);
+        }
+        let assigns = self.ctx.assignments.load(Ordering::SeqCst);
+        if assigns != self.seen_assignments {
+            self.seen_assignments = assigns;
+            let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            self.metrics.partitions_assigned.set(assigned as i64);
+            self.shared.ready.store(assigned > 0, Ordering::Relaxed);
+            self.metrics.ready.set(i64::from(assigned > 0));
+            // How far each partition was read before: from the commit metadata.
+            if let Ok(committed) = self.consumer.committed(Duration::from_secs(5)) {
+                for e in committed.elements() {
+                    let Some(source) = self.source_of(e.topic()) else {
+                        continue;
+                    };
+                    if let Ok(until) = e.metadata().parse::<i64>() {
+                        let p = PartitionKey {
+                            source,
+                            partition: e.partition(),
+                        };
+                        let s = self.seen_until.entry(p).or_insert(until);
+                        *s = (*s).max(until);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, m: &BorrowedMessage<'_>) {
+        let Some(source) = self.source_of(m.topic()) else {
+            return;
+        };
+        let p = PartitionKey {
+            source,
+            partition: m.partition(),
+        };
+        let offset = m.offset();
+        let reread = self.seen_until.get(&p).is_some_and(|&s| offset < s);
+        let payload = m.payload().unwrap_or_default();
+        let outcome = self.engine.ingest(p, offset, payload, wall_ms(), reread);
+        self.consumed_next.insert(p, offset + 1);
+        let s = self.seen_until.entry(p).or_insert(offset + 1);
+        *s = (*s).max(offset + 1);
+        if let Ingested::Rejected { reason, detail } = outcome {
+            let partition = m.partition().to_string();
+            let off = offset.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "guardrail.source.topic",
+                    value: Some(m.topic()),
+                })
+                .insert(Header {
+                    key: "guardrail.source.partition",
+                    value: Some(&partition),
+                })
+                .insert(Header {
+                    key: "guardrail.source.offset",
+                    value: Some(&off),
+                })
+                .insert(Header {
+                    key: "guardrail.reason",
+                    value: Some(reason.as_str()),
+                })
+                .insert(Header {
+                    key: "guardrail.detail",
+                    value: Some(&detail),
+                });
+            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.config.topics.dlq)
+                .payload(payload)
+                .headers(headers);
+            if let Some(key) = m.key() {
+                rec = rec.key(key);
+            }
+            match self.producer.send_result(rec) {
+                Ok(f) => self.pending.push(f),
+                Err((e, _)) => {
+                    tracing::error!(error = %e, "DLQ produce refused; the offset will not be committed past it")
+                }
+            }
+        }
+    }
+
+    /// Advances the watermark, publishes every decision and waits for the acks.
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        let now = wall_ms();
+        let judged = self.engine.tick(now);
+        let closed_at = Instant::now();
+        if !judged.is_empty() {
+            self.publish(judged, closed_at).await?;
+        }
+        self.metrics.publish_counters(self.engine.counters());
+        self.metrics
+            .active_cells
+            .set(self.engine.windows().active_cells() as i64);
+        let wm = self.engine.watermark();
+        if wm > i64::MIN {
+            self.metrics.watermark_lag.set((now - wm) as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, judged: Vec<Judged>, closed_at: Instant) -> anyhow::Result<()> {
+        let t = &self.config.topics;
+        // Commands first: an evaluation on the topic implies its command was acknowledged.
+        let commands: Vec<(&str, Vec<u8>)> = judged
+            .iter()
+            .filter_map(|j| j.command.as_ref())
+            .map(|c| (c.flag_key.as_str(), self.encoder.command(c)))
+            .collect();
+        let mut sends = Vec::new();
+        for (key, payload) in &commands {
+            sends.push(
+                self.producer.send(
+                    FutureRecord::to(&t.flag_commands)
+                        .key(*key)
+                        .payload(payload),
+                    Duration::from_secs(30),
+                ),
+            );
+        }
+        for r in join_all(sends).await {
+            r.map_err(|(e, _)| anyhow::anyhow!("producing a command: {e}"))?;
+        }
+        let latency = closed_at.elapsed().as_secs_f64();
+        for c in judged.iter().filter_map(|j| j.command.as_ref()) {
+            self.metrics.decision_latency.observe(latency);
+            self.metrics.command(c);
+            tracing::info!(
+                command_id = %c.command_id, flag = %c.flag_key, cohort = %c.cohort, action = c.action.as_str(),
+                from = c.from_percent, to = c.to_percent, reason = %c.reason, "command issued"
+            );
+            if let Some(s) = &self.sink {
+                let _ = s.send(c.clone());
+            }
+        }
+        let payloads: Vec<(String, Vec<u8>)> = judged
+            .iter()
+            .map(|j| {
+                (
+                    j.evaluation.flag_key.clone(),
+                    self.encoder.evaluation(&j.evaluation),
+                )
+            })
+            .collect();
+        let mut sends = Vec::new();
+        for (key, payload) in &payloads {
+            sends.push(self.producer.send(
+                FutureRecord::to(&t.evaluations).key(key).payload(payload),
+                Duration::from_secs(30),
+            ));
+        }
+        for r in join_all(sends).await {
+            r.map_err(|(e, _)| anyhow::anyhow!("producing an evaluation: {e}"))?;
+        }
+        self.metrics
+            .produce_latency
+            .with_label_values(&["outputs"])
+            .observe(closed_at.elapsed().as_secs_f64());
+        for j in &judged {
+            self.metrics.evaluation(&j.evaluation);
+            self.shared.record(&j.evaluation, j.command.as_ref());
+        }
+        Ok(())
+    }
+
+    async fn flush_pending(&mut self) -> bool {
+        let mut ok = true;
+        for r in join_all(self.pending.drain(..)).await {
+            if !matches!(r, Ok(Ok(_))) {
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// Commits, per owned partition, the lowest offset an open window still needs.
+    async fn commit(&mut self, mode: CommitMode) {
+        if !self.flush_pending().await {
+            tracing::error!("a DLQ record was not acknowledged; not committing");
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let names: HashMap<Source, String> =
+            self.topics.iter().map(|(t, s)| (*s, t.clone())).collect();
+        for (p, next) in &self.consumed_next {
+            let offset = self
+                .engine
+                .windows()
+                .min_open_offset(*p)
+                .map_or(*next, |o| o.min(*next));
+            let Some(topic) = names.get(&p.source) else {
+                continue;
+            };
+            if tpl
+                .add_partition_offset(topic, p.partition, Offset::Offset(offset))
+                .is_ok()
+            {
+                if let Some(mut e) = tpl.find_partition(topic, p.partition) {
+                    e.set_metadata(self.seen_until.get(p).copied().unwrap_or(*next).to_string());
+                }
+            }
+            // Cached by librdkafka from fetch responses: no broker round trip.
+            if let Ok((_, high)) =
+                self.consumer
+                    .client()
+                    .fetch_watermarks(topic, p.partition, Duration::ZERO)
+            {
+                self.metrics
+                    .consumer_lag
+                    .with_label_values(&[topic, &p.partition.to_string()])
+                    .set((high - next).max(0));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, mode) {
+                tracing::warn!(error = %e, "offset commit failed; will retry");
+            }
+        }
+    }
 }

@@ -1,9 +1,297 @@
+//! `guardrail demo`: the whole loop on an in-process Kafka (librdkafka's mock cluster).
+//! Simulated traffic for two flags and four platform cohorts — a regression injected
+//! into checkout-redesign on mobile-web, a real improvement of search-ranking-v2 — is
+//! produced window by window; the same engine as `run` consumes it, publishes commands
+//! and serves HTTP; each command is printed as it is acknowledged; then a summary.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future::join_all;
+use prometheus::Registry;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, watch};
+
+use crate::clock::wall_ms;
+use crate::config::{Config, KafkaConfig};
+use crate::http::Shared;
+use crate::ingest::decode::SchemaRegistry;
+use crate::policy::Policy;
+use crate::records::FlagCommand;
+use crate::sim::{Scenario, Simulator};
+
+pub const EXAMPLE_CONFIG: &str = include_str!("../config/guardrail.toml");
+const INPUT_PARTITIONS: i32 = 4;
+
+/// Demo config: the example policy, pointed at the mock cluster, with a short idle
+/// timeout so the final windows close without waiting 30 s of wall time.
+pub fn demo_config(
+    path: Option<&Path>,
+    brokers: &str,
+    listen: &str,
+) -> anyhow::Result<(Config, Policy)> {
+    let text = match path {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => EXAMPLE_CONFIG.to_string(),
+    };
+    let mut config = Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.kafka = Some(KafkaConfig {
+        brokers: brokers.to_string(),
+        group_id: "guardrail-demo".into(),
+        properties: Default::default(),
+    });
+    config.window.idle_timeout = "2s".into();
+    config.http.listen = listen.to_string();
+    let policy = Policy::compile(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((config, policy))
+}
+
 pub fn run(
-    _c: Option<&std::path::Path>,
-    _w: u32,
-    _s: u32,
-    _l: &str,
-    _g: std::time::Duration,
+    config: Option<&Path>,
+    windows: u32,
+    sessions: u32,
+    listen: &str,
+    linger: Duration,
 ) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+    let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    rt.block_on(demo(config, windows, sessions, listen, linger))
+}
+
+async fn demo(
+    config_path: Option<&Path>,
+    windows: u32,
+    sessions: u32,
+    listen: &str,
+    linger: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cluster = MockCluster::new(1).context("starting the mock cluster")?;
+    let brokers = cluster.bootstrap_servers();
+    let (config, policy) = demo_config(config_path, &brokers, listen)?;
+    let t = config.topics.clone();
+    for topic in [&t.product_events, &t.error_events, &t.support_signals] {
+        cluster
+            .create_topic(topic, INPUT_PARTITIONS, 1)
+            .context("creating topics")?;
+    }
+    for topic in [&t.flag_commands, &t.evaluations, &t.dlq] {
+        cluster
+            .create_topic(topic, 1, 1)
+            .context("creating topics")?;
+    }
+    println!(
+        "guardrail demo: in-process Kafka at {brokers}; {windows} windows of 15 minutes, {sessions} sessions each"
+    );
+
+    let registry = Registry::new();
+    let policy = Arc::new(policy);
+    let shared = Shared::new(registry.clone(), &policy);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let (addr, http) = crate::http::serve(&config.http.listen, shared.clone(), async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    })
+    .await
+    .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
+    println!("HTTP on http://{addr}/ (metrics at /metrics, flags at /api/flags)\n");
+
+    let (sink_tx, mut sink_rx) = mpsc::unbounded_channel::<FlagCommand>();
+    let engine = {
+        let (config, policy, shared, registry, stop) = (
+            config.clone(),
+            policy.clone(),
+            shared.clone(),
+            registry.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            crate::app::run_engine(
+                config,
+                policy,
+                shared,
+                &registry,
+                stop,
+                Duration::from_secs(10),
+                Some(sink_tx),
+            )
+            .await
+        })
+    };
+    let printer = tokio::spawn(async move {
+        let mut commands = Vec::new();
+        while let Some(c) = sink_rx.recv().await {
+            print_command(&c);
+            commands.push(c);
+        }
+        commands
+    });
+
+    // Traffic: event time ends at the current window, so nothing is "from the future".
+    let window_ms = policy.window.size_ms;
+    let start = (wall_ms() / window_ms - i64::from(windows)) * window_ms;
+    let mut sim = Simulator::new(Scenario::demo(start, windows, sessions));
+    let producer: FutureProducer =
+        crate::kafka::producer_config(config.kafka.as_ref().context("kafka")?)
+            .set("linger.ms", "20")
+            .create()?;
+    let registry_schemas = SchemaRegistry::shipped().map_err(anyhow::Error::msg)?;
+    let mut produced = 0u64;
+    while let Some(events) = sim.next_window() {
+        let mut sends = Vec::with_capacity(events.len());
+        for e in &events {
+            let topic = match e.source {
+                crate::model::Source::Product => &t.product_events,
+                crate::model::Source::Errors => &t.error_events,
+                crate::model::Source::Support => &t.support_signals,
+            };
+            let payload = e.single_object(registry_schemas.current_fingerprint(e.source));
+            let key = e.user_id.clone().unwrap_or_default();
+            let mut rec = FutureRecord::to(topic).key(&key).payload(&payload);
+            loop {
+                match producer.send_result(rec) {
+                    Ok(delivery) => break sends.push(delivery),
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        back,
+                    )) => {
+                        rec = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => anyhow::bail!("producing demo traffic: {e}"),
+                }
+            }
+            produced += 1;
+        }
+        for r in join_all(sends).await {
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => anyhow::bail!("producing demo traffic: {e}"),
+                Err(_) => anyhow::bail!("producing demo traffic: delivery cancelled"),
+            }
+        }
+    }
+    // One malformed record, to show the dead-letter path.
+    producer
+        .send(
+            FutureRecord::to(&t.product_events)
+                .key("bad")
+                .payload(&b"not avro"[..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+    println!(
+        "produced {produced} events (+1 malformed) in {:.1}s; waiting for the last windows to close\n",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Windows close as the watermark passes; the last one closes once partitions go idle.
+    let expected = u64::from(windows.saturating_sub(1));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let closed = registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "guardrail_windows_closed_total")
+            .and_then(|f| {
+                f.get_metric()
+                    .first()
+                    .map(|m| m.get_counter().get_value() as u64)
+            })
+            .unwrap_or(0);
+        if closed >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !linger.is_zero() {
+        println!(
+            "serving HTTP for {}s more (Ctrl-C to stop)",
+            linger.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(linger) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    engine.await.context("engine task")??;
+    let _ = http.await;
+    let commands = printer.await.context("printer task")?;
+    summary(&shared, &registry, &commands, produced, started.elapsed());
+    drop(producer);
+    drop(cluster);
+    Ok(())
+}
+
+fn print_command(c: &FlagCommand) {
+    println!(
+        "[{}] {:<18} {:<24} {:<8} {:>5}% -> {:>5}%  {}",
+        c.severity_str(),
+        c.flag_key,
+        c.cohort,
+        c.action.as_str(),
+        c.from_percent,
+        c.to_percent,
+        c.reason
+    );
+    for e in c
+        .evidence
+        .iter()
+        .filter(|e| e.breached || e.status == "significant")
+    {
+        println!(
+            "      evidence: {} treatment={:.4} control={} p={} n={}/{} ({})",
+            e.metric,
+            e.treatment_value,
+            e.control_value.map_or("-".into(), |v| format!("{v:.4}")),
+            e.p_value.map_or("-".into(), |p| format!("{p:.2e}")),
+            e.treatment_samples,
+            e.control_samples,
+            e.method
+        );
+    }
+}
+
+fn summary(
+    shared: &Shared,
+    registry: &Registry,
+    commands: &[FlagCommand],
+    produced: u64,
+    elapsed: Duration,
+) {
+    let metric = |name: &str| -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+            .sum()
+    };
+    println!("\nsummary after {:.1}s wall time:", elapsed.as_secs_f64());
+    println!(
+        "  events produced {produced}, windows closed {}, commands {}, dead-lettered {}",
+        metric("guardrail_windows_closed_total"),
+        commands.len(),
+        metric("guardrail_dlq_total")
+    );
+    for (key, f) in shared.snapshot() {
+        println!("  {key} (owner {}):", f.owner);
+        for (cohort, c) in &f.cohorts {
+            println!("    {:<26} {:<12} {:>5}%", cohort, c.state, c.percent);
+        }
+    }
+}
+
+impl FlagCommand {
+    fn severity_str(&self) -> &'static str {
+        crate::model::Severity::SYMBOLS[self.severity as usize]
+    }
 }

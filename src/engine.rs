@@ -16,7 +16,13 @@ use crate::window::{Recorded, Windows};
 pub enum Ingested {
     Accepted,
     Unmatched,
-    Rejected { reason: Reason, detail: String },
+    /// Re-read after a rebalance or restart, for a window already closed: it was
+    /// aggregated or dead-lettered the first time, so it is skipped.
+    Duplicate,
+    Rejected {
+        reason: Reason,
+        detail: String,
+    },
 }
 
 /// DLQ reasons (SPEC §6), in metric label order.
@@ -50,13 +56,20 @@ impl Reason {
 }
 
 /// `guardrail_events_total` statuses, in label order.
-pub const STATUSES: [&str; 5] = ["accepted", "late", "invalid", "future", "unmatched"];
+pub const STATUSES: [&str; 6] = [
+    "accepted",
+    "late",
+    "invalid",
+    "future",
+    "unmatched",
+    "duplicate",
+];
 
 /// Counts kept by the engine; the telemetry layer publishes them per batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counters {
     /// [source][status] per `STATUSES`.
-    pub events: [[u64; 5]; 3],
+    pub events: [[u64; 6]; 3],
     /// per `Reason::ALL`.
     pub dlq: [u64; 5],
     pub windows_closed: u64,
@@ -92,19 +105,38 @@ impl Engine {
     }
 
     /// Decodes and records one single-object encoded record from partition `p`.
-    pub fn ingest(&mut self, p: PartitionKey, offset: i64, bytes: &[u8], now: i64) -> Ingested {
+    /// `reread`: the offset was consumed before (a rebalance or restart re-reads from the
+    /// committed offset), so a closed window means "already handled", not "late".
+    pub fn ingest(
+        &mut self,
+        p: PartitionKey,
+        offset: i64,
+        bytes: &[u8],
+        now: i64,
+        reread: bool,
+    ) -> Ingested {
         let decoded = self.registry.decode(p.source, bytes, &mut self.scratch);
         match decoded {
-            Ok(ev) => record(
-                &mut self.windows,
-                &mut self.watermark,
-                &mut self.counters,
-                &self.policy,
-                p,
-                offset,
-                &ev,
-                now,
-            ),
+            Ok(ev) => {
+                let end = self
+                    .windows
+                    .window_start(ev.timestamp)
+                    .saturating_add(self.policy.window.size_ms);
+                if reread && end <= self.windows.closed_before() {
+                    self.counters.events[p.source.index()][5] += 1;
+                    return Ingested::Duplicate;
+                }
+                record(
+                    &mut self.windows,
+                    &mut self.watermark,
+                    &mut self.counters,
+                    &self.policy,
+                    p,
+                    offset,
+                    &ev,
+                    now,
+                )
+            }
             Err(e) => invalid(&mut self.counters, p.source, e),
         }
     }

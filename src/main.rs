@@ -14,7 +14,13 @@ use guardrail::{policy, sim};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The demo prints its own story; keep library chatter out of it unless RUST_LOG asks.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "warn,librdkafka=off,rdkafka=off"
+    } else {
+        "info,rdkafka=warn"
+    };
+    init_tracing(cli.log_format, default_filter);
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Replay {

@@ -222,6 +222,10 @@ impl Windows {
             out.push(self.closed(start, window));
             start += self.size;
         }
+        if out.is_empty() && self.closed_before == i64::MIN {
+            // Nothing has closed yet: the first window closes when the watermark passes it.
+            return out;
+        }
         if let Some(last) = out.last_mut() {
             for (fi, f) in last.flags.iter_mut().enumerate() {
                 f.late_events = std::mem::take(&mut self.late[fi]);

@@ -68,6 +68,11 @@ impl Watermark {
         self.partitions.remove(&p);
     }
 
+    /// Forgets every partition (all were revoked); the watermark itself stays.
+    pub fn clear_partitions(&mut self) {
+        self.partitions.clear();
+    }
+
     /// Recomputes the watermark at wall time `now`; returns it (monotonic).
     pub fn advance(&mut self, now: i64) -> i64 {
         let idle = |t: &PartitionTime| {

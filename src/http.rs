@@ -1,0 +1,229 @@
+//! HTTP: `/metrics` (Prometheus text), `/healthz` (the process is alive), `/readyz`
+//! (partitions assigned and producer connected), `/api/flags` and `/api/flags/{key}`
+//! (per cohort: percent, state, last evaluation with evidence, recent commands), and
+//! `/`, a server-rendered status page.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::Registry;
+use serde::Serialize;
+
+use crate::policy::Policy;
+use crate::records::{FlagCommand, WindowEvaluation};
+
+const RECENT_COMMANDS: usize = 20;
+
+/// What the HTTP endpoints read; written by the engine loop after each tick.
+pub struct Shared {
+    pub registry: Registry,
+    pub ready: AtomicBool,
+    pub flags: Mutex<BTreeMap<String, FlagView>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlagView {
+    pub key: String,
+    pub owner: String,
+    pub policy_version: String,
+    pub ramp: Vec<f64>,
+    pub cohorts: BTreeMap<String, CohortView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CohortView {
+    pub percent: f64,
+    pub state: String,
+    pub last_evaluation: Option<WindowEvaluation>,
+    pub recent_commands: VecDeque<FlagCommand>,
+}
+
+impl Shared {
+    pub fn new(registry: Registry, policy: &Policy) -> Arc<Shared> {
+        let flags = policy
+            .flags
+            .iter()
+            .map(|f| {
+                let view = FlagView {
+                    key: f.key.clone(),
+                    owner: f.owner.clone(),
+                    policy_version: f.policy_version.clone(),
+                    ramp: f.ramp.clone(),
+                    cohorts: BTreeMap::new(),
+                };
+                (f.key.clone(), view)
+            })
+            .collect();
+        Arc::new(Shared {
+            registry,
+            ready: AtomicBool::new(false),
+            flags: Mutex::new(flags),
+        })
+    }
+
+    /// Records an evaluation and the command it produced.
+    pub fn record(&self, e: &WindowEvaluation, c: Option<&FlagCommand>) {
+        let Ok(mut flags) = self.flags.lock() else {
+            return;
+        };
+        let Some(flag) = flags.get_mut(&e.flag_key) else {
+            return;
+        };
+        let view = flag.cohorts.entry(e.cohort.clone()).or_default();
+        view.percent = e.rollout_percent.unwrap_or(view.percent);
+        view.state = e.state.clone().unwrap_or_default();
+        view.last_evaluation = Some(e.clone());
+        if let Some(c) = c {
+            view.recent_commands.push_front(c.clone());
+            view.recent_commands.truncate(RECENT_COMMANDS);
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, FlagView> {
+        self.flags.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/flags", get(flags))
+        .route("/api/flags/{key}", get(flag))
+        .with_state(shared)
+}
+
+/// Binds `listen` and serves until `shutdown` resolves; returns the bound address.
+pub async fn serve(
+    listen: &str,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(shared);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    Ok((addr, handle))
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::render(&s.registry),
+    )
+        .into_response()
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    if s.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: waiting for partitions or the producer\n",
+        )
+            .into_response()
+    }
+}
+
+async fn flags(State(s): State<Arc<Shared>>) -> Json<Vec<FlagView>> {
+    Json(s.snapshot().into_values().collect())
+}
+
+async fn flag(State(s): State<Arc<Shared>>, Path(key): Path<String>) -> Response {
+    match s.snapshot().remove(&key) {
+        Some(f) => Json(f).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no flag {key:?}\n")).into_response(),
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A self-contained HTML page: every flag and cohort, state, percent, guardrail values
+/// against thresholds, streaks, and the last commands with their reasons.
+async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
+    let mut h = String::from(
+        "<!doctype html><html><head><meta charset=utf-8><title>guardrail</title><style>\
+         body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:.5em 0 2em}\
+         td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.paused,.rolled_back{background:#fdd}\
+         .held{background:#ffd}.complete{background:#dfd}.breached{color:#b00;font-weight:bold}</style></head><body><h1>guardrail</h1>",
+    );
+    for f in s.snapshot().values() {
+        let _ = write!(
+            h,
+            "<h2>{} <small>owner {} · policy {}</small></h2><table><tr><th>cohort</th><th>state</th><th>percent</th><th>window</th><th>guardrails (treatment / control / threshold, streak)</th><th>last command</th></tr>",
+            esc(&f.key),
+            esc(&f.owner),
+            esc(&f.policy_version)
+        );
+        for (cohort, c) in &f.cohorts {
+            let mut guards = String::new();
+            let mut window = String::new();
+            if let Some(e) = &c.last_evaluation {
+                window = format!("{}–{}", e.window_start, e.window_end);
+                for ev in &e.evidence {
+                    let cls = if ev.breached { "breached" } else { "" };
+                    let _ = write!(
+                        guards,
+                        "<div class='{cls}'>{} [{}]: {:.4} / {} / {} ({}, streak {})</div>",
+                        esc(&ev.metric),
+                        format!("{:?}", ev.role).to_lowercase(),
+                        ev.treatment_value,
+                        ev.control_value.map_or("–".into(), |v| format!("{v:.4}")),
+                        ev.threshold.map_or("–".into(), |v| format!("{v:.4}")),
+                        esc(&ev.status),
+                        ev.consecutive_windows
+                    );
+                }
+            }
+            let last = c.recent_commands.front().map_or(String::new(), |c| {
+                format!(
+                    "<b>{}</b> {}→{}%: {}",
+                    c.action.as_str(),
+                    c.from_percent,
+                    c.to_percent,
+                    esc(&c.reason)
+                )
+            });
+            let _ = write!(
+                h,
+                "<tr class='{}'><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&c.state),
+                esc(cohort),
+                esc(&c.state),
+                c.percent,
+                window,
+                guards,
+                last
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("</body></html>");
+    Html(h)
+}

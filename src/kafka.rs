@@ -1,0 +1,214 @@
+//! Kafka plumbing shared by `run` and `demo`: client configs (every `[kafka.properties]`
+//! entry passed through), the rebalance-aware consumer context, the output encodings,
+//! and the startup restore of decision state from the evaluations topic.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use crate::config::{KafkaConfig, OutputFormat};
+use crate::engine::Engine;
+use crate::ingest::decode::{FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_SCHEMA, fingerprint};
+use crate::records::{FlagCommand, WindowEvaluation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("kafka: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+    #[error("schema: {0}")]
+    Schema(String),
+}
+
+/// Base client config: brokers plus every pass-through property.
+pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(k);
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (key, value) in &k.properties {
+        c.set(key, value); // explicit properties win over our defaults
+    }
+    c
+}
+
+/// An idempotent producer with acks=all (retries cannot duplicate or reorder).
+pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(k);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Counts rebalances so the engine loop can drop state it no longer owns. The counter
+/// is bumped inside the poll that delivers the next message, so the loop sees it before
+/// that message.
+#[derive(Clone, Default)]
+pub struct RebalanceContext {
+    pub revocations: Arc<AtomicU64>,
+    pub assignments: Arc<AtomicU64>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = r {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+            self.assignments.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Encodes output records in the configured format.
+pub struct Encoder {
+    format: OutputFormat,
+    command_fp: u64,
+    evaluation_fp: u64,
+}
+
+impl Encoder {
+    pub fn new(format: OutputFormat) -> Result<Encoder, KafkaError> {
+        let parse = |s: &str| Schema::parse_str(s).map_err(|e| KafkaError::Schema(e.to_string()));
+        Ok(Encoder {
+            format,
+            command_fp: fingerprint(&parse(FLAG_COMMAND_SCHEMA)?),
+            evaluation_fp: fingerprint(&parse(WINDOW_EVALUATION_SCHEMA)?),
+        })
+    }
+
+    pub fn command(&self, c: &FlagCommand) -> Vec<u8> {
+        match self.format {
+            OutputFormat::Avro => c.to_avro(self.command_fp),
+            OutputFormat::Json => serde_json::to_vec(c).unwrap_or_default(),
+        }
+    }
+
+    pub fn evaluation(&self, e: &WindowEvaluation) -> Vec<u8> {
+        match self.format {
+            OutputFormat::Avro => e.to_avro(self.evaluation_fp),
+            OutputFormat::Json => serde_json::to_vec(e).unwrap_or_default(),
+        }
+    }
+}
+
+/// Decodes a published record: Avro single-object or JSON.
+pub fn decode_output<T: serde::de::DeserializeOwned>(bytes: &[u8], schema: &Schema) -> Option<T> {
+    if bytes.len() > 10 && bytes[..2] == [0xC3, 0x01] {
+        let reader = GenericDatumReader::builder(schema).build().ok()?;
+        let value = reader.read_value(&mut &bytes[10..]).ok()?;
+        apache_avro::from_value(&value).ok()
+    } else {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// Reads the evaluations topic to its end and restores, per flag and cohort, the
+/// newest evaluation's streaks, percent and state, and the closed-window frontier.
+/// Returns the evaluations restored (newest per cohort).
+pub fn restore(
+    k: &KafkaConfig,
+    topic: &str,
+    engine: &mut Engine,
+) -> Result<Vec<WindowEvaluation>, KafkaError> {
+    let schema = Schema::parse_str(WINDOW_EVALUATION_SCHEMA)
+        .map_err(|e| KafkaError::Schema(e.to_string()))?;
+    let mut cfg = client_config(k);
+    cfg.set("group.id", format!("{}-restore", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = cfg.create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            if high > low {
+                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+                ends.insert(p.id(), high);
+            }
+        }
+    }
+    let mut newest: HashMap<(String, String), WindowEvaluation> = HashMap::new();
+    if !ends.is_empty() {
+        consumer.assign(&tpl)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !ends.is_empty() && std::time::Instant::now() < deadline {
+            let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let msg = msg?;
+            if msg.offset() + 1 >= ends.get(&msg.partition()).copied().unwrap_or(0) {
+                ends.remove(&msg.partition());
+            }
+            if let Some(e) = msg
+                .payload()
+                .and_then(|b| decode_output::<WindowEvaluation>(b, &schema))
+            {
+                let key = (e.flag_key.clone(), e.cohort.clone());
+                if newest
+                    .get(&key)
+                    .is_none_or(|old| old.window_end <= e.window_end)
+                {
+                    newest.insert(key, e);
+                }
+            }
+        }
+    }
+    let mut frontier = i64::MIN;
+    for e in newest.values() {
+        engine.rules_mut().restore(e);
+        frontier = frontier.max(e.window_end);
+        if let Some(fi) = engine
+            .policy()
+            .flags
+            .iter()
+            .position(|f| f.key == e.flag_key)
+        {
+            if e.cohort != "*" {
+                if let Some(t) = engine.windows_mut().cohort_table_mut(fi) {
+                    t.intern(e.cohort.clone());
+                }
+            }
+        }
+    }
+    if frontier > i64::MIN {
+        engine.windows_mut().set_closed_before(frontier);
+        tracing::info!(
+            cohorts = newest.len(),
+            closed_before = frontier,
+            "restored decision state from {topic}"
+        );
+    }
+    Ok(newest.into_values().collect())
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics (SPEC §8). The registry is created by the shell and handed to
+//! [`Metrics::register`]; no global statics. The engine keeps plain counters; the
+//! shell publishes their deltas once per tick (per batch, not per record).
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::engine::{Counters, Reason, STATUSES};
+use crate::model::{Action, Source};
+use crate::records::{FlagCommand, WindowEvaluation};
+use crate::rules::CohortStatus;
+
+/// Every metric guardrail exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub events: IntCounterVec,
+    pub windows_closed: IntCounter,
+    pub commands: IntCounterVec,
+    pub decision_latency: Histogram,
+    pub watermark_lag: Gauge,
+    pub metric_value: GaugeVec,
+    pub metric_threshold: GaugeVec,
+    pub breach_streak: IntGaugeVec,
+    pub rollout_percent: GaugeVec,
+    pub cohort_state: IntGaugeVec,
+    pub active_cells: IntGauge,
+    pub dlq: IntCounterVec,
+    pub srm_p_value: GaugeVec,
+    pub ready: IntGauge,
+    pub partitions_assigned: IntGauge,
+    pub consumer_lag: IntGaugeVec,
+    pub produce_latency: HistogramVec,
+    published: Counters,
+}
+
+fn err(e: prometheus::Error) -> String {
+    format!("registering metrics: {e}")
+}
+
+impl Metrics {
+    pub fn register(registry: &Registry) -> Result<Metrics, String> {
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.map_err(err)?;
+                registry.register(Box::new(m.clone())).map_err(err)?;
+                m
+            }};
+        }
+        let m = Metrics {
+            events: reg!(IntCounterVec::new(Opts::new("guardrail_events_total", "Input records by source and outcome"), &["source", "status"])),
+            windows_closed: reg!(IntCounter::new("guardrail_windows_closed_total", "Windows closed and evaluated")),
+            commands: reg!(IntCounterVec::new(Opts::new("guardrail_commands_total", "Commands published, by action"), &["action"])),
+            decision_latency: reg!(Histogram::with_opts(
+                HistogramOpts::new("guardrail_decision_latency_seconds", "From the watermark passing a window end to the broker acknowledging its command")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+            )),
+            watermark_lag: reg!(Gauge::new("guardrail_watermark_lag_seconds", "Wall clock minus the event-time watermark")),
+            metric_value: reg!(GaugeVec::new(Opts::new("guardrail_metric_value", "Metric value in the last closed window"), &["flag", "cohort", "metric", "variant"])),
+            metric_threshold: reg!(GaugeVec::new(Opts::new("guardrail_metric_threshold", "Effective guardrail bound in the last closed window"), &["flag", "cohort", "metric"])),
+            breach_streak: reg!(IntGaugeVec::new(Opts::new("guardrail_breach_streak", "Consecutive breached windows"), &["flag", "cohort", "metric"])),
+            rollout_percent: reg!(GaugeVec::new(Opts::new("guardrail_rollout_percent", "Treatment percent guardrail believes is live"), &["flag", "cohort"])),
+            cohort_state: reg!(IntGaugeVec::new(Opts::new("guardrail_cohort_state", "1 for the cohort's current state"), &["flag", "cohort", "state"])),
+            active_cells: reg!(IntGauge::new("guardrail_active_cells", "Aggregation cells (per variant) in open windows")),
+            dlq: reg!(IntCounterVec::new(Opts::new("guardrail_dlq_total", "Records sent to the dead-letter topic, by reason"), &["reason"])),
+            srm_p_value: reg!(GaugeVec::new(Opts::new("guardrail_srm_p_value", "Sample ratio mismatch chi-square p-value, last window"), &["flag", "cohort"])),
+            ready: reg!(IntGauge::new("guardrail_ready", "1 when partitions are assigned and the producer is connected")),
+            partitions_assigned: reg!(IntGauge::new("guardrail_partitions_assigned", "Input partitions assigned to this instance")),
+            consumer_lag: reg!(IntGaugeVec::new(Opts::new("guardrail_consumer_lag_messages", "High watermark minus position, per input partition"), &["topic", "partition"])),
+            produce_latency: reg!(HistogramVec::new(
+                HistogramOpts::new("guardrail_produce_latency_seconds", "Output produce round trip, by topic kind").buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                &["output"]
+            )),
+            published: Counters::default(),
+        };
+        // Pre-create label sets so the series exist (at 0) from the first scrape.
+        for s in Source::ALL {
+            for st in STATUSES {
+                m.events.with_label_values(&[s.as_str(), st]);
+            }
+        }
+        for a in Action::ALL {
+            m.commands.with_label_values(&[a.as_str()]);
+        }
+        for r in Reason::ALL {
+            m.dlq.with_label_values(&[r.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// Publishes the engine's counters since the last call.
+    pub fn publish_counters(&mut self, c: &Counters) {
+        for s in Source::ALL {
+            for (i, st) in STATUSES.iter().enumerate() {
+                let d = c.events[s.index()][i] - self.published.events[s.index()][i];
+                if d > 0 {
+                    self.events.with_label_values(&[s.as_str(), st]).inc_by(d);
+                }
+            }
+        }
+        for r in Reason::ALL {
+            let d = c.dlq[r as usize] - self.published.dlq[r as usize];
+            if d > 0 {
+                self.dlq.with_label_values(&[r.as_str()]).inc_by(d);
+            }
+        }
+        self.windows_closed
+            .inc_by(c.windows_closed - self.published.windows_closed);
+        self.published = c.clone();
+    }
+
+    /// Publishes the gauges of one evaluation.
+    pub fn evaluation(&self, e: &WindowEvaluation) {
+        let (f, c) = (e.flag_key.as_str(), e.cohort.as_str());
+        for ev in &e.evidence {
+            let m = ev.metric.as_str();
+            if ev.role == crate::model::Role::Srm {
+                if let Some(p) = ev.p_value {
+                    self.srm_p_value.with_label_values(&[f, c]).set(p);
+                }
+                continue;
+            }
+            self.metric_value
+                .with_label_values(&[f, c, m, "treatment"])
+                .set(ev.treatment_value);
+            if let Some(cv) = ev.control_value {
+                self.metric_value
+                    .with_label_values(&[f, c, m, "control"])
+                    .set(cv);
+            }
+            if ev.role == crate::model::Role::Guardrail {
+                if let Some(t) = ev.threshold {
+                    self.metric_threshold.with_label_values(&[f, c, m]).set(t);
+                }
+                self.breach_streak
+                    .with_label_values(&[f, c, m])
+                    .set(i64::from(ev.consecutive_windows));
+            }
+        }
+        if let Some(p) = e.rollout_percent {
+            self.rollout_percent.with_label_values(&[f, c]).set(p);
+        }
+        if let Some(state) = e.state.as_deref() {
+            for s in CohortStatus::ALL {
+                self.cohort_state
+                    .with_label_values(&[f, c, s.as_str()])
+                    .set(i64::from(s.as_str() == state));
+            }
+        }
+    }
+
+    pub fn command(&self, c: &FlagCommand) {
+        self.commands.with_label_values(&[c.action.as_str()]).inc();
+    }
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    // Encoding into a Vec only fails on invalid metric families, which `register` refuses.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
