@@ -107,10 +107,10 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-fn init_tracing(format: Option<LogFormat>) {
+fn init_tracing(format: Option<LogFormat>, default_filter: &str) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let json = match format {
         Some(f) => f == LogFormat::Json,
         None => {
