@@ -321,6 +321,8 @@ impl Shell {
         }
         self.metrics.publish_counters(self.engine.counters());
         self.metrics
+            .publish_overflow(self.engine.windows().cohort_overflows());
+        self.metrics
             .active_cells
             .set(self.engine.windows().active_cells() as i64);
         let wm = self.engine.watermark();
@@ -425,10 +427,9 @@ impl Shell {
             if tpl
                 .add_partition_offset(topic, p.partition, Offset::Offset(offset))
                 .is_ok()
+                && let Some(mut e) = tpl.find_partition(topic, p.partition)
             {
-                if let Some(mut e) = tpl.find_partition(topic, p.partition) {
-                    e.set_metadata(self.seen_until.get(p).copied().unwrap_or(*next).to_string());
-                }
+                e.set_metadata(self.seen_until.get(p).copied().unwrap_or(*next).to_string());
             }
             // Cached by librdkafka from fetch responses: no broker round trip.
             if let Ok((_, high)) =
@@ -442,10 +443,10 @@ impl Shell {
                     .set((high - next).max(0));
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = self.consumer.commit(&tpl, mode) {
-                tracing::warn!(error = %e, "offset commit failed; will retry");
-            }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, mode)
+        {
+            tracing::warn!(error = %e, "offset commit failed; will retry");
         }
     }
 }

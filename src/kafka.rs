@@ -194,12 +194,10 @@ pub fn restore(
             .flags
             .iter()
             .position(|f| f.key == e.flag_key)
+            && e.cohort != "*"
+            && let Some(t) = engine.windows_mut().cohort_table_mut(fi)
         {
-            if e.cohort != "*" {
-                if let Some(t) = engine.windows_mut().cohort_table_mut(fi) {
-                    t.intern(e.cohort.clone());
-                }
-            }
+            t.intern(e.cohort.clone());
         }
     }
     if frontier > i64::MIN {

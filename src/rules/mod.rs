@@ -145,7 +145,10 @@ impl Rules {
                 crate::model::Role::Guardrail,
             );
         }
-        for (i, s) in flag.success.iter().enumerate() {
+        // An ADVANCE restarts the success streaks at the new band; its evidence shows
+        // the streaks that triggered it, so they are not restored.
+        let advanced = eval.decision == Some(Action::Advance);
+        for (i, s) in flag.success.iter().enumerate().filter(|_| !advanced) {
             state.success_streaks[i] = streak(
                 &self.policy.metrics[s.metric].name,
                 crate::model::Role::Success,
@@ -273,48 +276,46 @@ fn judge_cohort(
                 state.healthy_windows >= need
             }
         };
-        if ready {
-            if let Some(&next) = flag.ramp.iter().find(|&&p| p > from) {
-                let why = match flag.advance_when {
-                    AdvanceWhen::Significant => flag
-                        .success
-                        .iter()
-                        .zip(&evidence[flag.guardrails.len()..])
-                        .map(|(s, e)| {
-                            format!(
-                                "{} {} {} (p={}) for {} window(s)",
-                                e.metric,
-                                if s.direction == crate::policy::Direction::Increase {
-                                    "rose"
-                                } else {
-                                    "fell"
-                                },
-                                fmt_rel(e.relative_change),
-                                fmt_p(e.p_value),
-                                s.windows
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    AdvanceWhen::Healthy => format!(
-                        "all guardrails healthy for {} windows",
-                        state.healthy_windows
-                    ),
-                };
-                let reason = format!(
-                    "{why}; advance from {}% to {}%",
-                    fmt_pct(from),
-                    fmt_pct(next)
-                );
-                state.percent = next;
-                state.healthy_windows = 0;
-                state.band_windows = 0;
-                state.success_streaks.iter_mut().for_each(|s| *s = 0);
-                if next >= 100.0 || flag.ramp.last() == Some(&next) {
-                    state.status = CohortStatus::Complete;
-                }
-                decision = Some((Action::Advance, next, Severity::Info, reason));
+        if ready && let Some(&next) = flag.ramp.iter().find(|&&p| p > from) {
+            let why = match flag.advance_when {
+                AdvanceWhen::Significant => flag
+                    .success
+                    .iter()
+                    .zip(&evidence[flag.guardrails.len()..])
+                    .map(|(s, e)| {
+                        format!(
+                            "{} {} {} (p={}) for {} window(s)",
+                            e.metric,
+                            if s.direction == crate::policy::Direction::Increase {
+                                "rose"
+                            } else {
+                                "fell"
+                            },
+                            fmt_rel(e.relative_change),
+                            fmt_p(e.p_value),
+                            s.windows
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                AdvanceWhen::Healthy => format!(
+                    "all guardrails healthy for {} windows",
+                    state.healthy_windows
+                ),
+            };
+            let reason = format!(
+                "{why}; advance from {}% to {}%",
+                fmt_pct(from),
+                fmt_pct(next)
+            );
+            state.percent = next;
+            state.healthy_windows = 0;
+            state.band_windows = 0;
+            state.success_streaks.iter_mut().for_each(|s| *s = 0);
+            if next >= 100.0 || flag.ramp.last() == Some(&next) {
+                state.status = CohortStatus::Complete;
             }
+            decision = Some((Action::Advance, next, Severity::Info, reason));
         }
     }
 

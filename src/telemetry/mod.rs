@@ -32,7 +32,9 @@ pub struct Metrics {
     pub partitions_assigned: IntGauge,
     pub consumer_lag: IntGaugeVec,
     pub produce_latency: HistogramVec,
+    pub cohort_overflow: IntCounter,
     published: Counters,
+    published_overflow: u64,
 }
 
 fn err(e: prometheus::Error) -> String {
@@ -72,7 +74,12 @@ impl Metrics {
                 HistogramOpts::new("guardrail_produce_latency_seconds", "Output produce round trip, by topic kind").buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
                 &["output"]
             )),
+            cohort_overflow: reg!(IntCounter::new(
+                "guardrail_cohort_overflow_total",
+                "Events aggregated under cohort `other` because max_cohorts_per_flag was reached"
+            )),
             published: Counters::default(),
+            published_overflow: 0,
         };
         // Pre-create label sets so the series exist (at 0) from the first scrape.
         for s in Source::ALL {
@@ -108,6 +115,13 @@ impl Metrics {
         self.windows_closed
             .inc_by(c.windows_closed - self.published.windows_closed);
         self.published = c.clone();
+    }
+
+    /// Publishes the cohort-cap overflow count (cumulative in the engine).
+    pub fn publish_overflow(&mut self, total: u64) {
+        self.cohort_overflow
+            .inc_by(total.saturating_sub(self.published_overflow));
+        self.published_overflow = total;
     }
 
     /// Publishes the gauges of one evaluation.

@@ -117,7 +117,8 @@ impl Windows {
     }
 
     pub fn window_start(&self, t: i64) -> i64 {
-        t.div_euclid(self.size) * self.size
+        // Saturates within one window of i64::MIN (a garbage timestamp must not overflow).
+        t.div_euclid(self.size).saturating_mul(self.size)
     }
 
     /// Adds one event to its window's cells.
@@ -210,17 +211,23 @@ impl Windows {
             (c, Some(s)) => c.min(s),
             (c, None) => c,
         };
-        if (close_end - start) / self.size > MAX_EMPTY_WINDOWS {
-            // A jump of more than a week: skip the empty stretch up to the first open window.
-            start = first_open
-                .unwrap_or(close_end - self.size)
-                .min(close_end - self.size);
-        }
         let mut out = Vec::new();
-        while start + self.size <= close_end {
+        while start.saturating_add(self.size) <= close_end {
+            // An empty stretch of more than a week (a clock jump, or one event with a
+            // garbage timestamp before the others): skip to the next open window.
+            let next = self
+                .open
+                .range(start..)
+                .next()
+                .map_or(close_end - self.size, |(&s, _)| {
+                    s.min(close_end - self.size)
+                });
+            if next.saturating_sub(start) / self.size > MAX_EMPTY_WINDOWS {
+                start = next;
+            }
             let window = self.open.remove(&start);
             out.push(self.closed(start, window));
-            start += self.size;
+            start = start.saturating_add(self.size);
         }
         if out.is_empty() && self.closed_before == i64::MIN {
             // Nothing has closed yet: the first window closes when the watermark passes it.
@@ -261,7 +268,7 @@ impl Windows {
         }
         ClosedWindow {
             start,
-            end: start + self.size,
+            end: start.saturating_add(self.size),
             flags,
         }
     }
@@ -269,7 +276,7 @@ impl Windows {
     /// Closes every open window (end of replay).
     pub fn close_all(&mut self) -> Vec<ClosedWindow> {
         match self.open.keys().next_back() {
-            Some(&last) => self.close_until(last + self.size),
+            Some(&last) => self.close_until(last.saturating_add(self.size)),
             None => Vec::new(),
         }
     }
@@ -346,10 +353,11 @@ fn contributions(
                 }
             }
             MetricKind::Mean { matcher, field } | MetricKind::Quantile { matcher, field, .. } => {
-                if matcher.source == source && matches(matcher, ev) {
-                    if let Some(v) = number(ev, *field).filter(|v| v.is_finite()) {
-                        out.push((slot, Contribution::Value(v)));
-                    }
+                if matcher.source == source
+                    && matches(matcher, ev)
+                    && let Some(v) = number(ev, *field).filter(|v| v.is_finite())
+                {
+                    out.push((slot, Contribution::Value(v)));
                 }
             }
         }
