@@ -40,10 +40,10 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Windows of simulated event time (15 minutes each).
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 12)]
         windows: u32,
         /// Simulated user sessions per window.
-        #[arg(long, default_value_t = 12_000)]
+        #[arg(long, default_value_t = 24_000)]
         sessions: u32,
         /// HTTP listen address (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:9464")]

@@ -388,17 +388,23 @@ mod tests {
         "#;
         let errs = Config::parse(text).unwrap_err().0;
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        // Sections come in key order (TOML tables are sorted maps).
         assert_eq!(
             paths,
-            vec!["window.size", "metrics[0]", "flags[0]", "flags[1].ramp"]
+            vec![
+                "flags[0]",
+                "flags[1].ramp",
+                "metrics[0].colour",
+                "window.size"
+            ]
         );
         assert!(
-            errs[1].message.contains("unknown field `colour`"),
+            errs[0].message.contains("missing field `owner`"),
             "{}",
-            errs[1]
+            errs[0]
         );
         assert!(
-            errs[2].message.contains("missing field `owner`"),
+            errs[2].message.contains("unknown field `colour`"),
             "{}",
             errs[2]
         );

@@ -24,7 +24,7 @@ use crate::records::FlagCommand;
 use crate::sim::{Scenario, Simulator};
 
 pub const EXAMPLE_CONFIG: &str = include_str!("../config/guardrail.toml");
-const INPUT_PARTITIONS: i32 = 4;
+const INPUT_PARTITIONS: i32 = 16;
 
 /// Demo config: the example policy, pointed at the mock cluster, with a short idle
 /// timeout so the final windows close without waiting 30 s of wall time.

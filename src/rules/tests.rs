@@ -1,1 +1,670 @@
+//! Decisions (SPEC §5) on synthetic windows: PAUSE and ROLLBACK once per episode,
+//! insufficient windows neither heal nor breach, HOLD once per warning episode, ADVANCE
+//! through the ramp bands to completion, deterministic command ids, restore from an
+//! evaluation.
+
 use super::*;
+use crate::config::Config;
+use crate::model::Role;
+use crate::window::aggregate::{Agg, Arm};
+use crate::window::{ClosedFlag, ClosedWindow};
+
+const SIZE: i64 = 15 * 60_000;
+const T0: i64 = 1_700_000_100_000;
+
+/// Flag `p`: pauses on `err`, warns on `lat`, advances on `conv` (significant, manual).
+/// Flag `r`: rolls back on `err`, advances when healthy (auto).
+const CONFIG: &str = r#"
+[[metrics]]
+name = "err"
+type = "rate"
+numerator   = { source = "errors",  match = { service = "checkout" } }
+denominator = { source = "product", match = { journey = "checkout", outcome = "STARTED" } }
+
+[[metrics]]
+name = "conv"
+type = "rate"
+numerator   = { source = "product", match = { journey = "checkout", outcome = "COMPLETED" } }
+denominator = { source = "product", match = { journey = "checkout", outcome = "STARTED" } }
+
+[[metrics]]
+name = "lat"
+type = "mean"
+source = "product"
+field = "latency_ms"
+
+[[flags]]
+key = "p"
+owner = "team-p"
+treatment = "on"
+control = "off"
+cohort_by = ["platform"]
+ramp = [5, 20, 50, 100]
+start_percent = 5
+approval = "manual"
+advance_when = "significant"
+  [[flags.guardrails]]
+  metric = "err"
+  max = 0.05
+  windows = 2
+  min_samples = 100
+  severity = "critical"
+  action = "pause"
+  [[flags.guardrails]]
+  metric = "lat"
+  max = 500.0
+  windows = 1
+  min_samples = 10
+  severity = "warning"
+  [[flags.success]]
+  metric = "conv"
+  direction = "increase"
+  alpha = 0.05
+  windows = 2
+  min_samples = 100
+
+[[flags]]
+key = "r"
+owner = "team-r"
+treatment = "on"
+control = "off"
+ramp = [10, 100]
+start_percent = 10
+approval = "auto"
+advance_when = "healthy"
+  [[flags.guardrails]]
+  metric = "err"
+  max = 0.05
+  windows = 2
+  min_samples = 100
+  action = "rollback"
+"#;
+
+fn policy() -> Arc<Policy> {
+    Arc::new(Policy::compile(&Config::parse(CONFIG).unwrap()).unwrap())
+}
+
+/// One window of one cohort, per metric: (treatment, control).
+#[derive(Debug, Clone, Copy)]
+struct Traffic {
+    /// (errors, started)
+    err: [(u64, u64); 2],
+    /// (completed, started)
+    conv: [(u64, u64); 2],
+    /// (n, mean)
+    lat: [(u64, f64); 2],
+}
+
+const HEALTHY: Traffic = Traffic {
+    err: [(10, 1000), (10, 1000)],
+    conv: [(500, 1000), (500, 1000)],
+    lat: [(100, 200.0), (100, 200.0)],
+};
+
+fn breached() -> Traffic {
+    Traffic {
+        err: [(100, 1000), (10, 1000)],
+        ..HEALTHY
+    }
+}
+
+/// Treatment errors far beyond the bound, but only 50 started checkouts per arm.
+fn insufficient() -> Traffic {
+    Traffic {
+        err: [(25, 50), (1, 50)],
+        ..HEALTHY
+    }
+}
+
+fn slow() -> Traffic {
+    Traffic {
+        lat: [(100, 900.0), (100, 200.0)],
+        ..HEALTHY
+    }
+}
+
+/// Completion 60% vs 50% on 1000 each: z ≈ 4.5, p ≈ 4e-6.
+fn improving() -> Traffic {
+    Traffic {
+        conv: [(600, 1000), (500, 1000)],
+        ..HEALTHY
+    }
+}
+
+fn arm(policy: &Policy, flag: usize, t: &Traffic, a: usize) -> Arm {
+    let f = &policy.flags[flag];
+    let aggs = f
+        .metric_ids
+        .iter()
+        .map(|&m| match policy.metrics[m].name.as_str() {
+            "err" => Agg::Rate {
+                num: t.err[a].0,
+                den: t.err[a].1,
+            },
+            "conv" => Agg::Rate {
+                num: t.conv[a].0,
+                den: t.conv[a].1,
+            },
+            "lat" => {
+                let (n, mean) = t.lat[a];
+                // Spread ±10% around the mean so the variance is not zero.
+                Agg::Mean {
+                    n,
+                    sum: mean * n as f64,
+                    sumsq: n as f64 * mean * mean * 1.01,
+                }
+            }
+            other => panic!("{other}"),
+        })
+        .collect();
+    Arm {
+        exposures: t.err[a].1,
+        events: t.err[a].1 * 2,
+        aggs,
+    }
+}
+
+/// A closed window `k` (0-based from T0) with the given traffic per flag and cohort.
+fn window(policy: &Policy, k: i64, cohorts: &[(usize, &str, Traffic)]) -> ClosedWindow {
+    let flags = (0..policy.flags.len())
+        .map(|fi| ClosedFlag {
+            cohorts: cohorts
+                .iter()
+                .filter(|(f, _, _)| *f == fi)
+                .map(|(_, name, t)| {
+                    (
+                        name.to_string(),
+                        [arm(policy, fi, t, 0), arm(policy, fi, t, 1)],
+                    )
+                })
+                .collect(),
+            late_events: 0,
+        })
+        .collect();
+    ClosedWindow {
+        start: T0 + k * SIZE,
+        end: T0 + (k + 1) * SIZE,
+        flags,
+    }
+}
+
+/// Runs windows 0.. of flag `flag`, cohort `*` only; returns each window's judgement.
+fn run(rules: &mut Rules, policy: &Policy, flag: usize, seq: &[Traffic]) -> Vec<Judged> {
+    seq.iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let w = window(policy, k as i64, &[(flag, "*", *t)]);
+            let mut out = rules.decide(&w, T0 + (k as i64 + 1) * SIZE + 1);
+            assert_eq!(out.len(), 1);
+            out.pop().unwrap()
+        })
+        .collect()
+}
+
+fn actions(judged: &[Judged]) -> Vec<Option<Action>> {
+    judged
+        .iter()
+        .map(|j| j.command.as_ref().map(|c| c.action))
+        .collect()
+}
+
+fn evidence<'a>(j: &'a Judged, metric: &str, role: Role) -> &'a MetricEvidence {
+    j.evaluation
+        .evidence
+        .iter()
+        .find(|e| e.metric == metric && e.role == role)
+        .unwrap()
+}
+
+// ---- PAUSE and ROLLBACK -------------------------------------------------------------
+
+#[test]
+fn critical_breach_for_its_windows_pauses_once() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let seq = [
+        HEALTHY,
+        breached(),
+        breached(),
+        breached(),
+        HEALTHY,
+        breached(),
+    ];
+    let judged = run(&mut rules, &policy, 0, &seq);
+    assert_eq!(
+        actions(&judged),
+        vec![None, None, Some(Action::Pause), None, None, None]
+    );
+    let streaks: Vec<i32> = judged
+        .iter()
+        .map(|j| evidence(j, "err", Role::Guardrail).consecutive_windows)
+        .collect();
+    assert_eq!(streaks, vec![0, 1, 2, 3, 0, 1]);
+    let cmd = judged[2].command.as_ref().unwrap();
+    assert_eq!(cmd.flag_key, "p");
+    assert_eq!(cmd.cohort, "*");
+    assert_eq!(cmd.severity, Severity::Critical);
+    assert_eq!((cmd.from_percent, cmd.to_percent), (5.0, 5.0));
+    assert!(!cmd.requires_approval);
+    assert_eq!(cmd.owner, "team-p");
+    assert_eq!(
+        (cmd.window_start, cmd.window_end),
+        (T0 + 2 * SIZE, T0 + 3 * SIZE)
+    );
+    assert_eq!(cmd.policy_version, policy.flags[0].policy_version);
+    let ev = evidence(&judged[2], "err", Role::Guardrail);
+    assert!(ev.breached);
+    assert_eq!(ev.status, "breached");
+    assert_eq!(ev.treatment_value, 0.1);
+    assert_eq!(ev.control_value, Some(0.01));
+    assert_eq!((ev.treatment_samples, ev.control_samples), (1000, 1000));
+    assert_eq!(ev.threshold, Some(0.05));
+    assert_eq!(cmd.evidence, judged[2].evaluation.evidence);
+    assert!(cmd.reason.contains("err"), "{}", cmd.reason);
+    assert!(cmd.reason.contains("paused at 5%"), "{}", cmd.reason);
+    assert_eq!(judged[2].evaluation.decision, Some(Action::Pause));
+    assert_eq!(
+        judged[2].evaluation.command_id.as_deref(),
+        Some(cmd.command_id.as_str())
+    );
+    assert_eq!(judged[2].evaluation.state.as_deref(), Some("paused"));
+    assert_eq!(judged[2].evaluation.rollout_percent, Some(5.0));
+    // Paused stays paused: never re-paused, never advanced.
+    let st = rules.state(0, "*").unwrap();
+    assert_eq!(st.status, CohortStatus::Paused);
+    let more = run(&mut rules, &policy, 0, &[improving(); 4]);
+    assert!(actions(&more).iter().all(Option::is_none));
+}
+
+#[test]
+fn cohorts_are_judged_independently() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let mut cmds = Vec::new();
+    for k in 0..3 {
+        let w = window(
+            &policy,
+            k,
+            &[
+                (0, "*", HEALTHY),
+                (0, "platform=ios", HEALTHY),
+                (0, "platform=web", breached()),
+            ],
+        );
+        let judged = rules.decide(&w, 0);
+        assert_eq!(judged.len(), 3);
+        cmds.extend(judged.into_iter().filter_map(|j| j.command));
+    }
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].cohort, "platform=web");
+    assert_eq!(cmds[0].action, Action::Pause);
+    assert_eq!(cmds[0].window_start, T0 + SIZE);
+    assert_eq!(rules.state(0, "*").unwrap().status, CohortStatus::Ramping);
+}
+
+#[test]
+fn rollback_goes_to_zero_once() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let judged = run(&mut rules, &policy, 1, &[breached(); 4]);
+    assert_eq!(
+        actions(&judged),
+        vec![None, Some(Action::Rollback), None, None]
+    );
+    let cmd = judged[1].command.as_ref().unwrap();
+    assert_eq!((cmd.from_percent, cmd.to_percent), (10.0, 0.0));
+    assert_eq!(cmd.severity, Severity::Critical);
+    assert!(cmd.reason.contains("rolled back to 0%"), "{}", cmd.reason);
+    assert_eq!(judged[1].evaluation.state.as_deref(), Some("rolled_back"));
+    let st = rules.state(1, "*").unwrap();
+    assert_eq!(st.status, CohortStatus::RolledBack);
+    assert_eq!(
+        st.percent, 10.0,
+        "the cohort's percent is its last ramp band"
+    );
+}
+
+// ---- insufficient -------------------------------------------------------------------
+
+#[test]
+fn insufficient_neither_breaches_nor_heals() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    // Insufficient windows alone never act, whatever the rate.
+    let judged = run(&mut rules, &policy, 0, &[insufficient(); 5]);
+    assert!(actions(&judged).iter().all(Option::is_none));
+    for j in &judged {
+        let ev = evidence(j, "err", Role::Guardrail);
+        assert_eq!(ev.status, "insufficient");
+        assert!(!ev.breached);
+        assert_eq!(ev.consecutive_windows, 0);
+        assert_eq!(j.evaluation.healthy_windows, 0);
+    }
+    // breached, insufficient, breached: the streak survives the gap (2 → PAUSE).
+    let mut rules = Rules::new(policy.clone());
+    let judged = run(
+        &mut rules,
+        &policy,
+        0,
+        &[breached(), insufficient(), breached()],
+    );
+    assert_eq!(actions(&judged), vec![None, None, Some(Action::Pause)]);
+    let streaks: Vec<i32> = judged
+        .iter()
+        .map(|j| evidence(j, "err", Role::Guardrail).consecutive_windows)
+        .collect();
+    assert_eq!(streaks, vec![1, 1, 2]);
+}
+
+#[test]
+fn insufficient_windows_do_not_count_toward_advance_when_healthy() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    // Flag r advances after `windows` (2) healthy windows; insufficient ones reset it.
+    let seq = [
+        HEALTHY,
+        insufficient(),
+        HEALTHY,
+        insufficient(),
+        HEALTHY,
+        HEALTHY,
+    ];
+    let judged = run(&mut rules, &policy, 1, &seq);
+    assert_eq!(
+        actions(&judged),
+        vec![None, None, None, None, None, Some(Action::Advance)]
+    );
+    let healthy: Vec<i32> = judged
+        .iter()
+        .map(|j| j.evaluation.healthy_windows)
+        .collect();
+    assert_eq!(healthy, vec![1, 0, 1, 0, 1, 0]);
+    let cmd = judged[5].command.as_ref().unwrap();
+    assert_eq!((cmd.from_percent, cmd.to_percent), (10.0, 100.0));
+    assert!(!cmd.requires_approval, "approval = auto");
+    assert_eq!(cmd.severity, Severity::Info);
+    assert_eq!(rules.state(1, "*").unwrap().status, CohortStatus::Complete);
+}
+
+// ---- HOLD ---------------------------------------------------------------------------
+
+#[test]
+fn warning_holds_once_per_episode() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let seq = [
+        slow(),
+        slow(),
+        improving(), // warning over: back to ramping, success streak 1
+        improving(), // streak 2: advance
+        slow(),      // a new episode: HOLD again
+        slow(),
+    ];
+    let judged = run(&mut rules, &policy, 0, &seq);
+    assert_eq!(
+        actions(&judged),
+        vec![
+            Some(Action::Hold),
+            None,
+            None,
+            Some(Action::Advance),
+            Some(Action::Hold),
+            None
+        ]
+    );
+    let hold = judged[0].command.as_ref().unwrap();
+    assert_eq!(hold.severity, Severity::Warning);
+    assert_eq!((hold.from_percent, hold.to_percent), (5.0, 5.0));
+    assert!(!hold.requires_approval);
+    assert!(hold.reason.contains("holding at 5%"), "{}", hold.reason);
+    let states: Vec<&str> = judged
+        .iter()
+        .map(|j| j.evaluation.state.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        vec!["held", "held", "ramping", "ramping", "held", "held"]
+    );
+    let second = judged[4].command.as_ref().unwrap();
+    assert_eq!((second.from_percent, second.to_percent), (20.0, 20.0));
+    assert_ne!(second.command_id, hold.command_id);
+}
+
+#[test]
+fn held_cohorts_do_not_advance() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    // Success is significant while latency stays over its warning bound.
+    let slow_but_improving = Traffic {
+        lat: slow().lat,
+        ..improving()
+    };
+    let judged = run(&mut rules, &policy, 0, &[slow_but_improving; 4]);
+    assert_eq!(actions(&judged), vec![Some(Action::Hold), None, None, None]);
+    assert_eq!(rules.state(0, "*").unwrap().percent, 5.0);
+}
+
+#[test]
+fn critical_wins_over_warning() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let both = Traffic {
+        lat: slow().lat,
+        ..breached()
+    };
+    let judged = run(&mut rules, &policy, 0, &[both, both]);
+    assert_eq!(
+        actions(&judged),
+        vec![Some(Action::Hold), Some(Action::Pause)]
+    );
+}
+
+// ---- ADVANCE ------------------------------------------------------------------------
+
+#[test]
+fn advances_through_the_ramp_to_complete() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let judged = run(&mut rules, &policy, 0, &[improving(); 9]);
+    assert_eq!(
+        actions(&judged),
+        vec![
+            None,
+            Some(Action::Advance),
+            None,
+            Some(Action::Advance),
+            None,
+            Some(Action::Advance),
+            None,
+            None,
+            None
+        ]
+    );
+    let bands: Vec<(f64, f64)> = judged
+        .iter()
+        .filter_map(|j| j.command.as_ref())
+        .map(|c| (c.from_percent, c.to_percent))
+        .collect();
+    assert_eq!(bands, vec![(5.0, 20.0), (20.0, 50.0), (50.0, 100.0)]);
+    for c in judged.iter().filter_map(|j| j.command.as_ref()) {
+        assert!(c.requires_approval, "approval = manual");
+        assert_eq!(c.severity, Severity::Info);
+        assert!(c.reason.contains("conv rose"), "{}", c.reason);
+    }
+    // The success streak restarts at each new band.
+    let streaks: Vec<i32> = judged
+        .iter()
+        .map(|j| evidence(j, "conv", Role::Success).consecutive_windows)
+        .collect();
+    assert_eq!(streaks, vec![1, 2, 1, 2, 1, 2, 1, 2, 3]);
+    let st = rules.state(0, "*").unwrap();
+    assert_eq!((st.percent, st.status), (100.0, CohortStatus::Complete));
+    assert_eq!(judged[8].evaluation.state.as_deref(), Some("complete"));
+    assert_eq!(judged[8].evaluation.rollout_percent, Some(100.0));
+}
+
+#[test]
+fn no_advance_without_significance_or_with_a_streak_broken() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let judged = run(
+        &mut rules,
+        &policy,
+        0,
+        &[improving(), HEALTHY, improving(), HEALTHY, HEALTHY],
+    );
+    assert!(actions(&judged).iter().all(Option::is_none));
+    assert_eq!(
+        evidence(&judged[1], "conv", Role::Success).status,
+        "not_significant"
+    );
+    assert_eq!(
+        evidence(&judged[0], "conv", Role::Success).status,
+        "significant"
+    );
+    // A guardrail at streak 1 of 2 is not healthy: no advance even with success ready.
+    let mut rules = Rules::new(policy.clone());
+    let breaching_and_improving = Traffic {
+        err: breached().err,
+        ..improving()
+    };
+    let judged = run(
+        &mut rules,
+        &policy,
+        0,
+        &[improving(), breaching_and_improving],
+    );
+    assert_eq!(actions(&judged), vec![None, None]);
+}
+
+// ---- ids and restore ----------------------------------------------------------------
+
+fn mixed_sequence() -> Vec<Traffic> {
+    vec![
+        improving(),
+        improving(),
+        slow(),
+        HEALTHY,
+        improving(),
+        improving(),
+        breached(),
+        insufficient(),
+        breached(),
+        breached(),
+    ]
+}
+
+#[test]
+fn command_ids_are_deterministic_across_instances() {
+    let policy = policy();
+    let a = run(
+        &mut Rules::new(policy.clone()),
+        &policy,
+        0,
+        &mixed_sequence(),
+    );
+    let b = run(
+        &mut Rules::new(policy.clone()),
+        &policy,
+        0,
+        &mixed_sequence(),
+    );
+    let ca: Vec<&FlagCommand> = a.iter().filter_map(|j| j.command.as_ref()).collect();
+    let cb: Vec<&FlagCommand> = b.iter().filter_map(|j| j.command.as_ref()).collect();
+    assert_eq!(
+        ca.iter().map(|c| c.action).collect::<Vec<_>>(),
+        vec![
+            Action::Advance,
+            Action::Hold,
+            Action::Advance,
+            Action::Pause
+        ]
+    );
+    assert_eq!(ca, cb);
+    for c in &ca {
+        assert_eq!(
+            c.command_id,
+            crate::ids::command_id(
+                &c.flag_key,
+                &c.cohort,
+                c.action.as_str(),
+                c.window_start,
+                &c.policy_version
+            )
+        );
+    }
+    let mut ids: Vec<&str> = ca.iter().map(|c| c.command_id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), ca.len());
+    // The evaluations are equal too, decision or not.
+    let ea: Vec<&WindowEvaluation> = a.iter().map(|j| &j.evaluation).collect();
+    let eb: Vec<&WindowEvaluation> = b.iter().map(|j| &j.evaluation).collect();
+    assert_eq!(ea, eb);
+}
+
+/// Restoring from the last evaluation of each prefix reproduces the state, and the rest
+/// of the run decides exactly as the uninterrupted one.
+#[test]
+fn restore_reproduces_state_and_decisions() {
+    let policy = policy();
+    let seq = mixed_sequence();
+    let mut full = Rules::new(policy.clone());
+    let whole = run(&mut full, &policy, 0, &seq);
+    for cut in 1..seq.len() {
+        let mut before = Rules::new(policy.clone());
+        let prefix = run(&mut before, &policy, 0, &seq[..cut]);
+        let mut after = Rules::new(policy.clone());
+        let last = &prefix.last().unwrap().evaluation;
+        // Round-trip the evaluation through its JSON form, as a restarted engine would read it.
+        let last: WindowEvaluation =
+            serde_json::from_str(&serde_json::to_string(last).unwrap()).unwrap();
+        after.restore(&last);
+        let (b, a) = (before.state(0, "*").unwrap(), after.state(0, "*").unwrap());
+        assert_eq!(a.percent, b.percent, "cut {cut}");
+        assert_eq!(a.status, b.status, "cut {cut}");
+        assert_eq!(a.guardrail_streaks, b.guardrail_streaks, "cut {cut}");
+        assert_eq!(a.success_streaks, b.success_streaks, "cut {cut}");
+        assert_eq!(a.healthy_windows, b.healthy_windows, "cut {cut}");
+        for (k, t) in seq.iter().enumerate().skip(cut) {
+            let w = window(&policy, k as i64, &[(0, "*", *t)]);
+            let j = after
+                .decide(&w, T0 + (k as i64 + 1) * SIZE + 1)
+                .pop()
+                .unwrap();
+            assert_eq!(j.evaluation, whole[k].evaluation, "cut {cut}, window {k}");
+            assert_eq!(j.command, whole[k].command, "cut {cut}, window {k}");
+        }
+    }
+}
+
+#[test]
+fn restore_ignores_other_policies_and_unknown_flags() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let judged = run(&mut rules, &policy, 0, &[breached(), breached()]);
+    let mut eval = judged[1].evaluation.clone();
+    assert_eq!(eval.state.as_deref(), Some("paused"));
+    eval.policy_version = Some("something-else".into());
+    let mut fresh = Rules::new(policy.clone());
+    fresh.restore(&eval);
+    assert!(fresh.state(0, "*").is_none());
+    eval.policy_version = judged[1].evaluation.policy_version.clone();
+    eval.flag_key = "no-such-flag".into();
+    fresh.restore(&eval);
+    assert_eq!(fresh.states().count(), 0);
+}
+
+#[test]
+fn late_events_are_reported_on_the_evaluation() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let mut w = window(
+        &policy,
+        0,
+        &[(0, "*", HEALTHY), (0, "platform=ios", HEALTHY)],
+    );
+    w.flags[0].late_events = 7;
+    let judged = rules.decide(&w, 42);
+    assert!(judged.iter().all(|j| j.evaluation.late_events == 7));
+    assert!(judged.iter().all(|j| j.evaluation.evaluated_at == 42));
+}

@@ -1,0 +1,157 @@
+//! `guardrail check`: exit 0 on the documented config; exit 2 on broken ones, with the
+//! exact path of every error on stderr (SPEC §4, §7).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bad(name: &str) -> PathBuf {
+    root()
+        .join("tests/data/bad_configs")
+        .join(format!("{name}.toml"))
+}
+
+fn check(config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_guardrail"))
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `check` on a broken config: exit 2, and each expected `path: message` on stderr.
+fn assert_rejected(name: &str, expected: &[&str]) {
+    let out = check(&bad(name));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+    for e in expected {
+        assert!(err.contains(e), "{name}: expected {e:?} in:\n{err}");
+    }
+    // One line per error, each starting with the file it is about (log lines aside).
+    let prefix = format!("{}: ", bad(name).display());
+    let lines = err.lines().filter(|l| l.starts_with(&prefix)).count();
+    assert_eq!(lines, expected.len(), "{name}:\n{err}");
+    assert!(out.stdout.is_empty(), "{name}: nothing on stdout");
+}
+
+#[test]
+fn the_documented_config_is_valid() {
+    let out = check(&root().join("config/guardrail.toml"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("checkout-redesign"), "{text}");
+    assert!(text.contains("search-ranking-v2"), "{text}");
+}
+
+#[test]
+fn unknown_metric() {
+    assert_rejected(
+        "unknown_metric",
+        &[r#"flags[1].success[0].metric: unknown metric "x""#],
+    );
+}
+
+#[test]
+fn unknown_key() {
+    assert_rejected(
+        "unknown_key",
+        &["flags[0].guardrails[0].severty: unknown field `severty`"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_rejected(
+        "bad_duration",
+        &[r#"window.size: invalid duration "15 parsecs""#],
+    );
+}
+
+#[test]
+fn ramp_not_ascending() {
+    assert_rejected(
+        "ramp_not_ascending",
+        &["flags[0].ramp[2]: ramp must be strictly ascending"],
+    );
+}
+
+#[test]
+fn start_percent_off_the_ramp() {
+    assert_rejected(
+        "start_off_ramp",
+        &["flags[0].start_percent: 7 is not a step of the ramp"],
+    );
+}
+
+#[test]
+fn match_field_the_source_does_not_have() {
+    assert_rejected(
+        "match_field_missing",
+        &[r#"metrics[0].numerator.match.journey: unknown field "journey" for source "errors""#],
+    );
+}
+
+#[test]
+fn enum_value_not_an_outcome() {
+    assert_rejected(
+        "enum_value",
+        &[
+            r#"metrics[0].denominator.match.outcome: "START" is not one of EXPOSURE, STARTED, COMPLETED, ABANDONED, FAILED"#,
+        ],
+    );
+}
+
+#[test]
+fn quantile_out_of_range() {
+    assert_rejected(
+        "quantile_out_of_range",
+        &["metrics[1].quantile: 1.5 is not in (0, 1)"],
+    );
+}
+
+#[test]
+fn zero_windows() {
+    assert_rejected(
+        "zero_windows",
+        &["flags[0].guardrails[0].windows: must be at least 1"],
+    );
+}
+
+#[test]
+fn every_error_of_a_config_is_reported() {
+    assert_rejected(
+        "several_errors",
+        &[
+            r#"metrics[0].numerator.match.journey: unknown field "journey" for source "errors""#,
+            r#"metrics[0].denominator.match.outcome: "START" is not one of"#,
+            "metrics[1].quantile: 1.5 is not in (0, 1)",
+            "flags[0].ramp[2]: ramp must be strictly ascending",
+            "flags[0].guardrails[0].windows: must be at least 1",
+            r#"flags[1].success[0].metric: unknown metric "x""#,
+        ],
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_config_error() {
+    let out = check(&root().join("tests/data/bad_configs/does-not-exist.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_guardrail"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
