@@ -1,0 +1,840 @@
+//! End to end on librdkafka's mock cluster: simulated events in, commands out (Avro on
+//! `flag-commands`), the DLQ path, the HTTP endpoints and `/metrics` (checked with
+//! `promtool`), `replay` deciding what `run` decided, and a restart that neither loses
+//! nor repeats a window.
+//!
+//! Each test starts its own mock cluster and HTTP server on ephemeral ports.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use apache_avro::reader::datum::GenericDatumReader;
+use futures::future::join_all;
+use guardrail::clock::wall_ms;
+use guardrail::config::Config;
+use guardrail::http::Shared;
+use guardrail::ingest::decode::{SchemaRegistry, fingerprint};
+use guardrail::model::{Action, Source};
+use guardrail::policy::Policy;
+use guardrail::records::{FlagCommand, WindowEvaluation};
+use guardrail::sim::{Scenario, SimEvent, Simulator};
+use prometheus::Registry;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const WINDOWS: u32 = 8;
+/// The demo's default: enough mobile-web treatment checkouts per window for the
+/// error-rate test (alpha 0.01) to see the injected regression two windows running.
+const SESSIONS: u32 = 24_000;
+const INPUT_PARTITIONS: i32 = 4;
+const FLAG: &str = "checkout-redesign";
+const COHORT: &str = "platform=mobile-web";
+
+type Cluster = MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// A mock cluster with the six topics, and the demo config/policy pointed at it.
+struct Env {
+    /// Leaked when a test panics: destroying the mock cluster under a running
+    /// engine makes the consumer's close hang, and the test with it.
+    cluster: Option<Cluster>,
+    brokers: String,
+    config: Config,
+    policy: Arc<Policy>,
+    /// Start of the first simulated window: aligned, such that the last simulated
+    /// window is the one just before the current one (nothing is "from the future").
+    start: i64,
+    window_ms: i64,
+}
+
+fn env() -> Env {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let (config, policy) =
+        guardrail::demo::demo_config(None, &brokers, "127.0.0.1:0").expect("demo config");
+    // The mock coordinator waits up to the session timeout for a departed member
+    // before it rebalances a restarted engine in; keep restarts quick.
+    let mut config = config;
+    if let Some(k) = config.kafka.as_mut() {
+        k.properties
+            .insert("session.timeout.ms".into(), "6000".into());
+        k.properties
+            .insert("heartbeat.interval.ms".into(), "1000".into());
+    }
+    let t = &config.topics;
+    for topic in [&t.product_events, &t.error_events, &t.support_signals] {
+        cluster.create_topic(topic, INPUT_PARTITIONS, 1).unwrap();
+    }
+    for topic in [&t.flag_commands, &t.evaluations, &t.dlq] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    let window_ms = policy.window.size_ms;
+    let start = (wall_ms() / window_ms - i64::from(WINDOWS)) * window_ms;
+    Env {
+        cluster: Some(cluster),
+        brokers,
+        config,
+        policy: Arc::new(policy),
+        start,
+        window_ms,
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::mem::forget(self.cluster.take());
+        }
+    }
+}
+
+impl Env {
+    fn simulator(&self) -> Simulator {
+        Simulator::new(Scenario::demo(self.start, WINDOWS, SESSIONS))
+    }
+
+    fn producer(&self) -> FutureProducer {
+        guardrail::kafka::producer_config(self.config.kafka.as_ref().unwrap())
+            .set("linger.ms", "20")
+            .create()
+            .expect("producer")
+    }
+}
+
+/// A running engine (and its HTTP server).
+struct Running {
+    registry: Registry,
+    stop: watch::Sender<bool>,
+    engine: JoinHandle<anyhow::Result<()>>,
+    http: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+async fn start_engine(env: &Env) -> Running {
+    let registry = Registry::new();
+    let shared = Shared::new(registry.clone(), &env.policy);
+    let (stop, stop_rx) = watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let (addr, http) = guardrail::http::serve("127.0.0.1:0", shared.clone(), async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    })
+    .await
+    .expect("binding HTTP");
+    let engine = {
+        let (config, policy, shared, registry) = (
+            env.config.clone(),
+            env.policy.clone(),
+            shared.clone(),
+            registry.clone(),
+        );
+        tokio::spawn(async move {
+            guardrail::app::run_engine(
+                config,
+                policy,
+                shared,
+                &registry,
+                stop_rx,
+                Duration::from_secs(10),
+                None,
+            )
+            .await
+        })
+    };
+    Running {
+        registry,
+        stop,
+        engine,
+        http,
+        addr,
+    }
+}
+
+impl Running {
+    fn counter(&self, name: &str) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+            .sum::<f64>() as u64
+    }
+
+    fn gauge(&self, name: &str) -> i64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter().map(|m| m.get_gauge().get_value()))
+            .sum::<f64>() as i64
+    }
+
+    /// Waits until the engine closed at least `n` windows.
+    async fn wait_closed(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let closed = self.counter("guardrail_windows_closed_total");
+            if closed >= n {
+                return;
+            }
+            assert!(
+                !self.engine.is_finished(),
+                "the engine stopped early (closed {closed} of {n} windows)"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?}: {closed} of {n} windows closed"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Graceful stop through the watch channel; the engine must exit Ok. Returns the
+    /// windows it closed in all (draining may close one more).
+    async fn stop(self) -> u64 {
+        let _ = self.stop.send(true);
+        let engine = tokio::time::timeout(Duration::from_secs(30), self.engine).await;
+        engine
+            .expect("engine stops within 30 s")
+            .expect("engine task")
+            .expect("engine result");
+        let _ = self.http.await;
+        let closed = self
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "guardrail_windows_closed_total")
+            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+            .sum::<f64>();
+        closed as u64
+    }
+}
+
+fn topic_of(env: &Env, source: Source) -> &str {
+    let t = &env.config.topics;
+    match source {
+        Source::Product => &t.product_events,
+        Source::Errors => &t.error_events,
+        Source::Support => &t.support_signals,
+    }
+}
+
+/// Produces `windows` windows of simulated traffic (as demo.rs does); returns the count.
+async fn produce(env: &Env, producer: &FutureProducer, sim: &mut Simulator, windows: u32) -> u64 {
+    let schemas = SchemaRegistry::shipped().unwrap();
+    let mut produced = 0;
+    for _ in 0..windows {
+        let Some(events) = sim.next_window() else {
+            break;
+        };
+        produced += produce_events(env, producer, &schemas, &events).await;
+    }
+    produced
+}
+
+async fn produce_events(
+    env: &Env,
+    producer: &FutureProducer,
+    schemas: &SchemaRegistry,
+    events: &[SimEvent],
+) -> u64 {
+    let mut sends = Vec::with_capacity(events.len());
+    for e in events {
+        let payload = e.single_object(schemas.current_fingerprint(e.source));
+        let key = e.user_id.clone().unwrap_or_default();
+        let mut rec = FutureRecord::to(topic_of(env, e.source))
+            .key(&key)
+            .payload(&payload);
+        loop {
+            match producer.send_result(rec) {
+                Ok(delivery) => break sends.push(delivery),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    rec = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => panic!("producing: {e}"),
+            }
+        }
+    }
+    for r in join_all(sends).await {
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => panic!("producing: {e}"),
+            Err(_) => panic!("producing: delivery cancelled"),
+        }
+    }
+    events.len() as u64
+}
+
+async fn produce_malformed(env: &Env, producer: &FutureProducer) {
+    producer
+        .send(
+            FutureRecord::to(&env.config.topics.product_events)
+                .key("bad")
+                .payload(&b"not avro"[..]),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("producing the malformed record");
+}
+
+/// Reads partition 0 of `topic` from the beginning to its current end.
+fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-reader-{}", wall_ms()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("reader");
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    let mut out = Vec::new();
+    if high <= low {
+        return out;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.expect("reading").detach();
+        let done = m.offset() + 1 >= high;
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+    panic!("timed out reading {topic}: {} of {high} records", out.len());
+}
+
+fn schema_file(name: &str) -> Schema {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    Schema::parse_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Decodes the `flag-commands` topic independently of the engine's own decoder:
+/// single-object header, fingerprint of `schemas/flag_command.avsc`, apache-avro.
+fn read_commands(env: &Env) -> Vec<FlagCommand> {
+    let schema = schema_file("flag_command.avsc");
+    let fp = fingerprint(&schema);
+    let reader = GenericDatumReader::builder(&schema).build().unwrap();
+    read_topic(&env.brokers, &env.config.topics.flag_commands)
+        .iter()
+        .map(|m| {
+            let bytes = m.payload().expect("a command has a value");
+            assert!(bytes.len() > 10, "short command record");
+            assert_eq!(bytes[..2], [0xC3, 0x01], "single-object marker");
+            let header_fp = u64::from_le_bytes(bytes[2..10].try_into().unwrap());
+            assert_eq!(header_fp, fp, "header fingerprint = flag_command.avsc's");
+            let value = reader.read_value(&mut &bytes[10..]).expect("avro datum");
+            let c: FlagCommand = apache_avro::from_value(&value).expect("a FlagCommand");
+            assert_eq!(
+                m.key(),
+                Some(c.flag_key.as_bytes()),
+                "the record key is the flag key"
+            );
+            c
+        })
+        .collect()
+}
+
+fn read_evaluations(env: &Env) -> Vec<WindowEvaluation> {
+    let schema = schema_file("window_evaluation.avsc");
+    read_topic(&env.brokers, &env.config.topics.evaluations)
+        .iter()
+        .map(|m| {
+            let e: WindowEvaluation =
+                guardrail::kafka::decode_output(m.payload().unwrap(), &schema)
+                    .expect("a WindowEvaluation");
+            assert_eq!(m.key(), Some(e.flag_key.as_bytes()));
+            e
+        })
+        .collect()
+}
+
+fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("HTTP response within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of the first sample of `name` whose labels include all of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        let (series, value) = l.rsplit_once(' ')?;
+        if !labels.iter().all(|lab| series.contains(lab)) {
+            return None;
+        }
+        value.parse().ok()
+    })
+}
+
+fn is_mobile_web_pause(c: &FlagCommand) -> bool {
+    c.flag_key == FLAG && c.cohort == COHORT && c.action == Action::Pause
+}
+
+/// 1 + 3: events in → Avro commands out (with a malformed record dead-lettered on the
+/// way), and `replay` over the same events as container files decides the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_commands_out_and_replay_agrees() {
+    let t0 = Instant::now();
+    let env = env();
+    let run = start_engine(&env).await;
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    // One window, then the malformed record, then the rest: the engine must keep going.
+    let mut produced = produce(&env, &producer, &mut sim, 1).await;
+    produce_malformed(&env, &producer).await;
+    produced += produce(&env, &producer, &mut sim, WINDOWS - 1).await;
+    println!(
+        "produced {produced} events in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    // A live stream cannot close its newest window: the watermark never passes it.
+    run.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(60))
+        .await;
+    println!("windows closed after {:.1}s", t0.elapsed().as_secs_f64());
+
+    let commands = read_commands(&env);
+    assert!(!commands.is_empty(), "no commands on flag-commands");
+    let pauses: Vec<_> = commands.iter().filter(|c| is_mobile_web_pause(c)).collect();
+    assert_eq!(
+        pauses.len(),
+        1,
+        "one PAUSE for {FLAG} {COHORT}; commands: {commands:#?}"
+    );
+    assert_eq!(pauses[0].to_percent, pauses[0].from_percent);
+    assert!(
+        !pauses[0].evidence.is_empty(),
+        "the PAUSE carries its evidence"
+    );
+
+    // The DLQ: the malformed record with the why and where in headers.
+    let dlq = read_topic(&env.brokers, &env.config.topics.dlq);
+    assert_eq!(
+        dlq.len(),
+        1,
+        "exactly the malformed record is dead-lettered"
+    );
+    let m = &dlq[0];
+    assert_eq!(m.payload(), Some(&b"not avro"[..]), "original value bytes");
+    assert_eq!(m.key(), Some(&b"bad"[..]), "original key");
+    assert_eq!(header(m, "guardrail.reason"), Some("decode"));
+    assert_eq!(
+        header(m, "guardrail.source.topic"),
+        Some(env.config.topics.product_events.as_str())
+    );
+    let partition: i32 = header(m, "guardrail.source.partition")
+        .expect("source partition header")
+        .parse()
+        .expect("a partition number");
+    assert!((0..INPUT_PARTITIONS).contains(&partition));
+    let offset: i64 = header(m, "guardrail.source.offset")
+        .expect("source offset header")
+        .parse()
+        .expect("an offset");
+    assert!(offset >= 0);
+
+    // Evaluations: the last window run closed.
+    let evaluations = read_evaluations(&env);
+    let last_closed_end = evaluations.iter().map(|e| e.window_end).max().unwrap();
+    assert_eq!(
+        last_closed_end,
+        env.start + i64::from(WINDOWS - 1) * env.window_ms,
+        "run closes every window but the newest"
+    );
+    run.stop().await;
+
+    // Replay over the same events as container files.
+    let dir = tempfile::tempdir().unwrap();
+    let written = guardrail::sim::write_ocf_files(&mut env.simulator(), dir.path()).unwrap();
+    assert_eq!(written, produced, "the same events");
+    let files = vec![
+        (Source::Product, dir.path().join("product-events.avro")),
+        (Source::Errors, dir.path().join("error-events.avro")),
+        (Source::Support, dir.path().join("support-signals.avro")),
+    ];
+    let mut replayed = Vec::new();
+    let (summary, _) = guardrail::replay::replay(env.policy.clone(), &files, wall_ms(), |j| {
+        if let Some(c) = j.command {
+            replayed.push(c);
+        }
+        Ok(())
+    })
+    .expect("replay");
+    assert_eq!(summary.events, produced);
+    assert_eq!(summary.rejected, 0);
+    let key = |c: &FlagCommand| (c.command_id.clone(), c.action.as_str(), c.cohort.clone());
+    let from_replay: BTreeSet<_> = replayed
+        .iter()
+        .filter(|c| c.window_end <= last_closed_end)
+        .map(key)
+        .collect();
+    let from_run: BTreeSet<_> = commands.iter().map(key).collect();
+    assert_eq!(
+        from_replay, from_run,
+        "replay decides what run decided (windows run closed)"
+    );
+    println!(
+        "commands: run {} / replay {} ({} within run's windows); total {:.1}s",
+        commands.len(),
+        replayed.len(),
+        from_replay.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    drop(env);
+}
+
+/// 2: `/metrics` (and `promtool check metrics`), `/healthz`, `/readyz`, `/api/flags/{key}`, `/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints_and_metrics() {
+    let t0 = Instant::now();
+    let env = env();
+    let run = start_engine(&env).await;
+    let (status, body) = http_get(run.addr, "/healthz").await;
+    assert_eq!(status, 200, "/healthz: {body}");
+
+    // Ready once partitions are assigned.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = http_get(run.addr, "/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "/readyz is 200 or 503");
+        assert!(Instant::now() < deadline, "/readyz not 200 after 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    produce(&env, &producer, &mut sim, WINDOWS).await;
+    produce_malformed(&env, &producer).await;
+    run.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(60))
+        .await;
+    // The DLQ counter is published on the next tick after the record is read.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run.counter("guardrail_dlq_total") < 1 {
+        assert!(Instant::now() < deadline, "guardrail_dlq_total stays 0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (status, text) = http_get(run.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let accepted = sample(
+        &text,
+        "guardrail_events_total",
+        &[r#"source="product""#, r#"status="accepted""#],
+    )
+    .expect("guardrail_events_total{source=product,status=accepted}");
+    assert!(accepted > 0.0);
+    let closed = sample(&text, "guardrail_windows_closed_total", &[]).expect("windows closed");
+    assert!(closed >= f64::from(WINDOWS - 1));
+    assert!(
+        sample(&text, "guardrail_decision_latency_seconds_bucket", &[]).is_some(),
+        "decision latency histogram"
+    );
+    assert!(
+        sample(
+            &text,
+            "guardrail_rollout_percent",
+            &[
+                &format!(r#"flag="{FLAG}""#),
+                &format!(r#"cohort="{COHORT}""#)
+            ]
+        )
+        .is_some(),
+        "rollout percent for {COHORT}"
+    );
+    assert_eq!(
+        sample(&text, "guardrail_dlq_total", &[r#"reason="decode""#]),
+        Some(1.0),
+        "one decode DLQ record"
+    );
+    promtool_check(&text);
+
+    let (status, body) = http_get(run.addr, &format!("/api/flags/{FLAG}")).await;
+    assert_eq!(status, 200, "{body}");
+    let flag: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        flag["cohorts"][COHORT]["state"], "paused",
+        "{COHORT} is paused: {body}"
+    );
+    let (status, _) = http_get(run.addr, "/api/flags/no-such-flag").await;
+    assert_eq!(status, 404);
+    let (status, page) = http_get(run.addr, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("paused"), "the status page shows the pause");
+    assert!(page.contains(COHORT));
+    run.stop().await;
+    println!("http test: {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("GUARDRAIL_SKIP_PROMTOOL").as_deref() == Ok("1") {
+                eprintln!("promtool not available ({e}); skipped (GUARDRAIL_SKIP_PROMTOOL=1)");
+                return;
+            }
+            panic!(
+                "promtool not found on PATH ({e}): install it (Debian: apt-get install prometheus) \
+                 or set GUARDRAIL_SKIP_PROMTOOL=1 to skip this check"
+            );
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts each (flag, cohort, window) was evaluated exactly once and none is missing.
+fn assert_each_window_once(env: &Env, evaluations: &[WindowEvaluation], closed_windows: u32) {
+    let mut seen: HashMap<(String, String, i64), usize> = HashMap::new();
+    for e in evaluations {
+        *seen
+            .entry((e.flag_key.clone(), e.cohort.clone(), e.window_start))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "evaluated more than once: {twice:?}");
+    let mut per_cell: BTreeMap<(String, String), BTreeSet<i64>> = BTreeMap::new();
+    for (f, c, w) in seen.keys() {
+        per_cell
+            .entry((f.clone(), c.clone()))
+            .or_default()
+            .insert(*w);
+    }
+    let all: BTreeSet<i64> = (0..closed_windows)
+        .map(|i| env.start + i64::from(i) * env.window_ms)
+        .collect();
+    let windows: BTreeSet<i64> = seen.keys().map(|k| k.2).collect();
+    assert_eq!(
+        windows, all,
+        "every window closed by the two runs is evaluated"
+    );
+    for (cell, ws) in &per_cell {
+        let first = *ws.first().unwrap();
+        let last = *ws.last().unwrap();
+        let expected: BTreeSet<i64> = (first..=last).step_by(env.window_ms as usize).collect();
+        assert_eq!(ws, &expected, "a window missing for {cell:?}");
+    }
+}
+
+fn assert_commands_unique(commands: &[FlagCommand]) {
+    let mut by_id: HashMap<&str, &FlagCommand> = HashMap::new();
+    for c in commands {
+        if let Some(prev) = by_id.insert(&c.command_id, c) {
+            // A re-emission must be the same decision (issued_at may differ).
+            let same = |x: &FlagCommand| {
+                (
+                    x.flag_key.clone(),
+                    x.cohort.clone(),
+                    x.action,
+                    x.window_start,
+                    x.from_percent.to_bits(),
+                    x.to_percent.to_bits(),
+                )
+            };
+            assert_eq!(same(prev), same(c), "command_id {} reused", c.command_id);
+        }
+    }
+    // No decision issued twice under different ids.
+    let mut decisions: HashMap<(String, String, i64), &str> = HashMap::new();
+    for c in commands {
+        let k = (c.flag_key.clone(), c.cohort.clone(), c.window_start);
+        if let Some(id) = decisions.insert(k.clone(), &c.command_id) {
+            assert_eq!(id, c.command_id, "two command ids for {k:?}");
+        }
+    }
+    let pause_ids: BTreeSet<&str> = commands
+        .iter()
+        .filter(|c| is_mobile_web_pause(c))
+        .map(|c| c.command_id.as_str())
+        .collect();
+    assert_eq!(
+        pause_ids.len(),
+        1,
+        "exactly one PAUSE for {FLAG} {COHORT} (by command_id): {commands:#?}"
+    );
+}
+
+/// 4: engine A reads half the windows and stops gracefully; engine B (same group,
+/// fresh process state) picks up: no window lost, none evaluated twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_loses_and_repeats_nothing() {
+    restart(true).await;
+}
+
+/// 4b: engine A is stopped right after more traffic arrived, before it closes another
+/// window (mid-window for the new records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_mid_window_loses_and_repeats_nothing() {
+    restart(false).await;
+}
+
+async fn restart(wait_for_commit: bool) {
+    let t0 = Instant::now();
+    let env = env();
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    let half = WINDOWS / 2;
+    produce(&env, &producer, &mut sim, half).await;
+
+    let a = start_engine(&env).await;
+    a.wait_closed(u64::from(half - 1), Duration::from_secs(60))
+        .await;
+    if wait_for_commit {
+        // Past the 5 s commit interval: a periodic commit happened before the stop.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    } else {
+        // More traffic, then stop at once: the open windows hold records A read but
+        // did not close; B must re-read them.
+        produce(&env, &producer, &mut sim, 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let closed_a = a.stop().await;
+    println!(
+        "engine A closed {closed_a} windows; stopped at {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    produce(&env, &producer, &mut sim, WINDOWS).await; // the rest
+    let b = start_engine(&env).await;
+    let tb = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.gauge("guardrail_ready") < 1 {
+        assert!(Instant::now() < deadline, "engine B never got partitions");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("engine B assigned after {:.1}s", tb.elapsed().as_secs_f64());
+    // B closes what A did not; A may have closed one more while draining.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let evaluated: BTreeSet<i64> = read_evaluations(&env)
+            .iter()
+            .map(|e| e.window_start)
+            .collect();
+        if evaluated.len() as u32 >= WINDOWS - 1 {
+            break;
+        }
+        assert!(!b.engine.is_finished(), "engine B stopped early");
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} of {} windows evaluated",
+            evaluated.len(),
+            WINDOWS - 1
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Let B publish anything else it (wrongly) would.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closed_b = b.stop().await;
+    println!(
+        "engine B closed {closed_b} windows; total {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let evaluations = read_evaluations(&env);
+    assert_each_window_once(&env, &evaluations, WINDOWS - 1);
+    assert_eq!(
+        closed_a + closed_b,
+        u64::from(WINDOWS - 1),
+        "A and B together close each window once"
+    );
+    assert_commands_unique(&read_commands(&env));
+    drop(env);
+}
