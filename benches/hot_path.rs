@@ -38,6 +38,17 @@ fn events(n_windows: u32, sessions: u32) -> Vec<(Source, Vec<u8>)> {
     out
 }
 
+/// Feeds every record to the engine as one partition, offsets in order.
+fn ingest_all(engine: &mut Engine, input: &[(Source, Vec<u8>)], now: i64) {
+    for (i, (source, bytes)) in input.iter().enumerate() {
+        let p = PartitionKey {
+            source: *source,
+            partition: 0,
+        };
+        engine.ingest(p, i as i64, bytes, now, false);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let policy = policy();
     let input = events(2, 20_000);
@@ -48,18 +59,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched_ref(
             || Engine::new(policy.clone(), false).expect("engine"),
             |engine| {
-                for (i, (source, bytes)) in input.iter().enumerate() {
-                    engine.ingest(
-                        PartitionKey {
-                            source: *source,
-                            partition: 0,
-                        },
-                        i as i64,
-                        bytes,
-                        now,
-                        false,
-                    );
-                }
+                ingest_all(engine, &input, now);
             },
             criterion::BatchSize::LargeInput,
         )
@@ -81,18 +81,7 @@ fn bench(c: &mut Criterion) {
 
     // Memory per active cell, printed once (a measurement, not a timing).
     let mut engine = Engine::new(policy, false).expect("engine");
-    for (i, (source, bytes)) in input.iter().enumerate() {
-        engine.ingest(
-            PartitionKey {
-                source: *source,
-                partition: 0,
-            },
-            i as i64,
-            bytes,
-            now,
-            false,
-        );
-    }
+    ingest_all(&mut engine, &input, now);
     let w = engine.windows();
     println!(
         "memory: {} active cells (one per variant) in {} open windows, {} bytes of aggregates = {:.1} KiB per cell",

@@ -50,24 +50,31 @@ pub type CommandSink = tokio::sync::mpsc::UnboundedSender<FlagCommand>;
 pub fn run(config: Config, policy: Policy, grace: Duration) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async move {
-        let registry = Registry::new();
         let policy = Arc::new(policy);
-        let shared = Shared::new(registry.clone(), &policy);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut http_stop = stop_rx.clone();
-        let (addr, http) = crate::http::serve(&config.http.listen, shared.clone(), async move {
-            let _ = http_stop.wait_for(|s| *s).await;
-        })
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
-        tracing::info!(%addr, "HTTP listening");
+        let served = crate::http::start(&config.http.listen, &policy)
+            .await
+            .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
+        tracing::info!(addr = %served.addr, "HTTP listening");
+        let stop_rx = served.stop.subscribe();
+        let stop = served.stop.clone();
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutdown requested; draining");
-            let _ = stop_tx.send(true);
+            let _ = stop.send(true);
         });
-        let result = run_engine(config, policy, shared, &registry, stop_rx, grace, None).await;
-        let _ = http.await;
+        let result = run_engine(
+            config,
+            policy,
+            served.shared.clone(),
+            &served.registry,
+            stop_rx,
+            grace,
+            None,
+        )
+        .await;
+        // The engine may also end on an error: stop HTTP either way before waiting for it.
+        let _ = served.stop.send(true);
+        let _ = served.server.await;
         result
     })
 }
@@ -159,7 +166,7 @@ pub async fn run_engine(
             msg = consumer.recv() => {
                 shell.check_rebalance();
                 match msg {
-                    Ok(m) => shell.on_message(&m),
+                    Ok(m) => shell.on_message(&m).await?,
                     Err(e) => tracing::warn!(error = %e, "consumer error"),
                 }
                 since_tick += 1;
@@ -172,15 +179,14 @@ pub async fn run_engine(
                 shell.check_rebalance();
                 shell.tick().await?;
             }
-            _ = commit.tick() => shell.commit(CommitMode::Async).await,
+            _ = commit.tick() => shell.commit(CommitMode::Async).await?,
         }
     }
     // Drain: no more consuming; close what can close, flush, commit.
     let drain = async {
         shell.tick().await?;
-        shell.flush_pending().await;
         let _ = shell.producer.flush(Duration::from_secs(5));
-        shell.commit(CommitMode::Sync).await;
+        shell.commit(CommitMode::Sync).await?;
         anyhow::Ok(())
     };
     match tokio::time::timeout(grace, drain).await {
@@ -257,9 +263,12 @@ impl Shell {
         }
     }
 
-    fn on_message(&mut self, m: &BorrowedMessage<'_>) {
+    /// Feeds one record to the engine; a rejected one is enqueued to the DLQ (waiting
+    /// while the producer queue is full). A DLQ record that cannot be enqueued stops
+    /// the engine: its offset must not be committed.
+    async fn on_message(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         let Some(source) = self.source_of(m.topic()) else {
-            return;
+            return Ok(());
         };
         let p = PartitionKey {
             source,
@@ -302,13 +311,12 @@ impl Shell {
             if let Some(key) = m.key() {
                 rec = rec.key(key);
             }
-            match self.producer.send_result(rec) {
-                Ok(f) => self.pending.push(f),
-                Err((e, _)) => {
-                    tracing::error!(error = %e, "DLQ produce refused; the offset will not be committed past it")
-                }
-            }
+            let delivery = kafka::enqueue(&self.producer, rec)
+                .await
+                .context("producing to the DLQ")?;
+            self.pending.push(delivery);
         }
+        Ok(())
     }
 
     /// Advances the watermark, publishes every decision and waits for the acks.
@@ -396,22 +404,18 @@ impl Shell {
         Ok(())
     }
 
-    async fn flush_pending(&mut self) -> bool {
-        let mut ok = true;
-        for r in join_all(self.pending.drain(..)).await {
-            if !matches!(r, Ok(Ok(_))) {
-                ok = false;
-            }
-        }
-        ok
+    /// Waits for every DLQ delivery so far.
+    async fn flush_pending(&mut self) -> Result<(), kafka::KafkaError> {
+        kafka::acknowledged(std::mem::take(&mut self.pending)).await
     }
 
     /// Commits, per owned partition, the lowest offset an open window still needs.
-    async fn commit(&mut self, mode: CommitMode) {
-        if !self.flush_pending().await {
-            tracing::error!("a DLQ record was not acknowledged; not committing");
-            return;
-        }
+    /// A DLQ record the broker refused stops the engine before anything is committed,
+    /// so the restarted engine re-reads it.
+    async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
+        self.flush_pending()
+            .await
+            .context("a DLQ record was not acknowledged; not committing")?;
         let mut tpl = TopicPartitionList::new();
         let names: HashMap<Source, String> =
             self.topics.iter().map(|(t, s)| (*s, t.clone())).collect();
@@ -448,5 +452,6 @@ impl Shell {
         {
             tracing::warn!(error = %e, "offset commit failed; will retry");
         }
+        Ok(())
     }
 }

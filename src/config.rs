@@ -72,6 +72,17 @@ pub struct Topics {
     pub dlq: String,
 }
 
+impl Topics {
+    /// The input topic of a source.
+    pub fn input(&self, source: crate::model::Source) -> &str {
+        match source {
+            crate::model::Source::Product => &self.product_events,
+            crate::model::Source::Errors => &self.error_events,
+            crate::model::Source::Support => &self.support_signals,
+        }
+    }
+}
+
 impl Default for Topics {
     fn default() -> Self {
         Topics {

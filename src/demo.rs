@@ -9,16 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::future::join_all;
 use prometheus::Registry;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::clock::wall_ms;
 use crate::config::{Config, KafkaConfig};
 use crate::http::Shared;
-use crate::ingest::decode::SchemaRegistry;
 use crate::policy::Policy;
 use crate::records::FlagCommand;
 use crate::sim::{Scenario, Simulator};
@@ -88,17 +86,16 @@ async fn demo(
         "guardrail demo: in-process Kafka at {brokers}; {windows} windows of 15 minutes, {sessions} sessions each"
     );
 
-    let registry = Registry::new();
     let policy = Arc::new(policy);
-    let shared = Shared::new(registry.clone(), &policy);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let (addr, http) = crate::http::serve(&config.http.listen, shared.clone(), async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    })
-    .await
-    .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
-    println!("HTTP on http://{addr}/ (metrics at /metrics, flags at /api/flags)\n");
+    let served = crate::http::start(&config.http.listen, &policy)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http.listen))?;
+    println!(
+        "HTTP on http://{}/ (metrics at /metrics, flags at /api/flags)\n",
+        served.addr
+    );
+    let (registry, shared) = (served.registry.clone(), served.shared.clone());
+    let stop_rx = served.stop.subscribe();
 
     let (sink_tx, mut sink_rx) = mpsc::unbounded_channel::<FlagCommand>();
     let engine = {
@@ -139,43 +136,12 @@ async fn demo(
         crate::kafka::producer_config(config.kafka.as_ref().context("kafka")?)
             .set("linger.ms", "20")
             .create()?;
-    let registry_schemas = SchemaRegistry::shipped().map_err(anyhow::Error::msg)?;
+    let schemas = crate::ingest::decode::SchemaRegistry::shipped().map_err(anyhow::Error::msg)?;
     let mut produced = 0u64;
     while let Some(events) = sim.next_window() {
-        let mut sends = Vec::with_capacity(events.len());
-        for e in &events {
-            let topic = match e.source {
-                crate::model::Source::Product => &t.product_events,
-                crate::model::Source::Errors => &t.error_events,
-                crate::model::Source::Support => &t.support_signals,
-            };
-            let payload = e.single_object(registry_schemas.current_fingerprint(e.source));
-            let key = e.user_id.clone().unwrap_or_default();
-            let mut rec = FutureRecord::to(topic).key(&key).payload(&payload);
-            loop {
-                match producer.send_result(rec) {
-                    Ok(delivery) => break sends.push(delivery),
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        back,
-                    )) => {
-                        rec = back;
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    Err((e, _)) => anyhow::bail!("producing demo traffic: {e}"),
-                }
-            }
-            produced += 1;
-        }
-        for r in join_all(sends).await {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => anyhow::bail!("producing demo traffic: {e}"),
-                Err(_) => anyhow::bail!("producing demo traffic: delivery cancelled"),
-            }
-        }
+        produced += crate::kafka::produce_events(&producer, &t, &schemas, &events)
+            .await
+            .context("producing demo traffic")?;
     }
     // One malformed record, to show the dead-letter path.
     producer
@@ -195,17 +161,8 @@ async fn demo(
     // Windows close as the watermark passes; the last one closes once partitions go idle.
     let expected = u64::from(windows.saturating_sub(1));
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let closed = registry
-            .gather()
-            .iter()
-            .find(|f| f.name() == "guardrail_windows_closed_total")
-            .and_then(|f| {
-                f.get_metric()
-                    .first()
-                    .map(|m| m.get_counter().get_value() as u64)
-            })
-            .unwrap_or(0);
+    while Instant::now() < deadline && !engine.is_finished() {
+        let closed = counter_total(&registry, "guardrail_windows_closed_total") as u64;
         if closed >= expected {
             break;
         }
@@ -221,9 +178,10 @@ async fn demo(
             _ = tokio::signal::ctrl_c() => {}
         }
     }
-    let _ = stop_tx.send(true);
-    engine.await.context("engine task")??;
-    let _ = http.await;
+    let _ = served.stop.send(true);
+    let engine_result = engine.await.context("engine task")?;
+    let _ = served.server.await;
+    engine_result?;
     let commands = printer.await.context("printer task")?;
     summary(&shared, &registry, &commands, produced, started.elapsed());
     drop(producer);
@@ -234,7 +192,7 @@ async fn demo(
 fn print_command(c: &FlagCommand) {
     println!(
         "[{}] {:<18} {:<24} {:<8} {:>5}% -> {:>5}%  {}",
-        c.severity_str(),
+        c.severity.as_str(),
         c.flag_key,
         c.cohort,
         c.action.as_str(),
@@ -260,6 +218,16 @@ fn print_command(c: &FlagCommand) {
     }
 }
 
+/// The sum of a counter family's series (the engine's `Metrics` live inside its task).
+fn counter_total(registry: &Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+        .sum()
+}
+
 fn summary(
     shared: &Shared,
     registry: &Registry,
@@ -267,14 +235,7 @@ fn summary(
     produced: u64,
     elapsed: Duration,
 ) {
-    let metric = |name: &str| -> f64 {
-        registry
-            .gather()
-            .iter()
-            .filter(|f| f.name() == name)
-            .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
-            .sum()
-    };
+    let metric = |name| counter_total(registry, name);
     println!("\nsummary after {:.1}s wall time:", elapsed.as_secs_f64());
     println!(
         "  events produced {produced}, windows closed {}, commands {}, dead-lettered {}",
@@ -287,11 +248,5 @@ fn summary(
         for (cohort, c) in &f.cohorts {
             println!("    {:<26} {:<12} {:>5}%", cohort, c.state, c.percent);
         }
-    }
-}
-
-impl FlagCommand {
-    fn severity_str(&self) -> &'static str {
-        crate::model::Severity::SYMBOLS[self.severity as usize]
     }
 }

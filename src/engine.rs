@@ -161,25 +161,16 @@ impl Engine {
         )
     }
 
-    /// Counts a record that could not be decoded.
-    pub fn invalid(&mut self, source: Source, e: DecodeError) -> Ingested {
-        invalid(&mut self.counters, source, e)
-    }
-
     /// Advances the watermark to wall time `now`, closes passed windows, decides.
     pub fn tick(&mut self, now: i64) -> Vec<Judged> {
         let wm = self.watermark.advance(now);
-        self.close(wm, now)
+        let closed = self.windows.close_until(wm);
+        self.decide(closed, now)
     }
 
     /// End of input (replay): every open window closes.
     pub fn finish(&mut self, now: i64) -> Vec<Judged> {
         let closed = self.windows.close_all();
-        self.decide(closed, now)
-    }
-
-    fn close(&mut self, watermark: i64, now: i64) -> Vec<Judged> {
-        let closed = self.windows.close_until(watermark);
         self.decide(closed, now)
     }
 

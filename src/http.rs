@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::Registry;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::policy::Policy;
 use crate::records::{FlagCommand, WindowEvaluation};
@@ -101,6 +102,35 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/flags", get(flags))
         .route("/api/flags/{key}", get(flag))
         .with_state(shared)
+}
+
+/// What a shell keeps around the engine: the metrics registry, the shared view, the stop
+/// signal (which also stops the HTTP server) and the server task.
+pub struct Served {
+    pub registry: Registry,
+    pub shared: Arc<Shared>,
+    pub stop: watch::Sender<bool>,
+    pub addr: SocketAddr,
+    pub server: tokio::task::JoinHandle<()>,
+}
+
+/// Creates the registry and shared view for `policy` and serves HTTP on `listen`
+/// until `stop` is set.
+pub async fn start(listen: &str, policy: &Policy) -> std::io::Result<Served> {
+    let registry = Registry::new();
+    let shared = Shared::new(registry.clone(), policy);
+    let (stop, mut stopped) = watch::channel(false);
+    let (addr, server) = serve(listen, shared.clone(), async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    })
+    .await?;
+    Ok(Served {
+        registry,
+        shared,
+        stop,
+        addr,
+        server,
+    })
 }
 
 /// Binds `listen` and serves until `shutdown` resolves; returns the bound address.

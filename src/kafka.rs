@@ -13,10 +13,16 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use crate::config::{KafkaConfig, OutputFormat};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::{KafkaConfig, OutputFormat, Topics};
 use crate::engine::Engine;
+use crate::ingest::decode::SchemaRegistry;
 use crate::ingest::decode::{FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_SCHEMA, fingerprint};
 use crate::records::{FlagCommand, WindowEvaluation};
+use crate::sim::SimEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaError {
@@ -26,40 +32,108 @@ pub enum KafkaError {
     Schema(String),
 }
 
-/// Base client config: brokers plus every pass-through property.
-pub fn client_config(k: &KafkaConfig) -> ClientConfig {
+/// A client config: brokers, then `defaults`, then every `[kafka.properties]` entry
+/// (explicit properties win over our defaults).
+pub fn client_config(k: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
+    for (key, value) in defaults {
+        c.set(*key, *value);
+    }
     for (key, value) in &k.properties {
         c.set(key, value);
     }
     c
 }
 
+/// The input consumer: manual commits of what closed windows cover.
 pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
-    let mut c = client_config(k);
-    c.set("group.id", &k.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
-    for (key, value) in &k.properties {
-        c.set(key, value); // explicit properties win over our defaults
-    }
-    c
+    client_config(
+        k,
+        &[
+            ("group.id", &k.group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+        ],
+    )
 }
 
 /// An idempotent producer with acks=all (retries cannot duplicate or reorder).
 pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
-    let mut c = client_config(k);
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4");
-    for (key, value) in &k.properties {
-        c.set(key, value);
+    client_config(
+        k,
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+        ],
+    )
+}
+
+/// Enqueues a record, waiting while librdkafka's local queue is full (backpressure
+/// instead of an error); the returned future resolves when the broker acknowledges.
+pub async fn enqueue<K, P>(
+    producer: &FutureProducer,
+    mut rec: FutureRecord<'_, K, P>,
+) -> Result<DeliveryFuture, KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send_result(rec) {
+            Ok(delivery) => return Ok(delivery),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                back,
+            )) => {
+                rec = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
     }
-    c
+}
+
+/// Waits for every delivery; the first failure is the error.
+pub async fn acknowledged(deliveries: Vec<DeliveryFuture>) -> Result<(), KafkaError> {
+    for r in futures::future::join_all(deliveries).await {
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e.into()),
+            Err(_) => return Err(rdkafka::error::KafkaError::Canceled.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Produces simulated events to their input topics (key = user id), single-object
+/// encoded, and waits for the acknowledgements; returns how many were produced.
+pub async fn produce_events(
+    producer: &FutureProducer,
+    topics: &Topics,
+    schemas: &SchemaRegistry,
+    events: &[SimEvent],
+) -> Result<u64, KafkaError> {
+    let mut deliveries = Vec::with_capacity(events.len());
+    for e in events {
+        let payload = e.single_object(schemas.current_fingerprint(e.source));
+        let key = e.user_id.as_deref().unwrap_or_default();
+        deliveries.push(
+            enqueue(
+                producer,
+                FutureRecord::to(topics.input(e.source))
+                    .key(key)
+                    .payload(&payload),
+            )
+            .await?,
+        );
+    }
+    acknowledged(deliveries).await?;
+    Ok(events.len() as u64)
 }
 
 /// Counts rebalances so the engine loop can drop state it no longer owns. The counter
@@ -142,10 +216,10 @@ pub fn restore(
 ) -> Result<Vec<WindowEvaluation>, KafkaError> {
     let schema = Schema::parse_str(WINDOW_EVALUATION_SCHEMA)
         .map_err(|e| KafkaError::Schema(e.to_string()))?;
-    let mut cfg = client_config(k);
+    let mut cfg = client_config(k, &[("enable.partition.eof", "false")]);
+    // Partitions are assigned by hand: this group never joins nor commits.
     cfg.set("group.id", format!("{}-restore", k.group_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = cfg.create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();

@@ -18,6 +18,7 @@
 //! - [`sim`]: a seeded traffic simulator used by the demo, tests and benchmarks.
 
 pub mod app;
+pub mod avro;
 pub mod cli;
 pub mod clock;
 pub mod config;

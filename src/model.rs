@@ -132,6 +132,10 @@ pub enum Severity {
 
 impl Severity {
     pub const SYMBOLS: [&'static str; 3] = ["INFO", "WARNING", "CRITICAL"];
+
+    pub fn as_str(self) -> &'static str {
+        Self::SYMBOLS[self as usize]
+    }
 }
 
 /// `guardrail.v1.Role`: why a metric appears in the evidence.

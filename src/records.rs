@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::avro::AvroWriter;
 use crate::model::{Action, Role, Severity};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,62 +68,27 @@ pub struct WindowEvaluation {
     pub command_id: Option<String>,
 }
 
-/// Avro binary writer for the two output records.
-struct W(Vec<u8>);
-
-impl W {
-    fn long(&mut self, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            self.0.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        self.0.push(z as u8);
-    }
-    fn string(&mut self, s: &str) {
-        self.long(s.len() as i64);
-        self.0.extend_from_slice(s.as_bytes());
-    }
-    fn double(&mut self, v: f64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn boolean(&mut self, b: bool) {
-        self.0.push(u8::from(b));
-    }
-    fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
-        match v {
-            None => self.long(0),
-            Some(x) => {
-                self.long(1);
-                f(self, x);
-            }
-        }
-    }
-    fn evidence(&mut self, ev: &[MetricEvidence]) {
-        if !ev.is_empty() {
-            self.long(ev.len() as i64);
-            for e in ev {
-                self.string(&e.metric);
-                self.long(e.role as i64);
-                self.double(e.treatment_value);
-                self.opt(e.control_value, W::double);
-                self.opt(e.threshold, W::double);
-                self.opt(e.relative_change, W::double);
-                self.opt(e.p_value, W::double);
-                self.long(e.treatment_samples);
-                self.long(e.control_samples);
-                self.string(&e.method);
-                self.boolean(e.breached);
-                self.long(i64::from(e.consecutive_windows));
-                self.string(&e.status);
-            }
-        }
-        self.long(0);
-    }
+/// The `MetricEvidence` array of both output records.
+fn evidence(w: &mut AvroWriter, ev: &[MetricEvidence]) {
+    w.block(ev, |w, e| {
+        w.string(&e.metric);
+        w.long(e.role as i64);
+        w.double(e.treatment_value);
+        w.opt(e.control_value, AvroWriter::double);
+        w.opt(e.threshold, AvroWriter::double);
+        w.opt(e.relative_change, AvroWriter::double);
+        w.opt(e.p_value, AvroWriter::double);
+        w.long(e.treatment_samples);
+        w.long(e.control_samples);
+        w.string(&e.method);
+        w.boolean(e.breached);
+        w.long(i64::from(e.consecutive_windows));
+        w.string(&e.status);
+    });
 }
 
-fn framed(fingerprint: u64, body: impl FnOnce(&mut W)) -> Vec<u8> {
-    let mut w = W(Vec::with_capacity(512));
+fn framed(fingerprint: u64, body: impl FnOnce(&mut AvroWriter)) -> Vec<u8> {
+    let mut w = AvroWriter::with_capacity(512);
     w.0.extend_from_slice(&[0xC3, 0x01]);
     w.0.extend_from_slice(&fingerprint.to_le_bytes());
     body(&mut w);
@@ -147,7 +113,7 @@ impl FlagCommand {
             w.long(self.window_end);
             w.long(self.issued_at);
             w.string(&self.policy_version);
-            w.evidence(&self.evidence);
+            evidence(w, &self.evidence);
         })
     }
 }
@@ -161,14 +127,14 @@ impl WindowEvaluation {
             w.long(self.window_start);
             w.long(self.window_end);
             w.opt(self.decision, |w, a| w.long(a as i64));
-            w.evidence(&self.evidence);
+            evidence(w, &self.evidence);
             w.long(self.late_events);
             w.long(self.evaluated_at);
-            w.opt(self.rollout_percent, W::double);
-            w.opt(self.state.as_deref(), W::string);
+            w.opt(self.rollout_percent, AvroWriter::double);
+            w.opt(self.state.as_deref(), AvroWriter::string);
             w.long(i64::from(self.healthy_windows));
-            w.opt(self.policy_version.as_deref(), W::string);
-            w.opt(self.command_id.as_deref(), W::string);
+            w.opt(self.policy_version.as_deref(), AvroWriter::string);
+            w.opt(self.command_id.as_deref(), AvroWriter::string);
         })
     }
 }

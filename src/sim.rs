@@ -6,6 +6,7 @@
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::avro::AvroWriter;
 use crate::model::{Channel, Outcome, Source};
 
 pub const PLATFORMS: [&str; 4] = ["ios", "android", "mobile-web", "desktop-web"];
@@ -47,60 +48,19 @@ pub enum SimBody {
     },
 }
 
-struct Enc(Vec<u8>);
-
-impl Enc {
-    fn long(&mut self, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            self.0.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        self.0.push(z as u8);
-    }
-    fn string(&mut self, s: &str) {
-        self.long(s.len() as i64);
-        self.0.extend_from_slice(s.as_bytes());
-    }
-    fn opt_str(&mut self, s: Option<&str>) {
-        match s {
-            None => self.long(0),
-            Some(s) => {
-                self.long(1);
-                self.string(s);
-            }
-        }
-    }
-    fn opt_double(&mut self, v: Option<f64>) {
-        match v {
-            None => self.long(0),
-            Some(v) => {
-                self.long(1);
-                self.0.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-    fn pairs(&mut self, items: &[(String, String)]) {
-        if !items.is_empty() {
-            self.long(items.len() as i64);
-            for (a, b) in items {
-                self.string(a);
-                self.string(b);
-            }
-        }
-        self.long(0);
-    }
-}
-
 impl SimEvent {
     /// The Avro datum in the current schema of its source (no single-object header).
     pub fn datum(&self) -> Vec<u8> {
-        let mut e = Enc(Vec::with_capacity(160));
-        e.string(&self.event_id);
-        e.long(self.timestamp);
-        e.pairs(&self.flags);
-        e.pairs(&self.attributes);
-        e.opt_str(self.user_id.as_deref());
+        let pair = |w: &mut AvroWriter, (a, b): &(String, String)| {
+            w.string(a);
+            w.string(b);
+        };
+        let mut w = AvroWriter::with_capacity(160);
+        w.string(&self.event_id);
+        w.long(self.timestamp);
+        w.block(&self.flags, pair);
+        w.block(&self.attributes, pair);
+        w.opt(self.user_id.as_deref(), AvroWriter::string);
         match &self.body {
             SimBody::Product {
                 journey,
@@ -109,11 +69,11 @@ impl SimEvent {
                 latency_ms,
                 value,
             } => {
-                e.string(journey);
-                e.opt_str(step.as_deref());
-                e.long(*outcome as i64);
-                e.opt_double(*latency_ms);
-                e.opt_double(*value);
+                w.string(journey);
+                w.opt(step.as_deref(), AvroWriter::string);
+                w.long(*outcome as i64);
+                w.opt(*latency_ms, AvroWriter::double);
+                w.opt(*value, AvroWriter::double);
             }
             SimBody::Error {
                 service,
@@ -122,17 +82,11 @@ impl SimEvent {
                 fatal,
                 latency_ms,
             } => {
-                e.string(service);
-                e.string(error_class);
-                match status_code {
-                    None => e.long(0),
-                    Some(c) => {
-                        e.long(1);
-                        e.long(i64::from(*c));
-                    }
-                }
-                e.0.push(u8::from(*fatal));
-                e.opt_double(*latency_ms);
+                w.string(service);
+                w.string(error_class);
+                w.opt(*status_code, |w, c| w.long(i64::from(c)));
+                w.boolean(*fatal);
+                w.opt(*latency_ms, AvroWriter::double);
             }
             SimBody::Support {
                 channel,
@@ -140,19 +94,13 @@ impl SimEvent {
                 sentiment,
                 tags,
             } => {
-                e.long(*channel as i64);
-                e.opt_double(*csat);
-                e.opt_double(*sentiment);
-                if !tags.is_empty() {
-                    e.long(tags.len() as i64);
-                    for t in tags {
-                        e.string(t);
-                    }
-                }
-                e.long(0);
+                w.long(*channel as i64);
+                w.opt(*csat, AvroWriter::double);
+                w.opt(*sentiment, AvroWriter::double);
+                w.block(tags, |w, t| w.string(t));
             }
         }
-        e.0
+        w.0
     }
 
     /// Single-object encoding: `C3 01`, the schema fingerprint, the datum.

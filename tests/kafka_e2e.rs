@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
-use futures::future::join_all;
 use guardrail::clock::wall_ms;
 use guardrail::config::Config;
 use guardrail::http::Shared;
@@ -219,15 +218,6 @@ impl Running {
     }
 }
 
-fn topic_of(env: &Env, source: Source) -> &str {
-    let t = &env.config.topics;
-    match source {
-        Source::Product => &t.product_events,
-        Source::Errors => &t.error_events,
-        Source::Support => &t.support_signals,
-    }
-}
-
 /// Produces `windows` windows of simulated traffic (as demo.rs does); returns the count.
 async fn produce(env: &Env, producer: &FutureProducer, sim: &mut Simulator, windows: u32) -> u64 {
     let schemas = SchemaRegistry::shipped().unwrap();
@@ -247,37 +237,9 @@ async fn produce_events(
     schemas: &SchemaRegistry,
     events: &[SimEvent],
 ) -> u64 {
-    let mut sends = Vec::with_capacity(events.len());
-    for e in events {
-        let payload = e.single_object(schemas.current_fingerprint(e.source));
-        let key = e.user_id.clone().unwrap_or_default();
-        let mut rec = FutureRecord::to(topic_of(env, e.source))
-            .key(&key)
-            .payload(&payload);
-        loop {
-            match producer.send_result(rec) {
-                Ok(delivery) => break sends.push(delivery),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    rec = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => panic!("producing: {e}"),
-            }
-        }
-    }
-    for r in join_all(sends).await {
-        match r {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => panic!("producing: {e}"),
-            Err(_) => panic!("producing: delivery cancelled"),
-        }
-    }
-    events.len() as u64
+    guardrail::kafka::produce_events(producer, &env.config.topics, schemas, events)
+        .await
+        .expect("producing simulated events")
 }
 
 async fn produce_malformed(env: &Env, producer: &FutureProducer) {

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 
+use crate::avro::AvroWriter;
+
 const MAGIC: [u8; 4] = [b'O', b'b', b'j', 1];
 
 #[derive(Debug, thiserror::Error)]
@@ -166,15 +168,6 @@ pub struct OcfWriter<W: Write> {
     pub block_objects: u64,
 }
 
-fn put_long(buf: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        buf.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    buf.push(z as u8);
-}
-
 impl<W: Write> OcfWriter<W> {
     pub fn new(
         mut out: W,
@@ -182,27 +175,20 @@ impl<W: Write> OcfWriter<W> {
         codec: Codec,
         sync: [u8; 16],
     ) -> io::Result<OcfWriter<W>> {
-        let mut h = Vec::new();
-        h.extend_from_slice(&MAGIC);
-        put_long(&mut h, 2);
-        for (k, v) in [
-            ("avro.schema", schema_json),
-            (
-                "avro.codec",
-                if codec == Codec::Deflate {
-                    "deflate"
-                } else {
-                    "null"
-                },
-            ),
-        ] {
-            put_long(&mut h, k.len() as i64);
-            h.extend_from_slice(k.as_bytes());
-            put_long(&mut h, v.len() as i64);
-            h.extend_from_slice(v.as_bytes());
-        }
-        put_long(&mut h, 0);
-        h.extend_from_slice(&sync);
+        let codec_name = if codec == Codec::Deflate {
+            "deflate"
+        } else {
+            "null"
+        };
+        let meta = [("avro.schema", schema_json), ("avro.codec", codec_name)];
+        let mut h = AvroWriter::default();
+        h.0.extend_from_slice(&MAGIC);
+        h.block(&meta, |h, (k, v)| {
+            h.string(k);
+            h.string(v);
+        });
+        h.0.extend_from_slice(&sync);
+        let h = h.0;
         out.write_all(&h)?;
         Ok(OcfWriter {
             out,
@@ -232,10 +218,10 @@ impl<W: Write> OcfWriter<W> {
             Codec::Null => std::mem::take(&mut self.block),
             Codec::Deflate => miniz_oxide::deflate::compress_to_vec(&self.block, 6),
         };
-        let mut h = Vec::new();
-        put_long(&mut h, self.count as i64);
-        put_long(&mut h, data.len() as i64);
-        self.out.write_all(&h)?;
+        let mut h = AvroWriter::default();
+        h.long(self.count as i64);
+        h.long(data.len() as i64);
+        self.out.write_all(&h.0)?;
         self.out.write_all(&data)?;
         self.out.write_all(&self.sync)?;
         self.block.clear();

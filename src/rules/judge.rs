@@ -50,13 +50,7 @@ pub fn value(agg: &Agg, kind: &MetricKind) -> (f64, u64) {
 }
 
 /// The one-sided test of H1: treatment `tail` control × (1 + margin), chosen by metric type.
-fn test(
-    kind: &MetricKind,
-    t: &Agg,
-    c: &Agg,
-    margin: f64,
-    tail: Tail,
-) -> Option<(TestResult, &'static str)> {
+fn test(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(TestResult, &'static str)> {
     match (t, c) {
         (Agg::Rate { num: xt, den: nt }, Agg::Rate { num: xc, den: nc }) => {
             // A rate whose numerator comes from another source can exceed 1; the
@@ -80,7 +74,6 @@ fn test(
             Some((r, "Welch t-test"))
         }
         (Agg::Quantile { hist: Some(ht) }, Agg::Quantile { hist: Some(hc) }) => {
-            let _ = kind;
             // Mann-Whitney on the two histograms, control values scaled by (1 + margin):
             // a test of "treatment is stochastically larger than control shifted by the margin".
             let scale = 1.0 + margin;
@@ -160,7 +153,7 @@ pub fn guardrail(
     if let (Some((margin, tail)), true) = (relative, has_control) {
         insufficient |= cn < g.min_samples;
         threshold = tighter(threshold, cv * (1.0 + margin), tail == Tail::Greater);
-        match test(&metric.kind, t, c, margin, tail) {
+        match test(t, c, margin, tail) {
             Some((r, name)) => {
                 methods.push(format!(
                     "{name}, one-sided, margin {margin:+}, alpha {}",
@@ -212,7 +205,7 @@ pub fn success(policy: &Policy, s: &SuccessMetric, cell: &Cell) -> (MetricEviden
     let status = if tn < s.min_samples || cn < s.min_samples {
         Status::Insufficient
     } else {
-        match test(&metric.kind, t, c, margin, tail) {
+        match test(t, c, margin, tail) {
             Some((r, name)) => {
                 method = format!("{name}, one-sided, margin {margin:+}, alpha {}", s.alpha);
                 p_value = Some(r.p_value);

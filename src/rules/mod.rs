@@ -65,8 +65,6 @@ pub struct CohortState {
     pub guardrail_streaks: Vec<u32>,
     pub success_streaks: Vec<u32>,
     pub healthy_windows: u32,
-    /// Windows evaluated in the current ramp band.
-    pub band_windows: u32,
 }
 
 impl CohortState {
@@ -77,7 +75,6 @@ impl CohortState {
             guardrail_streaks: vec![0; flag.guardrails.len()],
             success_streaks: vec![0; flag.success.len()],
             healthy_windows: 0,
-            band_windows: 0,
         }
     }
 }
@@ -221,7 +218,6 @@ fn judge_cohort(
     } else {
         0
     };
-    state.band_windows += 1;
     if state.status == CohortStatus::Held && warning.is_none() {
         // The warning episode is over once no warning guardrail is at its streak.
         let any_warning_breach = flag
@@ -310,7 +306,6 @@ fn judge_cohort(
             );
             state.percent = next;
             state.healthy_windows = 0;
-            state.band_windows = 0;
             state.success_streaks.iter_mut().for_each(|s| *s = 0);
             if next >= 100.0 || flag.ramp.last() == Some(&next) {
                 state.status = CohortStatus::Complete;

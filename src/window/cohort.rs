@@ -156,19 +156,25 @@ mod tests {
 
     proptest! {
         #[test]
-        fn same_attributes_same_cohort_in_any_order(vals in prop::collection::vec(("[a-c]", "[x-z]{1,3}"), 1..6)) {
-            let mut t = CohortTable::new(&["a".into(), "b".into(), "c".into()], 1000);
+        fn same_attributes_same_cohort_in_any_order(
+            vals in prop::collection::btree_map("[a-d]", "[x-z]{1,3}", 0..4),
+            rotate in 0usize..4,
+        ) {
+            // Keys are unique here, so every order carries the same attributes.
+            let mut t = CohortTable::new(&["c".into(), "a".into(), "b".into()], 1000);
             let attrs: Vec<(&str, &str)> = vals.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let mut rev = attrs.clone();
-            rev.reverse();
-            // Last duplicate wins, so dedupe by key keeping the last occurrence in each order.
+            let mut rotated = attrs.clone();
+            rotated.rotate_left(rotate % attrs.len().max(1));
+            rotated.reverse();
             let id1 = t.lookup(&event(&attrs));
-            let name = t.name(id1).to_string();
-            let parts: Vec<&str> = name.split(',').collect();
-            let mut sorted = parts.clone();
-            sorted.sort();
-            prop_assert_eq!(parts, sorted);
-            prop_assert!(t.len() <= 1 + 1000);
+            let id2 = t.lookup(&event(&rotated));
+            prop_assert_eq!(id1, id2);
+            // The key lists exactly the cohort_by attributes, sorted, unknown when absent.
+            let expected: Vec<String> = ["a", "b", "c"]
+                .iter()
+                .map(|k| format!("{k}={}", vals.get(*k).map_or(UNKNOWN, String::as_str)))
+                .collect();
+            prop_assert_eq!(t.name(id1), expected.join(","));
         }
     }
 }

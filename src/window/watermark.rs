@@ -98,15 +98,6 @@ impl Watermark {
     pub fn current(&self) -> i64 {
         self.current
     }
-
-    /// Raises the watermark to at least `t` (restart recovery, end of replay).
-    pub fn raise_to(&mut self, t: i64) {
-        self.current = self.current.max(t);
-    }
-
-    pub fn partitions(&self) -> usize {
-        self.partitions.len()
-    }
 }
 
 #[cfg(test)]

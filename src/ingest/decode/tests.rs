@@ -777,45 +777,34 @@ fn decode_next_walks_concatenated_datums() {
 /// and so is a sequence of several blocks.
 #[test]
 fn negative_and_multiple_block_counts_are_read() {
-    fn long(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        while z >= 0x80 {
-            out.push((z as u8) | 0x80);
-            z >>= 7;
-        }
-        out.push(z as u8);
-    }
-    fn string(out: &mut Vec<u8>, s: &str) {
-        long(out, s.len() as i64);
-        out.extend_from_slice(s.as_bytes());
-    }
-    let mut d = Vec::new();
-    string(&mut d, "e9");
-    long(&mut d, -42);
+    let mut w = crate::avro::AvroWriter::default();
+    w.string("e9");
+    w.long(-42);
     // flags: one block of -1 item (byte size 4), then one block of 1, then end.
-    long(&mut d, -1);
-    long(&mut d, 4);
-    string(&mut d, "f");
-    string(&mut d, "a");
-    long(&mut d, 1);
-    string(&mut d, "g");
-    string(&mut d, "b");
-    long(&mut d, 0);
+    w.long(-1);
+    w.long(4);
+    w.string("f");
+    w.string("a");
+    w.long(1);
+    w.string("g");
+    w.string("b");
+    w.long(0);
     // attributes: a block of -2 items.
-    long(&mut d, -2);
-    long(&mut d, 12);
-    string(&mut d, "k1");
-    string(&mut d, "v1");
-    string(&mut d, "k2");
-    string(&mut d, "v2");
-    long(&mut d, 0);
-    long(&mut d, 0); // user_id null
-    string(&mut d, "svc");
-    string(&mut d, "cls");
-    long(&mut d, 1);
-    long(&mut d, -3); // status_code
-    d.push(1); // fatal
-    long(&mut d, 0); // latency null
+    w.long(-2);
+    w.long(12);
+    w.string("k1");
+    w.string("v1");
+    w.string("k2");
+    w.string("v2");
+    w.long(0);
+    w.long(0); // user_id null
+    w.string("svc");
+    w.string("cls");
+    w.long(1);
+    w.long(-3); // status_code
+    w.boolean(true); // fatal
+    w.long(0); // latency null
+    let d = w.0;
     let s = current_schema(Source::Errors);
     let theirs = apache_decode(&s, &d);
     let reg = registry();
