@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::FutureExt as _;
 use futures::future::join_all;
 use prometheus::Registry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -38,7 +39,7 @@ use crate::rules::Judged;
 use crate::telemetry::Metrics;
 use crate::window::watermark::PartitionKey;
 
-/// Messages between ticks when traffic is continuous (bounds decision latency).
+/// Messages handled per batch before a tick (bounds decision latency under load).
 const TICK_EVERY: u32 = 256;
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -158,22 +159,25 @@ pub async fn run_engine(
     };
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
-    let mut since_tick = 0;
     loop {
         tokio::select! {
             biased;
             r = stop.changed() => if r.is_err() || *stop.borrow() { break },
             msg = consumer.recv() => {
-                shell.check_rebalance();
-                match msg {
-                    Ok(m) => shell.on_message(&m).await?,
-                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                // Then drain what librdkafka already holds, up to a batch, without going
+                // back through select!; the tick after the batch bounds decision latency.
+                let mut next = Some(msg);
+                let mut batch = 0;
+                while let Some(msg) = next {
+                    shell.check_rebalance();
+                    match msg {
+                        Ok(m) => shell.on_message(&m).await?,
+                        Err(e) => tracing::warn!(error = %e, "consumer error"),
+                    }
+                    batch += 1;
+                    next = if batch < TICK_EVERY { consumer.recv().now_or_never() } else { None };
                 }
-                since_tick += 1;
-                if since_tick >= TICK_EVERY {
-                    since_tick = 0;
-                    shell.tick().await?;
-                }
+                shell.tick().await?;
             }
             _ = tick.tick() => {
                 shell.check_rebalance();
@@ -240,7 +244,18 @@ impl Shell {
         let assigns = self.ctx.assignments.load(Ordering::SeqCst);
         if assigns != self.seen_assignments {
             self.seen_assignments = assigns;
-            let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+            let assignment = self.consumer.assignment().unwrap_or_default();
+            let now = wall_ms();
+            for e in assignment.elements() {
+                if let Some(source) = self.source_of(e.topic()) {
+                    let p = PartitionKey {
+                        source,
+                        partition: e.partition(),
+                    };
+                    self.engine.watermark_mut().register(p, now);
+                }
+            }
+            let assigned = assignment.count();
             self.metrics.partitions_assigned.set(assigned as i64);
             self.shared.ready.store(assigned > 0, Ordering::Relaxed);
             self.metrics.ready.set(i64::from(assigned > 0));

@@ -56,6 +56,11 @@ pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
+            // librdkafka postpones a partition's next fetch by this much once its local
+            // queue is over threshold (default 1 s). The engine drains that queue in
+            // well under a second, then sat idle: 10 ms lifted throughput from 135k to
+            // over 500k events/s in `benches/kafka_throughput.rs`.
+            ("fetch.queue.backoff.ms", "10"),
         ],
     )
 }

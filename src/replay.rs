@@ -94,6 +94,10 @@ pub fn replay(
             done: false,
         });
     }
+    // Every input holds the watermark back until it has delivered (or ended).
+    for input in &inputs {
+        engine.watermark_mut().register(input.part, now);
+    }
     let mut summary = ReplaySummary::default();
     let mut emit_all =
         |judged: Vec<Judged>, summary: &mut ReplaySummary| -> Result<(), ReplayError> {

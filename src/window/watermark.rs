@@ -56,6 +56,17 @@ impl Watermark {
         e.finished = false;
     }
 
+    /// An assigned partition that has delivered nothing yet holds the watermark back
+    /// (until it goes idle): otherwise the partitions read first would push the watermark
+    /// past the data still waiting in the others, and that data would be "late".
+    pub fn register(&mut self, p: PartitionKey, now: i64) {
+        self.partitions.entry(p).or_insert(PartitionTime {
+            max_event_time: i64::MIN,
+            last_seen_wall: now,
+            finished: false,
+        });
+    }
+
     /// The partition reached its end (replay) and no longer holds the watermark back.
     pub fn finish(&mut self, p: PartitionKey) {
         if let Some(e) = self.partitions.get_mut(&p) {
@@ -89,7 +100,7 @@ impl Watermark {
             Some(min) => Some(min),
             None => self.partitions.values().map(|t| t.max_event_time).max(),
         };
-        if let Some(c) = candidate {
+        if let Some(c) = candidate.filter(|c| *c > i64::MIN) {
             self.current = self.current.max(c.saturating_sub(self.allowed_lateness_ms));
         }
         self.current
@@ -124,6 +135,23 @@ mod tests {
         // Partition 1 comes back behind: the watermark does not go back.
         w.observe(p(1), 6_000, 1_600);
         assert_eq!(w.advance(1_600), 11_900);
+    }
+
+    #[test]
+    fn an_assigned_silent_partition_holds_the_watermark_until_idle() {
+        let mut w = Watermark::new(0, Some(1_000));
+        w.register(p(0), 0);
+        w.register(p(1), 0);
+        w.observe(p(0), 50_000, 10);
+        assert_eq!(w.advance(10), i64::MIN, "partition 1 has not delivered yet");
+        w.observe(p(1), 20_000, 20);
+        assert_eq!(w.advance(20), 20_000);
+        // A registered partition that never delivers stops holding it back once idle.
+        w.register(p(2), 30);
+        w.observe(p(0), 50_000, 1_000);
+        w.observe(p(1), 30_000, 1_000);
+        assert_eq!(w.advance(1_020), 20_000, "p2 not idle yet");
+        assert_eq!(w.advance(1_040), 30_000, "p2 idle: min over p0, p1");
     }
 
     #[test]

@@ -1,0 +1,137 @@
+//! End-to-end ingestion through Kafka: the engine (`run`'s loop) against a plain
+//! rdkafka consumer reading the same pre-produced messages from librdkafka's mock
+//! cluster; and the decision latency (window closed → command acknowledged).
+//! Run: `cargo bench --bench kafka_throughput` (prints a table; asserts nothing).
+//!
+//! Both sides use the engine's consumer settings and a fresh consumer group, and both
+//! are timed from their first message to their last, so group-join time is excluded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use guardrail::config::KafkaConfig;
+use guardrail::demo::demo_config;
+use guardrail::ingest::decode::SchemaRegistry;
+use guardrail::sim::{Scenario, Simulator};
+use prometheus::Registry;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureProducer;
+use tokio::sync::watch;
+
+/// 32 product partitions keep every partition under the mock's 5 MiB retention.
+const PARTITIONS: [i32; 3] = [32, 16, 16];
+const WINDOWS: u32 = 8;
+const SESSIONS: u32 = 24_000;
+
+fn counter(registry: &Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+        .sum()
+}
+
+/// Quantile of a Prometheus histogram family, as the upper bound of its bucket.
+fn histogram_quantile(registry: &Registry, name: &str, q: f64) -> Option<(u64, f64)> {
+    let fam = registry.gather().into_iter().find(|f| f.name() == name)?;
+    let h = fam.get_metric().first()?.get_histogram();
+    let n = h.get_sample_count();
+    let rank = (q * n as f64).ceil() as u64;
+    let le = h
+        .get_bucket()
+        .iter()
+        .find(|b| b.cumulative_count() >= rank.max(1))
+        .map(|b| b.upper_bound())?;
+    Some((n, le))
+}
+
+async fn plain_consumer(k: &KafkaConfig, topics: &[&str], total: u64) -> f64 {
+    let mut k = k.clone();
+    k.group_id = "bench-plain".into();
+    let c: StreamConsumer = guardrail::kafka::consumer_config(&k)
+        .create()
+        .expect("consumer");
+    c.subscribe(topics).expect("subscribe");
+    let mut n = 0u64;
+    let mut first = None;
+    while n < total {
+        let m = c.recv().await.expect("message");
+        first.get_or_insert_with(Instant::now);
+        std::hint::black_box(rdkafka::Message::payload(&m));
+        n += 1;
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    total as f64 / secs
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        let (mut config, policy) = demo_config(None, &cluster.bootstrap_servers(), "127.0.0.1:0").expect("config");
+        let t = config.topics.clone();
+        for (topic, parts) in [&t.product_events, &t.error_events, &t.support_signals].into_iter().zip(PARTITIONS) {
+            cluster.create_topic(topic, parts, 1).expect("topic");
+        }
+        for topic in [&t.flag_commands, &t.evaluations, &t.dlq] {
+            cluster.create_topic(topic, 1, 1).expect("topic");
+        }
+        let k = config.kafka.clone().expect("kafka");
+        let producer: FutureProducer = guardrail::kafka::producer_config(&k).set("linger.ms", "20").create().expect("producer");
+        let window_ms = policy.window.size_ms;
+        let start = (guardrail::clock::wall_ms() / window_ms - i64::from(WINDOWS)) * window_ms;
+        let mut sim = Simulator::new(Scenario::demo(start, WINDOWS, SESSIONS));
+        let schemas = SchemaRegistry::shipped().expect("schemas");
+        let mut total = 0u64;
+        let t0 = Instant::now();
+        while let Some(events) = sim.next_window() {
+            total += guardrail::kafka::produce_events(&producer, &t, &schemas, &events).await.expect("produce");
+        }
+        println!("pre-produced {total} events in {:.1}s ({:?} partitions)", t0.elapsed().as_secs_f64(), PARTITIONS);
+
+        let inputs = [t.product_events.as_str(), t.error_events.as_str(), t.support_signals.as_str()];
+        let plain = plain_consumer(&k, &inputs, total).await;
+
+        config.kafka.as_mut().expect("kafka").group_id = "bench-engine".into();
+        let policy = Arc::new(policy);
+        let served = guardrail::http::start("127.0.0.1:0", &policy).await.expect("http");
+        let registry = served.registry.clone();
+        let stop_rx: watch::Receiver<bool> = served.stop.subscribe();
+        let engine = {
+            let (config, policy, shared, registry) = (config.clone(), policy.clone(), served.shared.clone(), registry.clone());
+            tokio::spawn(async move { guardrail::app::run_engine(config, policy, shared, &registry, stop_rx, Duration::from_secs(10), None).await })
+        };
+        let consumed = || counter(&registry, "guardrail_events_total") as u64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while consumed() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let first = Instant::now();
+        // Poll sparingly: gathering the registry costs CPU the engine would compete for.
+        while consumed() < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if std::env::var_os("BENCH_TRACE").is_some() {
+                eprintln!("{:>6} ms {:>8}", first.elapsed().as_millis(), consumed());
+            }
+        }
+        let engine_rate = total as f64 / first.elapsed().as_secs_f64();
+        let _ = served.stop.send(true);
+        engine.await.expect("engine task").expect("engine");
+
+        println!("\n| path | events/s |\n|---|---|");
+        println!("| plain rdkafka consumer (ingestion limit) | {plain:.0} |");
+        println!("| guardrail engine (decode, window, decide, publish, commit) | {engine_rate:.0} |");
+        println!("| ratio | {:.0}% |", engine_rate / plain * 100.0);
+        println!("windows closed: {}, commands: {}", counter(&registry, "guardrail_windows_closed_total"), counter(&registry, "guardrail_commands_total"));
+        for q in [0.5, 0.99] {
+            if let Some((n, le)) = histogram_quantile(&registry, "guardrail_decision_latency_seconds", q) {
+                println!("decision latency p{:.0}: <= {:.0} ms (bucket bound, {n} commands)", q * 100.0, le * 1000.0);
+            }
+        }
+        if let Some((n, le)) = histogram_quantile(&registry, "guardrail_produce_latency_seconds", 0.99) {
+            println!("window outputs (commands + evaluations) acknowledged p99: <= {:.0} ms ({n} window closes)", le * 1000.0);
+        }
+    });
+}
