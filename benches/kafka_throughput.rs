@@ -9,9 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use guardrail::config::KafkaConfig;
+use guardrail::config::{Config, KafkaConfig};
 use guardrail::demo::demo_config;
 use guardrail::ingest::decode::SchemaRegistry;
+use guardrail::policy::Policy;
 use guardrail::sim::{Scenario, Simulator};
 use prometheus::Registry;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 const PARTITIONS: [i32; 3] = [32, 16, 16];
 const WINDOWS: u32 = 8;
 const SESSIONS: u32 = 24_000;
+const ROUNDS: u32 = 3;
 
 fn counter(registry: &Registry, name: &str) -> f64 {
     registry
@@ -47,9 +49,48 @@ fn histogram_quantile(registry: &Registry, name: &str, q: f64) -> Option<(u64, f
     Some((n, le))
 }
 
-async fn plain_consumer(k: &KafkaConfig, topics: &[&str], total: u64) -> f64 {
+/// One engine run in a fresh group until it has consumed `total`; its rate and registry.
+async fn engine_round(config: Config, policy: Arc<Policy>, total: u64) -> (f64, Registry) {
+    let served = guardrail::http::start("127.0.0.1:0", &policy)
+        .await
+        .expect("http");
+    let registry = served.registry.clone();
+    let stop_rx: watch::Receiver<bool> = served.stop.subscribe();
+    let engine = {
+        let (shared, registry) = (served.shared.clone(), registry.clone());
+        tokio::spawn(async move {
+            guardrail::app::run_engine(
+                config,
+                policy,
+                shared,
+                &registry,
+                stop_rx,
+                Duration::from_secs(10),
+                None,
+            )
+            .await
+        })
+    };
+    let consumed = || counter(&registry, "guardrail_events_total") as u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while consumed() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let first = Instant::now();
+    // Poll sparingly: gathering the registry costs CPU the engine would compete for.
+    while consumed() < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rate = total as f64 / first.elapsed().as_secs_f64();
+    let _ = served.stop.send(true);
+    engine.await.expect("engine task").expect("engine");
+    let _ = served.server.await;
+    (rate, registry)
+}
+
+async fn plain_consumer(k: &KafkaConfig, topics: &[&str], total: u64, round: u32) -> f64 {
     let mut k = k.clone();
-    k.group_id = "bench-plain".into();
+    k.group_id = format!("bench-plain-{round}");
     let c: StreamConsumer = guardrail::kafka::consumer_config(&k)
         .create()
         .expect("consumer");
@@ -70,7 +111,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let cluster = MockCluster::new(1).expect("mock cluster");
-        let (mut config, policy) = demo_config(None, &cluster.bootstrap_servers(), "127.0.0.1:0").expect("config");
+        let (config, policy) = demo_config(None, &cluster.bootstrap_servers(), "127.0.0.1:0").expect("config");
         let t = config.topics.clone();
         for (topic, parts) in [&t.product_events, &t.error_events, &t.support_signals].into_iter().zip(PARTITIONS) {
             cluster.create_topic(topic, parts, 1).expect("topic");
@@ -92,39 +133,36 @@ fn main() {
         println!("pre-produced {total} events in {:.1}s ({:?} partitions)", t0.elapsed().as_secs_f64(), PARTITIONS);
 
         let inputs = [t.product_events.as_str(), t.error_events.as_str(), t.support_signals.as_str()];
-        let plain = plain_consumer(&k, &inputs, total).await;
-
-        config.kafka.as_mut().expect("kafka").group_id = "bench-engine".into();
         let policy = Arc::new(policy);
-        let served = guardrail::http::start("127.0.0.1:0", &policy).await.expect("http");
-        let registry = served.registry.clone();
-        let stop_rx: watch::Receiver<bool> = served.stop.subscribe();
-        let engine = {
-            let (config, policy, shared, registry) = (config.clone(), policy.clone(), served.shared.clone(), registry.clone());
-            tokio::spawn(async move { guardrail::app::run_engine(config, policy, shared, &registry, stop_rx, Duration::from_secs(10), None).await })
-        };
-        let consumed = || counter(&registry, "guardrail_events_total") as u64;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while consumed() == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let first = Instant::now();
-        // Poll sparingly: gathering the registry costs CPU the engine would compete for.
-        while consumed() < total && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-            if std::env::var_os("BENCH_TRACE").is_some() {
-                eprintln!("{:>6} ms {:>8}", first.elapsed().as_millis(), consumed());
+        let (mut plain, mut engine) = (Vec::new(), Vec::new());
+        let mut last = None;
+        for round in 0..ROUNDS {
+            plain.push(plain_consumer(&k, &inputs, total, round).await);
+            // Each engine round gets its own group and output topics: a fresh start.
+            let mut config = config.clone();
+            config.kafka.as_mut().expect("kafka").group_id = format!("bench-engine-{round}");
+            config.topics.flag_commands = format!("bench-commands-{round}");
+            config.topics.evaluations = format!("bench-evaluations-{round}");
+            for topic in [&config.topics.flag_commands, &config.topics.evaluations] {
+                cluster.create_topic(topic, 1, 1).expect("topic");
             }
+            let (rate, registry) = engine_round(config, policy.clone(), total).await;
+            engine.push(rate);
+            last = Some(registry);
         }
-        let engine_rate = total as f64 / first.elapsed().as_secs_f64();
-        let _ = served.stop.send(true);
-        engine.await.expect("engine task").expect("engine");
-
-        println!("\n| path | events/s |\n|---|---|");
-        println!("| plain rdkafka consumer (ingestion limit) | {plain:.0} |");
-        println!("| guardrail engine (decode, window, decide, publish, commit) | {engine_rate:.0} |");
-        println!("| ratio | {:.0}% |", engine_rate / plain * 100.0);
-        println!("windows closed: {}, commands: {}", counter(&registry, "guardrail_windows_closed_total"), counter(&registry, "guardrail_commands_total"));
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
+        println!("\nplain rounds: {}\nengine rounds: {}", fmt(&plain), fmt(&engine));
+        let (p, e) = (median(&mut plain), median(&mut engine));
+        println!("\n| path (median of {ROUNDS}) | events/s |\n|---|---|");
+        println!("| plain rdkafka consumer (ingestion limit) | {p:.0} |");
+        println!("| guardrail engine (decode, window, decide, publish, commit) | {e:.0} |");
+        println!("| ratio | {:.0}% |", e / p * 100.0);
+        let Some(registry) = last else { return };
+        println!("last round: windows closed {}, commands {}", counter(&registry, "guardrail_windows_closed_total"), counter(&registry, "guardrail_commands_total"));
         for q in [0.5, 0.99] {
             if let Some((n, le)) = histogram_quantile(&registry, "guardrail_decision_latency_seconds", q) {
                 println!("decision latency p{:.0}: <= {:.0} ms (bucket bound, {n} commands)", q * 100.0, le * 1000.0);

@@ -12,7 +12,7 @@
 //! Shutdown: stop consuming, close what the watermark allows, flush the producer,
 //! commit, exit — within the grace period.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -152,8 +152,8 @@ pub async fn run_engine(
         ctx,
         seen_revocations: 0,
         seen_assignments: 0,
-        consumed_next: HashMap::new(),
-        seen_until: HashMap::new(),
+        consumed_next: HashMap::default(),
+        seen_until: HashMap::default(),
         pending: Vec::new(),
         sink,
     };
@@ -168,10 +168,11 @@ pub async fn run_engine(
                 // back through select!; the tick after the batch bounds decision latency.
                 let mut next = Some(msg);
                 let mut batch = 0;
+                let now = wall_ms(); // one clock read per batch
                 while let Some(msg) = next {
                     shell.check_rebalance();
                     match msg {
-                        Ok(m) => shell.on_message(&m).await?,
+                        Ok(m) => shell.on_message(&m, now).await?,
                         Err(e) => tracing::warn!(error = %e, "consumer error"),
                     }
                     batch += 1;
@@ -281,7 +282,7 @@ impl Shell {
     /// Feeds one record to the engine; a rejected one is enqueued to the DLQ (waiting
     /// while the producer queue is full). A DLQ record that cannot be enqueued stops
     /// the engine: its offset must not be committed.
-    async fn on_message(&mut self, m: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+    async fn on_message(&mut self, m: &BorrowedMessage<'_>, now: i64) -> anyhow::Result<()> {
         let Some(source) = self.source_of(m.topic()) else {
             return Ok(());
         };
@@ -292,7 +293,7 @@ impl Shell {
         let offset = m.offset();
         let reread = self.seen_until.get(&p).is_some_and(|&s| offset < s);
         let payload = m.payload().unwrap_or_default();
-        let outcome = self.engine.ingest(p, offset, payload, wall_ms(), reread);
+        let outcome = self.engine.ingest(p, offset, payload, now, reread);
         self.consumed_next.insert(p, offset + 1);
         let s = self.seen_until.entry(p).or_insert(offset + 1);
         *s = (*s).max(offset + 1);

@@ -1,8 +1,10 @@
 //! Cohort keys: `name=value` pairs of a flag's `cohort_by`, sorted by name, joined
 //! with commas (`platform=mobile-web,region=eu`); a missing attribute is `unknown`.
 //! `*` (all traffic) is id 0. Beyond `max_cohorts_per_flag` new cohorts fold into `other`.
+//! Maps on the hot path use FxHash: their keys are bounded (cohorts are capped, flags
+//! and partitions come from config and Kafka), so hash flooding cannot grow them.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::model::EventRef;
 
@@ -28,7 +30,7 @@ impl CohortTable {
         let mut attrs = cohort_by.to_vec();
         attrs.sort();
         attrs.dedup();
-        let mut ids = HashMap::new();
+        let mut ids = HashMap::default();
         ids.insert(ALL.to_string(), 0);
         CohortTable {
             attrs,

@@ -10,7 +10,9 @@ pub mod aggregate;
 pub mod cohort;
 pub mod watermark;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -153,7 +155,7 @@ impl Windows {
         let nflags = self.policy.flags.len();
         let window = self.open.entry(start).or_insert_with(|| OpenWindow {
             flags: (0..nflags).map(|_| Vec::new()).collect(),
-            first_offsets: HashMap::new(),
+            first_offsets: HashMap::default(),
         });
         window.first_offsets.entry(p).or_insert(offset);
         for (fi, arm) in targets {

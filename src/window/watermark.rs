@@ -6,7 +6,7 @@
 //! advanced one, so windows still close when traffic stops. The watermark never
 //! moves backwards.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::model::Source;
 
@@ -37,7 +37,7 @@ pub struct Watermark {
 impl Watermark {
     pub fn new(allowed_lateness_ms: i64, idle_timeout_ms: Option<i64>) -> Watermark {
         Watermark {
-            partitions: HashMap::new(),
+            partitions: HashMap::default(),
             allowed_lateness_ms,
             idle_timeout_ms,
             current: i64::MIN,
