@@ -1,5 +1,6 @@
-//! `guardrail run`: the sidecar. One task owns the engine and `select!`s over the
-//! consumer, a tick and shutdown; outputs go through an idempotent producer.
+//! `guardrail run`: the sidecar. A poller thread reads Kafka and hands batches over a
+//! bounded channel to one task that owns the engine and `select!`s over batches, a
+//! tick, commits and shutdown; outputs go through an idempotent producer.
 //!
 //! Offsets (SPEC §6): a partition's committed offset is the lowest offset any open
 //! window still needs (or the next unread one), committed only after every output and
@@ -14,15 +15,14 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::FutureExt as _;
 use futures::future::join_all;
 use prometheus::Registry;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -39,8 +39,10 @@ use crate::rules::Judged;
 use crate::telemetry::Metrics;
 use crate::window::watermark::PartitionKey;
 
-/// Messages handled per batch before a tick (bounds decision latency under load).
-const TICK_EVERY: u32 = 256;
+/// Messages per batch from the poller thread; the engine ticks after each batch.
+const BATCH: usize = 256;
+/// Batches the poller may run ahead of the engine (backpressure beyond).
+const POLL_QUEUE_BATCHES: usize = 16;
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -122,7 +124,7 @@ pub async fn run_engine(
         metrics.evaluation(e);
     }
     let ctx = RebalanceContext::default();
-    let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
+    let consumer: Arc<kafka::InputConsumer> = Arc::new(
         kafka::consumer_config(&k)
             .create_with_context(ctx.clone())
             .context("creating the consumer")?,
@@ -149,44 +151,45 @@ pub async fn run_engine(
         config: config.clone(),
         metrics,
         shared,
-        ctx,
-        seen_revocations: 0,
-        seen_assignments: 0,
+        epoch: (0, 0),
         consumed_next: HashMap::default(),
         seen_until: HashMap::default(),
         pending: Vec::new(),
         sink,
     };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
+    let stop_polling = Arc::new(AtomicBool::new(false));
+    let poller = kafka::spawn_poller(consumer.clone(), ctx, tx, stop_polling.clone(), BATCH)
+        .context("starting the poller thread")?;
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
-    loop {
-        tokio::select! {
-            biased;
-            r = stop.changed() => if r.is_err() || *stop.borrow() { break },
-            msg = consumer.recv() => {
-                // Then drain what librdkafka already holds, up to a batch, without going
-                // back through select!; the tick after the batch bounds decision latency.
-                let mut next = Some(msg);
-                let mut batch = 0;
-                let now = wall_ms(); // one clock read per batch
-                while let Some(msg) = next {
-                    shell.check_rebalance();
-                    match msg {
-                        Ok(m) => shell.on_message(&m, now).await?,
-                        Err(e) => tracing::warn!(error = %e, "consumer error"),
+    let result = async {
+        loop {
+            tokio::select! {
+                biased;
+                r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+                polled = rx.recv() => {
+                    let polled = polled.context("the poller thread stopped")?;
+                    shell.apply_epoch(polled.epoch);
+                    let now = wall_ms(); // one clock read per batch
+                    for m in &polled.messages {
+                        shell.on_message(m, now).await?;
                     }
-                    batch += 1;
-                    next = if batch < TICK_EVERY { consumer.recv().now_or_never() } else { None };
+                    // A tick per batch bounds decision latency under load.
+                    shell.tick().await?;
                 }
-                shell.tick().await?;
+                _ = tick.tick() => shell.tick().await?,
+                _ = commit.tick() => shell.commit(CommitMode::Async).await?,
             }
-            _ = tick.tick() => {
-                shell.check_rebalance();
-                shell.tick().await?;
-            }
-            _ = commit.tick() => shell.commit(CommitMode::Async).await?,
         }
+        anyhow::Ok(())
     }
+    .await;
+    // Stop consuming first: batches still queued are neither processed nor committed.
+    stop_polling.store(true, Ordering::Relaxed);
+    drop(rx);
+    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    result?;
     // Drain: no more consuming; close what can close, flush, commit.
     let drain = async {
         shell.tick().await?;
@@ -205,16 +208,15 @@ pub async fn run_engine(
 
 struct Shell {
     engine: Engine,
-    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    consumer: Arc<kafka::InputConsumer>,
     producer: FutureProducer,
     encoder: Encoder,
     topics: HashMap<String, Source>,
     config: Config,
     metrics: Metrics,
     shared: Arc<Shared>,
-    ctx: RebalanceContext,
-    seen_revocations: u64,
-    seen_assignments: u64,
+    /// (revocations, assignments) applied so far.
+    epoch: (u64, u64),
     /// Next offset to read, per partition currently owned.
     consumed_next: HashMap<PartitionKey, i64>,
     /// Highest offset ever read + 1 (survives revokes; seeded from commit metadata).
@@ -229,11 +231,10 @@ impl Shell {
         self.topics.get(topic).copied()
     }
 
-    /// Applies rebalances signalled by the consumer context since the last look.
-    fn check_rebalance(&mut self) {
-        let revs = self.ctx.revocations.load(Ordering::SeqCst);
-        if revs != self.seen_revocations {
-            self.seen_revocations = revs;
+    /// Applies the rebalances that happened before the batch about to be processed.
+    fn apply_epoch(&mut self, (revs, assigns): (u64, u64)) {
+        if revs != self.epoch.0 {
+            self.epoch.0 = revs;
             // Open windows mix every partition's records and cannot be split: drop them
             // all; the new assignment re-reads from committed offsets.
             self.engine.windows_mut().clear_open();
@@ -242,9 +243,8 @@ impl Shell {
             self.pending.clear();
             self.shared.ready.store(false, Ordering::Relaxed);
         }
-        let assigns = self.ctx.assignments.load(Ordering::SeqCst);
-        if assigns != self.seen_assignments {
-            self.seen_assignments = assigns;
+        if assigns != self.epoch.1 {
+            self.epoch.1 = assigns;
             let assignment = self.consumer.assignment().unwrap_or_default();
             let now = wall_ms();
             for e in assignment.elements() {
@@ -282,7 +282,7 @@ impl Shell {
     /// Feeds one record to the engine; a rejected one is enqueued to the DLQ (waiting
     /// while the producer queue is full). A DLQ record that cannot be enqueued stops
     /// the engine: its offset must not be committed.
-    async fn on_message(&mut self, m: &BorrowedMessage<'_>, now: i64) -> anyhow::Result<()> {
+    async fn on_message(&mut self, m: &OwnedMessage, now: i64) -> anyhow::Result<()> {
         let Some(source) = self.source_of(m.topic()) else {
             return Ok(());
         };

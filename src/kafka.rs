@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use apache_avro::Schema;
@@ -13,7 +13,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
-use rdkafka::message::ToBytes;
+use rdkafka::message::{OwnedMessage, ToBytes};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -141,13 +141,22 @@ pub async fn produce_events(
     Ok(events.len() as u64)
 }
 
-/// Counts rebalances so the engine loop can drop state it no longer owns. The counter
-/// is bumped inside the poll that delivers the next message, so the loop sees it before
-/// that message.
+/// Counts rebalances. The callbacks run inside `poll` on the poller thread, before
+/// that poll returns any message of the new assignment.
 #[derive(Clone, Default)]
 pub struct RebalanceContext {
     pub revocations: Arc<AtomicU64>,
     pub assignments: Arc<AtomicU64>,
+}
+
+impl RebalanceContext {
+    /// (revocations, assignments) so far.
+    pub fn epoch(&self) -> (u64, u64) {
+        (
+            self.revocations.load(Ordering::SeqCst),
+            self.assignments.load(Ordering::SeqCst),
+        )
+    }
 }
 
 impl ClientContext for RebalanceContext {}
@@ -166,6 +175,74 @@ impl ConsumerContext for RebalanceContext {
             self.assignments.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+pub type InputConsumer = BaseConsumer<RebalanceContext>;
+
+/// Messages polled under one rebalance epoch, in consumption order. A batch never
+/// spans a rebalance, so the engine applies a revoke exactly between the messages of
+/// the old and the new assignment.
+pub struct Polled {
+    pub epoch: (u64, u64),
+    pub messages: Vec<OwnedMessage>,
+}
+
+/// Polls the consumer on a dedicated thread (librdkafka's fetch parsing and the copy out
+/// of its buffers run beside the engine, not on its thread) and sends batches of up to
+/// `batch` messages; an epoch change is sent even without messages. Stops when `stop`
+/// is set or the receiver is gone.
+pub fn spawn_poller(
+    consumer: Arc<InputConsumer>,
+    ctx: RebalanceContext,
+    tx: tokio::sync::mpsc::Sender<Polled>,
+    stop: Arc<AtomicBool>,
+    batch: usize,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("guardrail-poll".into())
+        .spawn(move || {
+            let send = |epoch, messages| tx.blocking_send(Polled { epoch, messages }).is_ok();
+            let mut epoch = ctx.epoch();
+            let mut messages = Vec::with_capacity(batch);
+            while !stop.load(Ordering::Relaxed) {
+                let wait = if messages.is_empty() {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::ZERO
+                };
+                let polled = consumer.poll(wait);
+                let now = ctx.epoch();
+                if now != epoch {
+                    if !send(epoch, std::mem::take(&mut messages)) {
+                        return;
+                    }
+                    epoch = now;
+                    if polled.is_none() && !send(epoch, Vec::new()) {
+                        return;
+                    }
+                }
+                let full = match polled {
+                    Some(Ok(m)) => {
+                        messages.push(m.detach());
+                        messages.len() >= batch
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        false
+                    }
+                    // Nothing more right now: hand over what we have.
+                    None => !messages.is_empty(),
+                };
+                if full
+                    && !send(
+                        epoch,
+                        std::mem::replace(&mut messages, Vec::with_capacity(batch)),
+                    )
+                {
+                    return;
+                }
+            }
+        })
 }
 
 /// Encodes output records in the configured format.
