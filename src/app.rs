@@ -141,13 +141,6 @@ pub async fn run_engine(
         consumer: consumer.clone(),
         producer,
         encoder: Encoder::new(config.output.format)?,
-        topics: [
-            (t.product_events.clone(), Source::Product),
-            (t.error_events.clone(), Source::Errors),
-            (t.support_signals.clone(), Source::Support),
-        ]
-        .into_iter()
-        .collect(),
         config: config.clone(),
         metrics,
         shared,
@@ -211,7 +204,6 @@ struct Shell {
     consumer: Arc<kafka::InputConsumer>,
     producer: FutureProducer,
     encoder: Encoder,
-    topics: HashMap<String, Source>,
     config: Config,
     metrics: Metrics,
     shared: Arc<Shared>,
@@ -228,7 +220,10 @@ struct Shell {
 
 impl Shell {
     fn source_of(&self, topic: &str) -> Option<Source> {
-        self.topics.get(topic).copied()
+        // Three string compares beat hashing the topic name per message.
+        Source::ALL
+            .into_iter()
+            .find(|s| self.config.topics.input(*s) == topic)
     }
 
     /// Applies the rebalances that happened before the batch about to be processed.
@@ -433,17 +428,13 @@ impl Shell {
             .await
             .context("a DLQ record was not acknowledged; not committing")?;
         let mut tpl = TopicPartitionList::new();
-        let names: HashMap<Source, String> =
-            self.topics.iter().map(|(t, s)| (*s, t.clone())).collect();
         for (p, next) in &self.consumed_next {
             let offset = self
                 .engine
                 .windows()
                 .min_open_offset(*p)
                 .map_or(*next, |o| o.min(*next));
-            let Some(topic) = names.get(&p.source) else {
-                continue;
-            };
+            let topic = self.config.topics.input(p.source);
             if tpl
                 .add_partition_offset(topic, p.partition, Offset::Offset(offset))
                 .is_ok()
