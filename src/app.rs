@@ -199,6 +199,27 @@ pub async fn run_engine(
     Ok(())
 }
 
+/// The evidence that drove a command, one `metric status t=… c=… p=… n=…/…` per metric.
+fn key_evidence(c: &FlagCommand) -> String {
+    c.evidence
+        .iter()
+        .filter(|e| e.breached || e.status == "significant")
+        .map(|e| {
+            format!(
+                "{} {} t={:.6} c={} p={} n={}/{}",
+                e.metric,
+                e.status,
+                e.treatment_value,
+                e.control_value.map_or("-".into(), |v| format!("{v:.6}")),
+                e.p_value.map_or("-".into(), |p| format!("{p:.3e}")),
+                e.treatment_samples,
+                e.control_samples
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 struct Shell {
     engine: Engine,
     consumer: Arc<kafka::InputConsumer>,
@@ -379,7 +400,8 @@ impl Shell {
             self.metrics.command(c);
             tracing::info!(
                 command_id = %c.command_id, flag = %c.flag_key, cohort = %c.cohort, action = c.action.as_str(),
-                from = c.from_percent, to = c.to_percent, reason = %c.reason, "command issued"
+                from = c.from_percent, to = c.to_percent, reason = %c.reason, evidence = %key_evidence(c),
+                "command issued"
             );
             if let Some(s) = &self.sink {
                 let _ = s.send(c.clone());

@@ -68,6 +68,9 @@ pub enum Command {
         /// Window evaluations as JSON Lines (default: not written).
         #[arg(long)]
         evaluations_out: Option<PathBuf>,
+        /// A self-contained HTML backtest report: plots per flag, cohort and metric.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Validates a config: exit 0, or exit 2 with every error.
     Check {

@@ -215,7 +215,11 @@ async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
             let mut guards = String::new();
             let mut window = String::new();
             if let Some(e) = &c.last_evaluation {
-                window = format!("{}–{}", e.window_start, e.window_end);
+                window = format!(
+                    "{} – {}",
+                    crate::clock::rfc3339(e.window_start),
+                    crate::clock::rfc3339(e.window_end)
+                );
                 for ev in &e.evidence {
                     let cls = if ev.breached { "breached" } else { "" };
                     let _ = write!(

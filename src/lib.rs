@@ -32,6 +32,7 @@ pub mod model;
 pub mod policy;
 pub mod records;
 pub mod replay;
+pub mod report;
 pub mod rules;
 pub mod sim;
 pub mod telemetry;

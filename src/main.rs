@@ -30,6 +30,7 @@ fn main() -> ExitCode {
             support_signals,
             commands_out,
             evaluations_out,
+            report,
         } => {
             let policy = match load(&config) {
                 Ok(p) => p,
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
                 &files,
                 commands_out.as_deref(),
                 evaluations_out.as_deref(),
+                report.as_deref(),
             ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -172,8 +174,10 @@ fn run_replay(
     files: &[(Source, std::path::PathBuf)],
     commands: Option<&Path>,
     evaluations: Option<&Path>,
+    report_path: Option<&Path>,
 ) -> Result<(), ReplayError> {
     let mut cmd_out = output(commands)?;
+    let mut report = report_path.map(|_| guardrail::report::Report::default());
     let mut eval_out = evaluations.map(|p| output(Some(p))).transpose()?;
     let now = guardrail::clock::wall_ms();
     let started = std::time::Instant::now();
@@ -184,8 +188,18 @@ fn run_replay(
         if let Some(out) = eval_out.as_mut() {
             replay::json_line(out.as_mut(), &j.evaluation)?;
         }
+        if let Some(r) = report.as_mut() {
+            r.add(&j.evaluation, j.command.as_ref());
+        }
         Ok(())
     })?;
+    if let (Some(r), Some(path)) = (&report, report_path) {
+        let names: Vec<String> = files.iter().map(|(_, p)| p.display().to_string()).collect();
+        std::fs::write(
+            path,
+            r.render(&format!("guardrail backtest: {}", names.join(", "))),
+        )?;
+    }
     cmd_out.flush()?;
     if let Some(out) = eval_out.as_mut() {
         out.flush()?;

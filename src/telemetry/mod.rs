@@ -35,6 +35,8 @@ pub struct Metrics {
     pub cohort_overflow: IntCounter,
     published: Counters,
     published_overflow: u64,
+    /// Every metric family name registered (dashboards and alerts are checked against it).
+    pub names: Vec<String>,
 }
 
 fn err(e: prometheus::Error) -> String {
@@ -43,14 +45,20 @@ fn err(e: prometheus::Error) -> String {
 
 impl Metrics {
     pub fn register(registry: &Registry) -> Result<Metrics, String> {
+        let mut names = Vec::new();
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.map_err(err)?;
+                names.extend(
+                    prometheus::core::Collector::desc(&m)
+                        .iter()
+                        .map(|d| d.fq_name.clone()),
+                );
                 registry.register(Box::new(m.clone())).map_err(err)?;
                 m
             }};
         }
-        let m = Metrics {
+        let mut m = Metrics {
             events: reg!(IntCounterVec::new(Opts::new("guardrail_events_total", "Input records by source and outcome"), &["source", "status"])),
             windows_closed: reg!(IntCounter::new("guardrail_windows_closed_total", "Windows closed and evaluated")),
             commands: reg!(IntCounterVec::new(Opts::new("guardrail_commands_total", "Commands published, by action"), &["action"])),
@@ -80,7 +88,9 @@ impl Metrics {
             )),
             published: Counters::default(),
             published_overflow: 0,
+            names: Vec::new(),
         };
+        m.names = names;
         // Pre-create label sets so the series exist (at 0) from the first scrape.
         for s in Source::ALL {
             for st in STATUSES {
