@@ -238,6 +238,15 @@ pub struct GuardrailConfig {
     pub severity: String,
     #[serde(default = "default_action")]
     pub action: String,
+    /// `sequential` (mSPRT over the ramp band: valid at `alpha` however often it is
+    /// judged) or `per_window` (a fixed test on each window: faster on a regression that
+    /// starts mid-band, but the false-alarm rate grows with the number of windows).
+    #[serde(default = "default_test")]
+    pub test: String,
+}
+
+fn default_test() -> String {
+    "sequential".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

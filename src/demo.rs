@@ -22,7 +22,9 @@ use crate::records::FlagCommand;
 use crate::sim::{Scenario, Simulator};
 
 pub const EXAMPLE_CONFIG: &str = include_str!("../config/guardrail.toml");
-const INPUT_PARTITIONS: i32 = 16;
+/// The mock keeps at most 5 MiB per partition: 32 partitions hold the demo's ~870k
+/// events even if the engine falls behind the producer.
+const INPUT_PARTITIONS: i32 = 32;
 
 /// Demo config: the example policy, pointed at the mock cluster, with a short idle
 /// timeout so the final windows close without waiting 30 s of wall time.

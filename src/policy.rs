@@ -94,6 +94,8 @@ pub struct Guardrail {
     pub min_samples: u64,
     pub severity: Severity,
     pub action: Action,
+    /// Judge the relative bound with the band's sequential test (else per window).
+    pub sequential: bool,
 }
 
 /// A metric that should improve before the ramp advances.
@@ -549,6 +551,14 @@ fn compile_flag(
                 format!("{other:?} is not critical or warning"),
             ),
         };
+        let sequential = match g.test.as_str() {
+            "sequential" => Some(true),
+            "per_window" => Some(false),
+            other => c.err(
+                format!("{gp}.test"),
+                format!("{other:?} is not sequential or per_window"),
+            ),
+        };
         let action = match g.action.as_str() {
             "pause" => Some(Action::Pause),
             "rollback" => Some(Action::Rollback),
@@ -557,7 +567,9 @@ fn compile_flag(
                 format!("{other:?} is not pause or rollback"),
             ),
         };
-        if let (Some(metric), Some(severity), Some(action)) = (metric, severity, action) {
+        if let (Some(metric), Some(severity), Some(action), Some(sequential)) =
+            (metric, severity, action, sequential)
+        {
             guardrails.push(crate::policy::Guardrail {
                 metric,
                 slot: slot_of(metric),
@@ -570,6 +582,7 @@ fn compile_flag(
                 min_samples: g.min_samples,
                 severity,
                 action,
+                sequential,
             });
         }
     }

@@ -66,6 +66,18 @@ pub struct WindowEvaluation {
     pub policy_version: Option<String>,
     #[serde(default)]
     pub command_id: Option<String>,
+    /// Band evidence of the sequential tests, for restart recovery.
+    #[serde(default)]
+    pub band: Vec<BandState>,
+}
+
+/// A metric's aggregates accumulated over the current ramp band, per arm:
+/// `[num, den]` for a rate, `[n, sum, sum of squares]` for a mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BandState {
+    pub metric: String,
+    pub treatment: Vec<f64>,
+    pub control: Vec<f64>,
 }
 
 /// The `MetricEvidence` array of both output records.
@@ -135,6 +147,11 @@ impl WindowEvaluation {
             w.long(i64::from(self.healthy_windows));
             w.opt(self.policy_version.as_deref(), AvroWriter::string);
             w.opt(self.command_id.as_deref(), AvroWriter::string);
+            w.block(&self.band, |w, b| {
+                w.string(&b.metric);
+                w.block(&b.treatment, |w, v| w.double(*v));
+                w.block(&b.control, |w, v| w.double(*v));
+            });
         })
     }
 }

@@ -247,6 +247,7 @@ mod tests {
             healthy_windows: 0,
             policy_version: None,
             command_id: None,
+            band: Vec::new(),
         }
     }
 

@@ -36,7 +36,9 @@ const WINDOWS: u32 = 8;
 /// The demo's default: enough mobile-web treatment checkouts per window for the
 /// error-rate test (alpha 0.01) to see the injected regression two windows running.
 const SESSIONS: u32 = 24_000;
-const INPUT_PARTITIONS: i32 = 4;
+/// 32 partitions keep all ~580k events within the mock's 5 MiB per-partition retention,
+/// so a consumer that falls behind the producer loses nothing.
+const INPUT_PARTITIONS: i32 = 32;
 const FLAG: &str = "checkout-redesign";
 const COHORT: &str = "platform=mobile-web";
 

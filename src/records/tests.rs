@@ -65,6 +65,22 @@ fn evaluation(full: bool, evidence: Vec<MetricEvidence>) -> WindowEvaluation {
         healthy_windows: 3,
         policy_version: full.then(|| "0123456789ab".to_string()),
         command_id: full.then(|| "id".to_string()),
+        band: if full {
+            vec![
+                crate::records::BandState {
+                    metric: "err".into(),
+                    treatment: vec![12.0, 3000.0],
+                    control: vec![30.0, 9000.0],
+                },
+                crate::records::BandState {
+                    metric: "csat".into(),
+                    treatment: vec![40.0, 160.5, 700.25],
+                    control: vec![],
+                },
+            ]
+        } else {
+            Vec::new()
+        },
     }
 }
 

@@ -110,15 +110,78 @@ fn test(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(TestResult, &'stat
     }
 }
 
+/// The mixing scale of the sequential test, relative to the null boundary R·control:
+/// the normal mixture puts most power near effects of 25% of the baseline.
+pub const TAU_RELATIVE: f64 = 0.25;
+
+/// Sequential test on the aggregates accumulated over the ramp band (rates and means):
+/// the effect δ = treatment − R·control (R = 1 + margin) with its plug-in variance, and
+/// the one-sided mixture-SPRT p-value against H0: δ ≤ 0 (`Greater`) or δ ≥ 0 (`Less`).
+/// 1/Λ is a valid p-value at any data-dependent look (Ville's inequality), so judging
+/// every window does not inflate the error rate. `None` for quantiles or no variance.
+pub fn sequential(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(f64, String)> {
+    let r = 1.0 + margin;
+    let (delta, variance, baseline) = match (t, c) {
+        (Agg::Rate { num: xt, den: nt }, Agg::Rate { num: xc, den: nc }) if *nt > 0 && *nc > 0 => {
+            let pt = (*xt).min(*nt) as f64 / *nt as f64;
+            let pc = (*xc).min(*nc) as f64 / *nc as f64;
+            (
+                pt - r * pc,
+                pt * (1.0 - pt) / *nt as f64 + r * r * pc * (1.0 - pc) / *nc as f64,
+                r * pc,
+            )
+        }
+        (
+            Agg::Mean {
+                n: nt,
+                sum: st,
+                sumsq: qt,
+            },
+            Agg::Mean {
+                n: nc,
+                sum: sc,
+                sumsq: qc,
+            },
+        ) if *nt > 1 && *nc > 1 => {
+            let var = |n: u64, sum: f64, sumsq: f64| {
+                ((sumsq - sum * sum / n as f64) / (n - 1) as f64).max(0.0)
+            };
+            let (mt, mc) = (st / *nt as f64, sc / *nc as f64);
+            let v = var(*nt, *st, *qt) / *nt as f64 + r * r * var(*nc, *sc, *qc) / *nc as f64;
+            (mt - r * mc, v, (r * mc).abs())
+        }
+        _ => return None,
+    };
+    if variance.is_nan() || variance <= 0.0 {
+        return None;
+    }
+    // Without a baseline (control at 0), fall back to the scale of the noise.
+    let tau = if baseline > 0.0 {
+        TAU_RELATIVE * baseline
+    } else {
+        variance.sqrt()
+    };
+    let p = stats::msprt_p_value_one_sided(delta, 0.0, variance, tau * tau, tail);
+    Some((
+        p,
+        format!(
+            "mSPRT always-valid p (normal mixture, tau {tau:.3e}) on the band's cumulative effect"
+        ),
+    ))
+}
+
 fn relative_change(t: f64, c: Option<f64>) -> Option<f64> {
     c.filter(|c| *c != 0.0).map(|c| (t - c) / c)
 }
 
 /// Judges a guardrail: absolute bound on treatment, and a one-sided relative test.
+/// `band`: the treatment and control aggregates accumulated over the current ramp band
+/// (rates and means), tested sequentially; quantiles use this window's histograms.
 pub fn guardrail(
     policy: &Policy,
     g: &Guardrail,
     cell: &Cell,
+    band: Option<&[Agg; 2]>,
     has_control: bool,
 ) -> (MetricEvidence, Status) {
     let metric = &policy.metrics[g.metric];
@@ -153,14 +216,14 @@ pub fn guardrail(
     if let (Some((margin, tail)), true) = (relative, has_control) {
         insufficient |= cn < g.min_samples;
         threshold = tighter(threshold, cv * (1.0 + margin), tail == Tail::Greater);
-        match test(t, c, margin, tail) {
-            Some((r, name)) => {
+        match relative_test(t, c, band, margin, tail) {
+            Some((p, name)) => {
                 methods.push(format!(
                     "{name}, one-sided, margin {margin:+}, alpha {}",
                     g.alpha
                 ));
-                p_value = Some(r.p_value);
-                breached |= r.p_value < g.alpha;
+                p_value = Some(p);
+                breached |= p < g.alpha;
             }
             None => methods.push("relative test undefined (no variance or no data)".into()),
         }
@@ -190,8 +253,29 @@ pub fn guardrail(
     (ev, status)
 }
 
-/// Judges a success metric: one-sided test of improvement beyond the margin.
-pub fn success(policy: &Policy, s: &SuccessMetric, cell: &Cell) -> (MetricEvidence, Status) {
+/// Sequential on the band's aggregates where possible, else this window's fixed test.
+fn relative_test(
+    t: &Agg,
+    c: &Agg,
+    band: Option<&[Agg; 2]>,
+    margin: f64,
+    tail: Tail,
+) -> Option<(f64, String)> {
+    if let Some(r) = band.and_then(|b| sequential(&b[TREATMENT], &b[CONTROL], margin, tail)) {
+        return Some(r);
+    }
+    test(t, c, margin, tail).map(|(r, name)| (r.p_value, name.to_string()))
+}
+
+/// Judges a success metric: one-sided test of improvement beyond the margin. The status
+/// is `Insufficient` or `NotSignificant`; the caller marks `Significant` after the
+/// false-discovery-rate step across the flag's cohorts and success metrics.
+pub fn success(
+    policy: &Policy,
+    s: &SuccessMetric,
+    cell: &Cell,
+    band: Option<&[Agg; 2]>,
+) -> (MetricEvidence, Status) {
     let metric = &policy.metrics[s.metric];
     let (t, c) = (&cell[TREATMENT].aggs[s.slot], &cell[CONTROL].aggs[s.slot]);
     let (tv, tn) = value(t, &metric.kind);
@@ -205,15 +289,14 @@ pub fn success(policy: &Policy, s: &SuccessMetric, cell: &Cell) -> (MetricEviden
     let status = if tn < s.min_samples || cn < s.min_samples {
         Status::Insufficient
     } else {
-        match test(t, c, margin, tail) {
-            Some((r, name)) => {
-                method = format!("{name}, one-sided, margin {margin:+}, alpha {}", s.alpha);
-                p_value = Some(r.p_value);
-                if r.p_value < s.alpha {
-                    Status::Significant
-                } else {
-                    Status::NotSignificant
-                }
+        match relative_test(t, c, band, margin, tail) {
+            Some((p, name)) => {
+                method = format!(
+                    "{name}, one-sided, margin {margin:+}, Benjamini-Hochberg at q {}",
+                    s.alpha
+                );
+                p_value = Some(p);
+                Status::NotSignificant
             }
             None => {
                 method = "test undefined (no variance)".into();
@@ -237,4 +320,40 @@ pub fn success(policy: &Policy, s: &SuccessMetric, cell: &Cell) -> (MetricEviden
         status: status.as_str().into(),
     };
     (ev, status)
+}
+
+/// Sample ratio mismatch: the cell's treatment vs control exposures against the split
+/// the current percent implies (chi-square, 1 df). `None` below `min_exposures` or when
+/// the percent implies no control (0% or 100%). The bool is "mismatch" (p < `alpha`).
+pub fn srm(
+    cell: &Cell,
+    percent: f64,
+    min_exposures: u64,
+    alpha: f64,
+) -> Option<(MetricEvidence, bool)> {
+    let (nt, nc) = (cell[TREATMENT].exposures, cell[CONTROL].exposures);
+    let share = percent / 100.0;
+    if nt + nc < min_exposures || !(share > 0.0 && share < 1.0) {
+        return None;
+    }
+    let r = stats::srm_chi_square(nt, nc, share)?;
+    let observed = nt as f64 / (nt + nc) as f64;
+    let mismatch = r.p_value < alpha;
+    let status = if mismatch { "breached" } else { "healthy" };
+    let ev = MetricEvidence {
+        metric: "sample_ratio".into(),
+        role: Role::Srm,
+        treatment_value: observed,
+        control_value: Some(1.0 - observed),
+        threshold: Some(share),
+        relative_change: Some((observed - share) / share),
+        p_value: Some(r.p_value),
+        treatment_samples: nt as i64,
+        control_samples: nc as i64,
+        method: format!("chi-square goodness of fit vs {percent}% treatment, alpha {alpha}"),
+        breached: mismatch,
+        consecutive_windows: i32::from(mismatch),
+        status: status.into(),
+    };
+    Some((ev, mismatch))
 }

@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::ids::command_id;
-use crate::model::{Action, Severity};
-use crate::policy::{AdvanceWhen, Flag, Policy};
-use crate::records::{FlagCommand, MetricEvidence, WindowEvaluation};
-use crate::window::{Cell, ClosedWindow};
+use crate::model::{Action, Role, Severity};
+use crate::policy::{AdvanceWhen, Flag, MetricKind, Policy};
+use crate::records::{BandState, FlagCommand, MetricEvidence, WindowEvaluation};
+use crate::window::aggregate::Agg;
+use crate::window::{CONTROL, Cell, ClosedWindow, TREATMENT};
 use judge::Status;
 
 /// Where a cohort's rollout stands.
@@ -65,18 +66,56 @@ pub struct CohortState {
     pub guardrail_streaks: Vec<u32>,
     pub success_streaks: Vec<u32>,
     pub healthy_windows: u32,
+    /// Per metric slot, treatment and control accumulated over the current ramp band
+    /// (rates and means, for the sequential tests; `None` for quantiles).
+    pub band: Vec<Option<[Agg; 2]>>,
 }
 
 impl CohortState {
-    fn new(flag: &Flag) -> CohortState {
+    fn new(policy: &Policy, flag: &Flag) -> CohortState {
         CohortState {
             percent: flag.start_percent,
             status: CohortStatus::Ramping,
             guardrail_streaks: vec![0; flag.guardrails.len()],
             success_streaks: vec![0; flag.success.len()],
             healthy_windows: 0,
+            band: empty_band(policy, flag),
         }
     }
+
+    fn accumulate(&mut self, cell: &Cell) {
+        for (slot, band) in self.band.iter_mut().enumerate() {
+            if let Some(band) = band {
+                band[TREATMENT].merge(&cell[TREATMENT].aggs[slot]);
+                band[CONTROL].merge(&cell[CONTROL].aggs[slot]);
+            }
+        }
+    }
+}
+
+fn empty_band(policy: &Policy, flag: &Flag) -> Vec<Option<[Agg; 2]>> {
+    flag.metric_ids
+        .iter()
+        .map(|&m| {
+            let metric = &policy.metrics[m];
+            match metric.kind {
+                MetricKind::Quantile { .. } => None,
+                _ => Some([Agg::new(metric), Agg::new(metric)]),
+            }
+        })
+        .collect()
+}
+
+/// SRM: below this many exposures in a cohort's window the split is not tested.
+pub const SRM_MIN_EXPOSURES: u64 = 100;
+/// SRM alert level (the industry convention: LaunchDarkly, Statsig, GrowthBook).
+pub const SRM_ALPHA: f64 = 0.001;
+
+/// Everything judged for one cohort before the state machine runs.
+struct CohortJudgement {
+    guardrails: Vec<(MetricEvidence, Status)>,
+    success: Vec<(MetricEvidence, Status)>,
+    srm: Option<(MetricEvidence, bool)>,
 }
 
 pub struct Rules {
@@ -91,18 +130,53 @@ impl Rules {
         Rules { policy, states }
     }
 
-    /// Judges every flag and cohort of a closed window; one evaluation each.
+    /// Judges every flag and cohort of a closed window; one evaluation each. Per flag:
+    /// judge every cohort's metrics (band evidence accumulated first), control the false
+    /// discovery rate of the success tests across cohorts and metrics, then run each
+    /// cohort's state machine.
     pub fn decide(&mut self, window: &ClosedWindow, now: i64) -> Vec<Judged> {
         let mut out = Vec::new();
         for (fi, closed) in window.flags.iter().enumerate() {
             let flag = &self.policy.flags[fi];
+            let has_control = flag.control.is_some();
+            let mut judged: Vec<CohortJudgement> = Vec::with_capacity(closed.cohorts.len());
             for (cohort, cell) in &closed.cohorts {
+                let policy = &self.policy;
                 let state = self.states[fi]
                     .entry(cohort.clone())
-                    .or_insert_with(|| CohortState::new(flag));
-                let mut judged = judge_cohort(&self.policy, flag, cohort, cell, state, window, now);
-                judged.evaluation.late_events = closed.late_events as i64;
-                out.push(judged);
+                    .or_insert_with(|| CohortState::new(policy, flag));
+                state.accumulate(cell);
+                let band = |slot: usize| state.band[slot].as_ref();
+                judged.push(CohortJudgement {
+                    guardrails: flag
+                        .guardrails
+                        .iter()
+                        .map(|g| {
+                            judge::guardrail(
+                                policy,
+                                g,
+                                cell,
+                                band(g.slot).filter(|_| g.sequential),
+                                has_control,
+                            )
+                        })
+                        .collect(),
+                    success: flag
+                        .success
+                        .iter()
+                        .map(|sm| judge::success(policy, sm, cell, band(sm.slot)))
+                        .collect(),
+                    srm: judge::srm(cell, state.percent, SRM_MIN_EXPOSURES, SRM_ALPHA),
+                });
+            }
+            control_fdr(flag, &mut judged);
+            for ((cohort, _), j) in closed.cohorts.iter().zip(judged) {
+                let Some(state) = self.states[fi].get_mut(cohort) else {
+                    continue;
+                };
+                let mut result = judge_cohort(&self.policy, flag, cohort, j, state, window, now);
+                result.evaluation.late_events = closed.late_events as i64;
+                out.push(result);
             }
         }
         out
@@ -122,7 +196,7 @@ impl Rules {
         if eval.policy_version.as_deref() != Some(flag.policy_version.as_str()) {
             return; // The policy changed since: start the new policy from scratch.
         }
-        let mut state = CohortState::new(flag);
+        let mut state = CohortState::new(&self.policy, flag);
         state.percent = eval.rollout_percent.unwrap_or(flag.start_percent);
         state.status = eval
             .state
@@ -151,6 +225,20 @@ impl Rules {
                 crate::model::Role::Success,
             );
         }
+        for b in &eval.band {
+            let slot = flag
+                .metric_ids
+                .iter()
+                .position(|&m| self.policy.metrics[m].name == b.metric);
+            if let Some(Some(band)) = slot.map(|s| &mut state.band[s])
+                && let (Some(t), Some(c)) = (
+                    band[TREATMENT].with_values(&b.treatment),
+                    band[CONTROL].with_values(&b.control),
+                )
+            {
+                *band = [t, c];
+            }
+        }
         self.states[fi].insert(eval.cohort.clone(), state);
     }
 
@@ -175,23 +263,70 @@ fn bump(streak: &mut u32, status: Status) {
     }
 }
 
+/// The band evidence to publish with an evaluation (restored by [`Rules::restore`]).
+fn band_states(policy: &Policy, flag: &Flag, state: &CohortState) -> Vec<BandState> {
+    flag.metric_ids
+        .iter()
+        .zip(&state.band)
+        .filter_map(|(&m, band)| {
+            let band = band.as_ref()?;
+            Some(BandState {
+                metric: policy.metrics[m].name.clone(),
+                treatment: band[TREATMENT].values()?,
+                control: band[CONTROL].values()?,
+            })
+        })
+        .collect()
+}
+
+/// Benjamini–Hochberg over every tested success p-value of a flag in this window (all
+/// cohorts × success metrics, one family at the smallest success alpha): a success
+/// metric counts as significant only if rejected there. Guardrails are not corrected:
+/// a missed regression costs customers, a false alarm costs a look (see README).
+fn control_fdr(flag: &Flag, judged: &mut [CohortJudgement]) {
+    let q = flag
+        .success
+        .iter()
+        .map(|s| s.alpha)
+        .fold(f64::INFINITY, f64::min);
+    let tested: Vec<(usize, usize, f64)> = judged
+        .iter()
+        .enumerate()
+        .flat_map(|(c, j)| {
+            j.success
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, (ev, status))| match (status, ev.p_value) {
+                    (Status::NotSignificant, Some(p)) => Some((c, i, p)),
+                    _ => None,
+                })
+        })
+        .collect();
+    let p: Vec<f64> = tested.iter().map(|t| t.2).collect();
+    for ((c, i, _), rejected) in tested.iter().zip(stats::benjamini_hochberg(&p, q)) {
+        if rejected {
+            let (ev, status) = &mut judged[*c].success[*i];
+            *status = Status::Significant;
+            ev.status = Status::Significant.as_str().into();
+        }
+    }
+}
+
 /// Judges one cohort: updates streaks, applies SPEC §5 in order, builds the evaluation.
 fn judge_cohort(
     policy: &Policy,
     flag: &Flag,
     cohort: &str,
-    cell: &Cell,
+    judged: CohortJudgement,
     state: &mut CohortState,
     window: &ClosedWindow,
     now: i64,
 ) -> Judged {
-    let has_control = flag.control.is_some();
     let mut evidence: Vec<MetricEvidence> = Vec::new();
     let mut all_healthy = true;
     let mut critical: Option<usize> = None;
     let mut warning: Option<usize> = None;
-    for (i, g) in flag.guardrails.iter().enumerate() {
-        let (mut ev, status) = judge::guardrail(policy, g, cell, has_control);
+    for (i, (g, (mut ev, status))) in flag.guardrails.iter().zip(judged.guardrails).enumerate() {
         bump(&mut state.guardrail_streaks[i], status);
         let streak = state.guardrail_streaks[i];
         ev.consecutive_windows = streak as i32;
@@ -206,11 +341,14 @@ fn judge_cohort(
         evidence.push(ev);
     }
     let mut success_ready = true;
-    for (i, s) in flag.success.iter().enumerate() {
-        let (mut ev, status) = judge::success(policy, s, cell);
+    for (i, (s, (mut ev, status))) in flag.success.iter().zip(judged.success).enumerate() {
         bump(&mut state.success_streaks[i], status);
         ev.consecutive_windows = state.success_streaks[i] as i32;
         success_ready &= state.success_streaks[i] >= s.windows;
+        evidence.push(ev);
+    }
+    let srm_mismatch = judged.srm.as_ref().is_some_and(|(_, m)| *m);
+    if let Some((ev, _)) = judged.srm {
         evidence.push(ev);
     }
     state.healthy_windows = if all_healthy {
@@ -218,7 +356,7 @@ fn judge_cohort(
     } else {
         0
     };
-    if state.status == CohortStatus::Held && warning.is_none() {
+    if state.status == CohortStatus::Held && warning.is_none() && !srm_mismatch {
         // The warning episode is over once no warning guardrail is at its streak.
         let any_warning_breach = flag
             .guardrails
@@ -264,7 +402,17 @@ fn judge_cohort(
             fmt_pct(from)
         );
         decision = Some((Action::Hold, from, Severity::Warning, reason));
-    } else if state.status == CohortStatus::Ramping && all_healthy {
+    } else if srm_mismatch && state.status == CohortStatus::Ramping {
+        state.status = CohortStatus::Held;
+        let e = evidence.last().filter(|e| e.role == Role::Srm);
+        let reason = format!(
+            "sample ratio mismatch: {:.2}% of exposures in treatment where {}% is expected (p={}); the split is not what the flag serves, so results cannot be trusted; holding",
+            e.map_or(0.0, |e| e.treatment_value * 100.0),
+            fmt_pct(from),
+            fmt_p(e.and_then(|e| e.p_value))
+        );
+        decision = Some((Action::Hold, from, Severity::Warning, reason));
+    } else if state.status == CohortStatus::Ramping && all_healthy && !srm_mismatch {
         let ready = match flag.advance_when {
             AdvanceWhen::Significant => success_ready && !flag.success.is_empty(),
             AdvanceWhen::Healthy => {
@@ -307,6 +455,8 @@ fn judge_cohort(
             state.percent = next;
             state.healthy_windows = 0;
             state.success_streaks.iter_mut().for_each(|s| *s = 0);
+            // Evidence accumulates per band: the new band starts from nothing.
+            state.band = empty_band(policy, flag);
             if next >= 100.0 || flag.ramp.last() == Some(&next) {
                 state.status = CohortStatus::Complete;
             }
@@ -351,6 +501,7 @@ fn judge_cohort(
         healthy_windows: state.healthy_windows as i32,
         policy_version: Some(flag.policy_version.clone()),
         command_id: cmd.as_ref().map(|c| c.command_id.clone()),
+        band: band_states(policy, flag, state),
     };
     Judged {
         evaluation,

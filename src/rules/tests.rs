@@ -116,6 +116,23 @@ fn insufficient() -> Traffic {
     }
 }
 
+/// Completion 70% vs 50%: significant on the band's cumulative evidence even after
+/// windows without an effect (the sequential test accumulates over the band).
+fn strongly_improving() -> Traffic {
+    Traffic {
+        conv: [(700, 1000), (500, 1000)],
+        ..HEALTHY
+    }
+}
+
+/// Completion 40% vs 50%: cancels an earlier improving window in the band's evidence.
+fn worse() -> Traffic {
+    Traffic {
+        conv: [(400, 1000), (500, 1000)],
+        ..HEALTHY
+    }
+}
+
 fn slow() -> Traffic {
     Traffic {
         lat: [(100, 900.0), (100, 200.0)],
@@ -158,7 +175,8 @@ fn arm(policy: &Policy, flag: usize, t: &Traffic, a: usize) -> Arm {
         })
         .collect();
     Arm {
-        exposures: t.err[a].1,
+        // No exposure events: these scenarios are not about the split (SRM has its own tests).
+        exposures: 0,
         events: t.err[a].1 * 2,
         aggs,
     }
@@ -395,9 +413,9 @@ fn warning_holds_once_per_episode() {
     let seq = [
         slow(),
         slow(),
-        improving(), // warning over: back to ramping, success streak 1
-        improving(), // streak 2: advance
-        slow(),      // a new episode: HOLD again
+        strongly_improving(), // warning over: back to ramping, success streak 1
+        strongly_improving(), // streak 2: advance
+        slow(),               // a new episode: HOLD again
         slow(),
     ];
     let judged = run(&mut rules, &policy, 0, &seq);
@@ -511,7 +529,9 @@ fn no_advance_without_significance_or_with_a_streak_broken() {
         &mut rules,
         &policy,
         0,
-        &[improving(), HEALTHY, improving(), HEALTHY, HEALTHY],
+        // Sequential evidence accumulates over the band: a window that merely shows no
+        // effect would keep the streak alive; one that reverses the effect breaks it.
+        &[improving(), worse(), improving(), worse(), worse()],
     );
     assert!(actions(&judged).iter().all(Option::is_none));
     assert_eq!(
@@ -545,8 +565,8 @@ fn mixed_sequence() -> Vec<Traffic> {
         improving(),
         slow(),
         HEALTHY,
-        improving(),
-        improving(),
+        strongly_improving(),
+        strongly_improving(),
         breached(),
         insufficient(),
         breached(),
@@ -667,4 +687,152 @@ fn late_events_are_reported_on_the_evaluation() {
     let judged = rules.decide(&w, 42);
     assert!(judged.iter().all(|j| j.evaluation.late_events == 7));
     assert!(judged.iter().all(|j| j.evaluation.evaluated_at == 42));
+}
+
+// ---- Issue 4: SRM, false discovery rate, sequential validity -----------------------
+
+/// A window of flag `p` (start 5%) whose exposures split `t` / `c`.
+fn with_exposures(policy: &Policy, k: i64, t: Traffic, exposures: [u64; 2]) -> ClosedWindow {
+    let mut w = window(policy, k, &[(0, "*", t)]);
+    let cell = &mut w.flags[0].cohorts[0].1;
+    cell[0].exposures = exposures[0];
+    cell[1].exposures = exposures[1];
+    w
+}
+
+#[test]
+fn sample_ratio_mismatch_holds_and_blocks_advance_until_the_split_recovers() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let decide = |rules: &mut Rules, k: i64, t: Traffic, e: [u64; 2]| {
+        let mut out = rules.decide(&with_exposures(&policy, k, t, e), T0 + (k + 1) * SIZE + 1);
+        out.pop().unwrap()
+    };
+    // 5% expected; 300 of 1000 exposures in treatment: chi-square p ~ 1e-200.
+    let j = decide(&mut rules, 0, strongly_improving(), [300, 700]);
+    assert_eq!(j.command.as_ref().map(|c| c.action), Some(Action::Hold));
+    let srm = evidence(&j, "sample_ratio", Role::Srm);
+    assert!(srm.breached && srm.p_value.unwrap() < 1e-10, "{srm:?}");
+    assert_eq!(srm.threshold, Some(0.05));
+    assert!(
+        j.command
+            .as_ref()
+            .unwrap()
+            .reason
+            .contains("sample ratio mismatch")
+    );
+    // Still mismatched and the success metric significant twice: held, no ADVANCE.
+    let j = decide(&mut rules, 1, strongly_improving(), [300, 700]);
+    assert_eq!(j.command, None);
+    assert_eq!(j.evaluation.state.as_deref(), Some("held"));
+    // The split matches the percent again (52 of 1000 at 5%): back to ramping, and
+    // the accumulated success evidence advances.
+    let j = decide(&mut rules, 2, strongly_improving(), [52, 948]);
+    assert!(!evidence(&j, "sample_ratio", Role::Srm).breached);
+    assert_eq!(j.command.as_ref().map(|c| c.action), Some(Action::Advance));
+}
+
+#[test]
+fn srm_is_not_tested_on_few_exposures_or_without_control() {
+    let cell_of = |t: u64, c: u64| {
+        let p = policy();
+        let mut w = with_exposures(&p, 0, HEALTHY, [t, c]);
+        w.flags[0].cohorts.remove(0).1
+    };
+    assert!(judge::srm(&cell_of(30, 60), 5.0, SRM_MIN_EXPOSURES, SRM_ALPHA).is_none());
+    assert!(judge::srm(&cell_of(500, 0), 100.0, SRM_MIN_EXPOSURES, SRM_ALPHA).is_none());
+    let (ev, mismatch) =
+        judge::srm(&cell_of(250, 250), 50.0, SRM_MIN_EXPOSURES, SRM_ALPHA).unwrap();
+    assert!(!mismatch);
+    assert_eq!(ev.p_value, Some(1.0));
+}
+
+#[test]
+fn benjamini_hochberg_decides_which_success_tests_count() {
+    let policy = policy();
+    let flag = &policy.flags[0];
+    let judged_with = |p: f64| CohortJudgement {
+        guardrails: Vec::new(),
+        success: vec![(
+            MetricEvidence {
+                metric: "conv".into(),
+                role: Role::Success,
+                treatment_value: 0.0,
+                control_value: None,
+                threshold: None,
+                relative_change: None,
+                p_value: Some(p),
+                treatment_samples: 0,
+                control_samples: 0,
+                method: String::new(),
+                breached: false,
+                consecutive_windows: 0,
+                status: "not_significant".into(),
+            },
+            Status::NotSignificant,
+        )],
+        srm: None,
+    };
+    // Four cohorts at q = 0.05: per-test alpha would pass three, BH passes one.
+    let mut judged: Vec<CohortJudgement> = [0.01, 0.04, 0.045, 0.3]
+        .into_iter()
+        .map(judged_with)
+        .collect();
+    control_fdr(flag, &mut judged);
+    let statuses: Vec<Status> = judged.iter().map(|j| j.success[0].1).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            Status::Significant,
+            Status::NotSignificant,
+            Status::NotSignificant,
+            Status::NotSignificant
+        ]
+    );
+    assert_eq!(judged[0].success[0].0.status, "significant");
+}
+
+/// Under H0 (no true difference), judging the band's cumulative evidence at every one
+/// of 40 windows keeps the chance of ever rejecting at alpha = 0.05 below 0.05, where
+/// repeating a fixed-horizon test at every window does not (seeded simulation).
+#[test]
+fn sequential_test_keeps_its_error_rate_over_repeated_looks() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = SmallRng::seed_from_u64(42);
+    let (runs, looks, n, p) = (400, 40, 400u64, 0.05);
+    let (mut sequential_false, mut naive_false) = (0, 0);
+    for _ in 0..runs {
+        let (mut t, mut c) = (Agg::Rate { num: 0, den: 0 }, Agg::Rate { num: 0, den: 0 });
+        let (mut seq_hit, mut naive_hit) = (false, false);
+        for _ in 0..looks {
+            let xt = (0..n).filter(|_| rng.random_bool(p)).count() as u64;
+            let xc = (0..n).filter(|_| rng.random_bool(p)).count() as u64;
+            t.merge(&Agg::Rate { num: xt, den: n });
+            c.merge(&Agg::Rate { num: xc, den: n });
+            let (Agg::Rate { num: tx, den: tn }, Agg::Rate { num: cx, den: cn }) = (&t, &c) else {
+                unreachable!()
+            };
+            if let Some((pv, _)) = judge::sequential(&t, &c, 0.0, stats::Tail::Greater) {
+                seq_hit |= pv < 0.05;
+            }
+            if let Some(r) = stats::two_proportion(*tx, *tn, *cx, *cn, 0.0, stats::Tail::Greater) {
+                naive_hit |= r.p_value < 0.05;
+            }
+        }
+        sequential_false += usize::from(seq_hit);
+        naive_false += usize::from(naive_hit);
+    }
+    let (seq_rate, naive_rate) = (
+        sequential_false as f64 / runs as f64,
+        naive_false as f64 / runs as f64,
+    );
+    eprintln!(
+        "false alarms over {looks} looks: sequential {seq_rate}, repeated fixed-horizon {naive_rate}"
+    );
+    assert!(seq_rate <= 0.05, "sequential false-alarm rate {seq_rate}");
+    assert!(
+        naive_rate > 0.10,
+        "repeated fixed-horizon tests should inflate it: {naive_rate}"
+    );
 }

@@ -17,7 +17,7 @@ pub const HIST_SIGFIG: u8 = 2;
 pub const HIST_SCALE: f64 = 1000.0;
 
 /// Aggregate state of one metric in one cell.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Agg {
     Rate { num: u64, den: u64 },
     Mean { n: u64, sum: f64, sumsq: f64 },
@@ -86,6 +86,33 @@ impl Agg {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The counts of a rate or mean as numbers (`[num, den]`, `[n, sum, sumsq]`);
+    /// `None` for quantiles. Inverse of [`Agg::with_values`].
+    pub fn values(&self) -> Option<Vec<f64>> {
+        match self {
+            Agg::Rate { num, den } => Some(vec![*num as f64, *den as f64]),
+            Agg::Mean { n, sum, sumsq } => Some(vec![*n as f64, *sum, *sumsq]),
+            Agg::Quantile { .. } => None,
+        }
+    }
+
+    /// This aggregate's kind filled from [`Agg::values`]; `None` if the shape differs.
+    pub fn with_values(&self, v: &[f64]) -> Option<Agg> {
+        let count = |x: f64| (x >= 0.0 && x.fract() == 0.0).then_some(x as u64);
+        match (self, v) {
+            (Agg::Rate { .. }, [num, den]) => Some(Agg::Rate {
+                num: count(*num)?,
+                den: count(*den)?,
+            }),
+            (Agg::Mean { .. }, [n, sum, sumsq]) => Some(Agg::Mean {
+                n: count(*n)?,
+                sum: *sum,
+                sumsq: *sumsq,
+            }),
+            _ => None,
         }
     }
 
