@@ -256,10 +256,10 @@ fn replay_report_renders_in_chromium() {
     );
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
     let dom = headless(&chromium, &format!("file://{}", report.display()), &shot);
-    // 2 flags x 5 cohorts (* and 4 platforms) x 3 metrics each.
+    // 2 flags x 5 cohorts (* and 4 platforms) x (3 metrics + the sample ratio).
     assert_eq!(
         dom.matches("class=\"metric-plot\"").count(),
-        30,
+        40,
         "plots in the rendered DOM"
     );
     assert!(
