@@ -620,13 +620,13 @@ fn promtool_check(text: &str) {
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
-            if std::env::var("GUARDRAIL_SKIP_PROMTOOL").as_deref() == Ok("1") {
-                eprintln!("promtool not available ({e}); skipped (GUARDRAIL_SKIP_PROMTOOL=1)");
+            if std::env::var("GUARDRAIL_SKIP_PROMETHEUS").as_deref() == Ok("1") {
+                eprintln!("promtool not available ({e}); skipped (GUARDRAIL_SKIP_PROMETHEUS=1)");
                 return;
             }
             panic!(
                 "promtool not found on PATH ({e}): install it (Debian: apt-get install prometheus) \
-                 or set GUARDRAIL_SKIP_PROMTOOL=1 to skip this check"
+                 or set GUARDRAIL_SKIP_PROMETHEUS=1 to skip this check"
             );
         }
     };
