@@ -27,12 +27,7 @@ const SESSIONS: u32 = 24_000;
 const ROUNDS: u32 = 3;
 
 fn counter(registry: &Registry, name: &str) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
-        .sum()
+    guardrail::telemetry::counter_total(registry, name)
 }
 
 /// Quantile of a Prometheus histogram family, as the upper bound of its bucket.

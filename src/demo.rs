@@ -20,6 +20,7 @@ use crate::http::Shared;
 use crate::policy::Policy;
 use crate::records::FlagCommand;
 use crate::sim::{Scenario, Simulator};
+use crate::telemetry::counter_total;
 
 pub const EXAMPLE_CONFIG: &str = include_str!("../config/guardrail.toml");
 /// The mock keeps at most 5 MiB per partition: 32 partitions hold the demo's ~870k
@@ -218,16 +219,6 @@ fn print_command(c: &FlagCommand) {
             e.method
         );
     }
-}
-
-/// The sum of a counter family's series (the engine's `Metrics` live inside its task).
-fn counter_total(registry: &Registry, name: &str) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
-        .sum()
 }
 
 fn summary(

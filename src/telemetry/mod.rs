@@ -179,6 +179,17 @@ impl Metrics {
     }
 }
 
+/// The sum of a counter family's series in a registry (0 when absent): how the demo,
+/// tests and benchmarks read the engine's counters from outside its task.
+pub fn counter_total(registry: &Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+        .sum()
+}
+
 /// Renders a registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut buf = Vec::new();

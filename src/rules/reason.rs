@@ -1,0 +1,67 @@
+//! The one sentence a person can act on, for each command: values, change, p-value,
+//! bound and streak, formatted for people (values below 1 as percent, p-values compact).
+
+use crate::model::Action;
+use crate::records::MetricEvidence;
+
+pub(super) fn pct_if_pause(action: Action, from: f64) -> String {
+    if action == Action::Rollback {
+        String::new()
+    } else {
+        format!("{}%", fmt_pct(from))
+    }
+}
+
+pub(super) fn fmt_pct(p: f64) -> String {
+    if p.fract() == 0.0 {
+        format!("{p:.0}")
+    } else {
+        format!("{p}")
+    }
+}
+
+pub(super) fn fmt_rel(r: Option<f64>) -> String {
+    r.map_or("n/a".into(), |r| format!("{:+.1}%", r * 100.0))
+}
+
+pub(super) fn fmt_p(p: Option<f64>) -> String {
+    p.map_or("n/a".into(), |p| {
+        if p < 1e-4 {
+            format!("{p:.1e}")
+        } else {
+            format!("{p:.4}")
+        }
+    })
+}
+
+fn fmt_val(v: f64) -> String {
+    if v.abs() < 1.0 {
+        format!("{:.3}%", v * 100.0)
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// One sentence on a breached guardrail: values, change, p, bound, streak.
+pub(super) fn describe(e: &MetricEvidence, windows: u32) -> String {
+    let mut s = format!(
+        "{} is {} in treatment",
+        e.metric,
+        fmt_val(e.treatment_value)
+    );
+    if let Some(c) = e.control_value {
+        s += &format!(
+            " vs {} in control ({}, p={})",
+            fmt_val(c),
+            fmt_rel(e.relative_change),
+            fmt_p(e.p_value)
+        );
+    }
+    if let Some(t) = e.threshold {
+        s += &format!(", beyond the limit {}", fmt_val(t));
+    }
+    s + &format!(
+        ", for {} consecutive window(s) (policy: {windows})",
+        e.consecutive_windows
+    )
+}
