@@ -19,7 +19,7 @@ use crate::records::{BandState, FlagCommand, MetricEvidence, WindowEvaluation};
 use crate::window::aggregate::Agg;
 use crate::window::{CONTROL, Cell, ClosedWindow, TREATMENT};
 use judge::Status;
-use reason::{describe, fmt_p, fmt_pct, fmt_rel, pct_if_pause};
+use reason::{advance_reason, describe, fmt_pct, pct_if_pause, srm_reason};
 
 /// Where a cohort's rollout stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,20 +314,26 @@ fn control_fdr(flag: &Flag, judged: &mut [CohortJudgement]) {
     }
 }
 
-/// Judges one cohort: updates streaks, applies SPEC §5 in order, builds the evaluation.
-fn judge_cohort(
-    policy: &Policy,
-    flag: &Flag,
-    cohort: &str,
-    judged: CohortJudgement,
-    state: &mut CohortState,
-    window: &ClosedWindow,
-    now: i64,
-) -> Judged {
+/// What a window's judgements mean for one cohort once the streaks are updated.
+struct Signals {
+    /// Guardrails, then success metrics, then the SRM check, in policy order.
+    evidence: Vec<MetricEvidence>,
+    all_healthy: bool,
+    /// The first critical / warning guardrail at its streak.
+    critical: Option<usize>,
+    warning: Option<usize>,
+    success_ready: bool,
+    srm_mismatch: bool,
+}
+
+/// A decision: action, target percent, severity, the sentence a person reads.
+type Decision = (Action, f64, Severity, String);
+
+/// Updates the streaks and the healthy count, ends a HOLD episode that is over, and
+/// sums up what the window says.
+fn update_streaks(flag: &Flag, judged: CohortJudgement, state: &mut CohortState) -> Signals {
     let mut evidence: Vec<MetricEvidence> = Vec::new();
-    let mut all_healthy = true;
-    let mut critical: Option<usize> = None;
-    let mut warning: Option<usize> = None;
+    let (mut all_healthy, mut critical, mut warning) = (true, None, None);
     for (i, (g, (mut ev, status))) in flag.guardrails.iter().zip(judged.guardrails).enumerate() {
         bump(&mut state.guardrail_streaks[i], status);
         let streak = state.guardrail_streaks[i];
@@ -350,16 +356,14 @@ fn judge_cohort(
         evidence.push(ev);
     }
     let srm_mismatch = judged.srm.as_ref().is_some_and(|(_, m)| *m);
-    if let Some((ev, _)) = judged.srm {
-        evidence.push(ev);
-    }
+    evidence.extend(judged.srm.map(|(ev, _)| ev));
     state.healthy_windows = if all_healthy {
         state.healthy_windows + 1
     } else {
         0
     };
     if state.status == CohortStatus::Held && warning.is_none() && !srm_mismatch {
-        // The warning episode is over once no warning guardrail is at its streak.
+        // The episode is over once no warning guardrail has a streak and the split is right.
         let any_warning_breach = flag
             .guardrails
             .iter()
@@ -369,103 +373,105 @@ fn judge_cohort(
             state.status = CohortStatus::Ramping;
         }
     }
+    Signals {
+        evidence,
+        all_healthy,
+        critical,
+        warning,
+        success_ready,
+        srm_mismatch,
+    }
+}
 
+/// SPEC §5 in order: critical → PAUSE/ROLLBACK (once), warning → HOLD (once per
+/// episode), sample ratio mismatch → HOLD, else ADVANCE when ready. Moves the state.
+fn choose_action(
+    policy: &Policy,
+    flag: &Flag,
+    sig: &Signals,
+    state: &mut CohortState,
+) -> Option<Decision> {
     let from = state.percent;
-    let mut decision: Option<(Action, f64, Severity, String)> = None;
-    if let Some(i) = critical.filter(|_| !state.status.stopped()) {
+    if let Some(i) = sig.critical.filter(|_| !state.status.stopped()) {
         let g = &flag.guardrails[i];
-        let to = if g.action == Action::Rollback {
-            0.0
-        } else {
-            from
-        };
-        state.status = if g.action == Action::Rollback {
+        let rollback = g.action == Action::Rollback;
+        state.status = if rollback {
             CohortStatus::RolledBack
         } else {
             CohortStatus::Paused
         };
-        let verb = if g.action == Action::Rollback {
+        let verb = if rollback {
             "rolled back to 0%"
         } else {
             "paused at"
         };
         let reason = format!(
             "{}; {} {}",
-            describe(&evidence[i], g.windows),
+            describe(&sig.evidence[i], g.windows),
             verb,
             pct_if_pause(g.action, from)
         );
-        decision = Some((g.action, to, Severity::Critical, reason));
-    } else if let Some(i) = warning.filter(|_| state.status == CohortStatus::Ramping) {
+        return Some((
+            g.action,
+            if rollback { 0.0 } else { from },
+            Severity::Critical,
+            reason,
+        ));
+    }
+    if state.status != CohortStatus::Ramping {
+        return None;
+    }
+    if let Some(i) = sig.warning {
         state.status = CohortStatus::Held;
         let reason = format!(
             "{}; holding at {}% until it recovers",
-            describe(&evidence[i], flag.guardrails[i].windows),
+            describe(&sig.evidence[i], flag.guardrails[i].windows),
             fmt_pct(from)
         );
-        decision = Some((Action::Hold, from, Severity::Warning, reason));
-    } else if srm_mismatch && state.status == CohortStatus::Ramping {
-        state.status = CohortStatus::Held;
-        let e = evidence.last().filter(|e| e.role == Role::Srm);
-        let reason = format!(
-            "sample ratio mismatch: {:.2}% of exposures in treatment where {}% is expected (p={}); the split is not what the flag serves, so results cannot be trusted; holding",
-            e.map_or(0.0, |e| e.treatment_value * 100.0),
-            fmt_pct(from),
-            fmt_p(e.and_then(|e| e.p_value))
-        );
-        decision = Some((Action::Hold, from, Severity::Warning, reason));
-    } else if state.status == CohortStatus::Ramping && all_healthy && !srm_mismatch {
-        let ready = match flag.advance_when {
-            AdvanceWhen::Significant => success_ready && !flag.success.is_empty(),
-            AdvanceWhen::Healthy => {
-                let need = flag.guardrails.iter().map(|g| g.windows).max().unwrap_or(1);
-                state.healthy_windows >= need
-            }
-        };
-        if ready && let Some(&next) = flag.ramp.iter().find(|&&p| p > from) {
-            let why = match flag.advance_when {
-                AdvanceWhen::Significant => flag
-                    .success
-                    .iter()
-                    .zip(&evidence[flag.guardrails.len()..])
-                    .map(|(s, e)| {
-                        format!(
-                            "{} {} {} (p={}) for {} window(s)",
-                            e.metric,
-                            if s.direction == crate::policy::Direction::Increase {
-                                "rose"
-                            } else {
-                                "fell"
-                            },
-                            fmt_rel(e.relative_change),
-                            fmt_p(e.p_value),
-                            s.windows
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                AdvanceWhen::Healthy => format!(
-                    "all guardrails healthy for {} windows",
-                    state.healthy_windows
-                ),
-            };
-            let reason = format!(
-                "{why}; advance from {}% to {}%",
-                fmt_pct(from),
-                fmt_pct(next)
-            );
-            state.percent = next;
-            state.healthy_windows = 0;
-            state.success_streaks.iter_mut().for_each(|s| *s = 0);
-            // Evidence accumulates per band: the new band starts from nothing.
-            state.band = empty_band(policy, flag);
-            if next >= 100.0 || flag.ramp.last() == Some(&next) {
-                state.status = CohortStatus::Complete;
-            }
-            decision = Some((Action::Advance, next, Severity::Info, reason));
-        }
+        return Some((Action::Hold, from, Severity::Warning, reason));
     }
+    if sig.srm_mismatch {
+        state.status = CohortStatus::Held;
+        let e = sig.evidence.last().filter(|e| e.role == Role::Srm);
+        return Some((Action::Hold, from, Severity::Warning, srm_reason(e, from)));
+    }
+    if !sig.all_healthy {
+        return None;
+    }
+    let ready = match flag.advance_when {
+        AdvanceWhen::Significant => sig.success_ready && !flag.success.is_empty(),
+        AdvanceWhen::Healthy => {
+            let need = flag.guardrails.iter().map(|g| g.windows).max().unwrap_or(1);
+            state.healthy_windows >= need
+        }
+    };
+    let next = *flag.ramp.iter().find(|&&p| p > from).filter(|_| ready)?;
+    let reason = advance_reason(flag, &sig.evidence, state.healthy_windows, from, next);
+    state.percent = next;
+    state.healthy_windows = 0;
+    state.success_streaks.iter_mut().for_each(|s| *s = 0);
+    // Evidence accumulates per band: the new band starts from nothing.
+    state.band = empty_band(policy, flag);
+    if next >= 100.0 || flag.ramp.last() == Some(&next) {
+        state.status = CohortStatus::Complete;
+    }
+    Some((Action::Advance, next, Severity::Info, reason))
+}
 
+/// Judges one cohort: updates streaks, applies SPEC §5 in order, builds the evaluation.
+fn judge_cohort(
+    policy: &Policy,
+    flag: &Flag,
+    cohort: &str,
+    judged: CohortJudgement,
+    state: &mut CohortState,
+    window: &ClosedWindow,
+    now: i64,
+) -> Judged {
+    let from = state.percent;
+    let sig = update_streaks(flag, judged, state);
+    let decision = choose_action(policy, flag, &sig, state);
+    let evidence = sig.evidence;
     let cmd = decision.map(|(action, to, severity, reason)| FlagCommand {
         command_id: command_id(
             &flag.key,
