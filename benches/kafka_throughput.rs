@@ -20,11 +20,46 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
-/// 32 product partitions keep every partition under the mock's 5 MiB retention.
+/// 32 product partitions keep every partition under the mock's 5 MiB retention (about
+/// 2.6 MiB each at 72,000 sessions per window).
 const PARTITIONS: [i32; 3] = [32, 16, 16];
 const WINDOWS: u32 = 8;
-const SESSIONS: u32 = 24_000;
-const ROUNDS: u32 = 3;
+const SESSIONS: u32 = 72_000;
+const ROUNDS: u32 = 5;
+
+/// CPU seconds this process has used so far (user + system, all threads), from
+/// /proc/self/stat; 0 where that file does not exist.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    // USER_HZ is 100 on every Linux this runs on.
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
+/// CPU seconds per thread name (user + system), from /proc/self/task.
+fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let name = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map_or("?", |(n, _)| n);
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+        let cpu = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0;
+        // Group numbered threads (rdk:broker1, ...) under one name.
+        let key: String = name.trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+        *out.entry(key).or_insert(0.0) += cpu;
+    }
+    out
+}
 
 fn counter(registry: &Registry, name: &str) -> f64 {
     guardrail::telemetry::counter_total(registry, name)
@@ -45,7 +80,7 @@ fn histogram_quantile(registry: &Registry, name: &str, q: f64) -> Option<(u64, f
 }
 
 /// One engine run in a fresh group until it has consumed `total`; its rate and registry.
-async fn engine_round(config: Config, policy: Arc<Policy>, total: u64) -> (f64, Registry) {
+async fn engine_round(config: Config, policy: Arc<Policy>, total: u64) -> (f64, f64, Registry) {
     let served = guardrail::http::start("127.0.0.1:0", &policy)
         .await
         .expect("http");
@@ -71,19 +106,27 @@ async fn engine_round(config: Config, policy: Arc<Policy>, total: u64) -> (f64, 
     while consumed() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let first = Instant::now();
+    let (first, cpu0) = (Instant::now(), cpu_seconds());
+    let threads0 = thread_cpu();
     // Poll sparingly: gathering the registry costs CPU the engine would compete for.
     while consumed() < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let rate = total as f64 / first.elapsed().as_secs_f64();
+    let secs = first.elapsed().as_secs_f64();
+    let (rate, cores) = (total as f64 / secs, (cpu_seconds() - cpu0) / secs);
+    for (name, cpu) in thread_cpu() {
+        let busy = (cpu - threads0.get(&name).copied().unwrap_or(0.0)) / secs;
+        if busy > 0.02 {
+            eprintln!("  thread {name}: {busy:.2} cores");
+        }
+    }
     let _ = served.stop.send(true);
     engine.await.expect("engine task").expect("engine");
     let _ = served.server.await;
-    (rate, registry)
+    (rate, cores, registry)
 }
 
-async fn plain_consumer(k: &KafkaConfig, topics: &[&str], total: u64, round: u32) -> f64 {
+async fn plain_consumer(k: &KafkaConfig, topics: &[&str], total: u64, round: u32) -> (f64, f64) {
     let mut k = k.clone();
     k.group_id = format!("bench-plain-{round}");
     let c: StreamConsumer = guardrail::kafka::consumer_config(&k)
@@ -94,12 +137,13 @@ async fn plain_consumer(k: &KafkaConfig, topics: &[&str], total: u64, round: u32
     let mut first = None;
     while n < total {
         let m = c.recv().await.expect("message");
-        first.get_or_insert_with(Instant::now);
+        first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
         std::hint::black_box(rdkafka::Message::payload(&m));
         n += 1;
     }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
-    total as f64 / secs
+    let (t0, cpu0) = first.expect("at least one message");
+    let secs = t0.elapsed().as_secs_f64();
+    (total as f64 / secs, (cpu_seconds() - cpu0) / secs)
 }
 
 fn main() {
@@ -130,9 +174,12 @@ fn main() {
         let inputs = [t.product_events.as_str(), t.error_events.as_str(), t.support_signals.as_str()];
         let policy = Arc::new(policy);
         let (mut plain, mut engine) = (Vec::new(), Vec::new());
+        let (mut plain_cores, mut engine_cores) = (Vec::new(), Vec::new());
         let mut last = None;
         for round in 0..ROUNDS {
-            plain.push(plain_consumer(&k, &inputs, total, round).await);
+            let (rate, cores) = plain_consumer(&k, &inputs, total, round).await;
+            plain.push(rate);
+            plain_cores.push(cores);
             // Each engine round gets its own group and output topics: a fresh start.
             let mut config = config.clone();
             config.kafka.as_mut().expect("kafka").group_id = format!("bench-engine-{round}");
@@ -141,8 +188,9 @@ fn main() {
             for topic in [&config.topics.flag_commands, &config.topics.evaluations] {
                 cluster.create_topic(topic, 1, 1).expect("topic");
             }
-            let (rate, registry) = engine_round(config, policy.clone(), total).await;
+            let (rate, cores, registry) = engine_round(config, policy.clone(), total).await;
             engine.push(rate);
+            engine_cores.push(cores);
             last = Some(registry);
         }
         let median = |v: &mut Vec<f64>| {
@@ -150,7 +198,9 @@ fn main() {
             v[v.len() / 2]
         };
         let fmt = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
-        println!("\nplain rounds: {}\nengine rounds: {}", fmt(&plain), fmt(&engine));
+        let fmt2 = |v: &[f64]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        println!("\nplain rounds: {} events/s, {} cores busy (broker included)", fmt(&plain), fmt2(&plain_cores));
+        println!("engine rounds: {} events/s, {} cores busy (broker included)", fmt(&engine), fmt2(&engine_cores));
         let (p, e) = (median(&mut plain), median(&mut engine));
         println!("\n| path (median of {ROUNDS}) | events/s |\n|---|---|");
         println!("| plain rdkafka consumer (ingestion limit) | {p:.0} |");

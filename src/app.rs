@@ -1,10 +1,12 @@
 //! `guardrail run`: the sidecar. A poller thread reads Kafka and hands batches over a
 //! bounded channel to one task that owns the engine and `select!`s over batches, a
-//! tick, commits and shutdown; outputs go through an idempotent producer.
+//! tick, commits and shutdown. Window outputs are published in order by a task of
+//! their own ([`crate::publisher`]) through an idempotent producer, so a window close
+//! does not stall ingestion while the broker acknowledges.
 //!
 //! Offsets (SPEC §6): a partition's committed offset is the lowest offset any open
-//! window still needs (or the next unread one), committed only after every output and
-//! DLQ record so far was acknowledged. The commit metadata carries how far the
+//! window still needs (or the next unread one), committed only once every output
+//! submitted before that snapshot, and every DLQ record, was acknowledged. The commit metadata carries how far the
 //! partition was read, so after a restart or rebalance the re-read records of closed
 //! windows are recognised as duplicates, not "late". Decision state (percent, streaks,
 //! the closed-window frontier) is restored from the evaluations topic at start.
@@ -19,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::future::join_all;
 use prometheus::Registry;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
@@ -32,10 +33,10 @@ use crate::config::Config;
 use crate::engine::{Engine, Ingested};
 use crate::http::Shared;
 use crate::kafka::{self, Encoder, RebalanceContext};
+use crate::publisher::{Outputs, Publisher};
 use crate::model::Source;
 use crate::policy::Policy;
 use crate::records::FlagCommand;
-use crate::rules::Judged;
 use crate::telemetry::Metrics;
 use crate::window::watermark::PartitionKey;
 
@@ -45,6 +46,8 @@ const BATCH: usize = 256;
 const POLL_QUEUE_BATCHES: usize = 16;
 const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+/// Under load, the shortest time between two ticks run after batches.
+const BATCH_TICK: Duration = Duration::from_millis(5);
 
 /// Callbacks for the demo: sees every command once it is acknowledged.
 pub type CommandSink = tokio::sync::mpsc::UnboundedSender<FlagCommand>;
@@ -139,8 +142,19 @@ pub async fn run_engine(
     let mut shell = Shell {
         engine,
         consumer: consumer.clone(),
-        producer,
-        encoder: Encoder::new(config.output.format)?,
+        producer: producer.clone(),
+        publisher: Publisher::start(
+            Outputs {
+                producer: producer.clone(),
+                commands_topic: t.flag_commands.clone(),
+                evaluations_topic: t.evaluations.clone(),
+                metrics: metrics.clone(),
+                shared: shared.clone(),
+                sink,
+            },
+            Encoder::new(config.output.format)?,
+        ),
+        pending_commit: None,
         config: config.clone(),
         metrics,
         shared,
@@ -148,7 +162,6 @@ pub async fn run_engine(
         consumed_next: HashMap::default(),
         seen_until: HashMap::default(),
         pending: Vec::new(),
-        sink,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
@@ -156,6 +169,7 @@ pub async fn run_engine(
         .context("starting the poller thread")?;
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
+    let mut last_tick = Instant::now();
     let result = async {
         loop {
             tokio::select! {
@@ -168,11 +182,20 @@ pub async fn run_engine(
                     for m in &polled.messages {
                         shell.on_message(m, now).await?;
                     }
-                    // A tick per batch bounds decision latency under load.
-                    shell.tick().await?;
+                    // Under load the interval tick may wait behind batches: tick here too,
+                    // at most every BATCH_TICK, which bounds decision latency.
+                    if last_tick.elapsed() >= BATCH_TICK {
+                        shell.tick().await?;
+                        last_tick = Instant::now();
+                    }
                 }
-                _ = tick.tick() => shell.tick().await?,
+                _ = tick.tick() => {
+                    shell.tick().await?;
+                    last_tick = Instant::now();
+                }
                 _ = commit.tick() => shell.commit(CommitMode::Async).await?,
+                // A failed publication stops the engine before anything more is committed.
+                () = shell.publisher.changed() => shell.publisher.check()?,
             }
         }
         anyhow::Ok(())
@@ -186,6 +209,7 @@ pub async fn run_engine(
     // Drain: no more consuming; close what can close, flush, commit.
     let drain = async {
         shell.tick().await?;
+        shell.publisher.settle().await?;
         let _ = shell.producer.flush(Duration::from_secs(5));
         shell.commit(CommitMode::Sync).await?;
         anyhow::Ok(())
@@ -194,37 +218,21 @@ pub async fn run_engine(
         Ok(r) => r?,
         Err(_) => tracing::warn!(?grace, "drain did not finish within the grace period"),
     }
+    shell.publisher.close().await;
     shell.shared.ready.store(false, Ordering::Relaxed);
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The evidence that drove a command, one `metric status t=… c=… p=… n=…/…` per metric.
-fn key_evidence(c: &FlagCommand) -> String {
-    c.evidence
-        .iter()
-        .filter(|e| e.breached || e.status == "significant")
-        .map(|e| {
-            format!(
-                "{} {} t={:.6} c={} p={} n={}/{}",
-                e.metric,
-                e.status,
-                e.treatment_value,
-                e.control_value.map_or("-".into(), |v| format!("{v:.6}")),
-                e.p_value.map_or("-".into(), |p| format!("{p:.3e}")),
-                e.treatment_samples,
-                e.control_samples
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 struct Shell {
     engine: Engine,
     consumer: Arc<kafka::InputConsumer>,
+    /// For the DLQ; window outputs go through `publisher`.
     producer: FutureProducer,
-    encoder: Encoder,
+    publisher: Publisher,
+    /// Offsets computed at a commit tick, with the number of output batches submitted
+    /// by then: committed once that many are acknowledged.
+    pending_commit: Option<(u64, TopicPartitionList)>,
     config: Config,
     metrics: Metrics,
     shared: Arc<Shared>,
@@ -236,7 +244,6 @@ struct Shell {
     seen_until: HashMap<PartitionKey, i64>,
     /// DLQ deliveries not yet awaited.
     pending: Vec<rdkafka::producer::DeliveryFuture>,
-    sink: Option<CommandSink>,
 }
 
 impl Shell {
@@ -257,6 +264,8 @@ impl Shell {
             self.engine.watermark_mut().clear_partitions();
             self.consumed_next.clear();
             self.pending.clear();
+            // Computed for partitions that may no longer be ours.
+            self.pending_commit = None;
             self.shared.ready.store(false, Ordering::Relaxed);
         }
         if assigns != self.epoch.1 {
@@ -351,13 +360,12 @@ impl Shell {
         Ok(())
     }
 
-    /// Advances the watermark, publishes every decision and waits for the acks.
+    /// Advances the watermark and hands every decision to the publisher.
     async fn tick(&mut self) -> anyhow::Result<()> {
         let now = wall_ms();
         let judged = self.engine.tick(now);
-        let closed_at = Instant::now();
         if !judged.is_empty() {
-            self.publish(judged, closed_at).await?;
+            self.publisher.submit(judged, Instant::now())?;
         }
         self.metrics.publish_counters(self.engine.counters());
         self.metrics
@@ -372,83 +380,52 @@ impl Shell {
         Ok(())
     }
 
-    async fn publish(&mut self, judged: Vec<Judged>, closed_at: Instant) -> anyhow::Result<()> {
-        let t = &self.config.topics;
-        // Commands first: an evaluation on the topic implies its command was acknowledged.
-        let commands: Vec<(&str, Vec<u8>)> = judged
-            .iter()
-            .filter_map(|j| j.command.as_ref())
-            .map(|c| (c.flag_key.as_str(), self.encoder.command(c)))
-            .collect();
-        let mut sends = Vec::new();
-        for (key, payload) in &commands {
-            sends.push(
-                self.producer.send(
-                    FutureRecord::to(&t.flag_commands)
-                        .key(*key)
-                        .payload(payload),
-                    Duration::from_secs(30),
-                ),
-            );
-        }
-        for r in join_all(sends).await {
-            r.map_err(|(e, _)| anyhow::anyhow!("producing a command: {e}"))?;
-        }
-        let latency = closed_at.elapsed().as_secs_f64();
-        for c in judged.iter().filter_map(|j| j.command.as_ref()) {
-            self.metrics.decision_latency.observe(latency);
-            self.metrics.command(c);
-            tracing::info!(
-                command_id = %c.command_id, flag = %c.flag_key, cohort = %c.cohort, action = c.action.as_str(),
-                from = c.from_percent, to = c.to_percent, reason = %c.reason, evidence = %key_evidence(c),
-                "command issued"
-            );
-            if let Some(s) = &self.sink {
-                let _ = s.send(c.clone());
-            }
-        }
-        let payloads: Vec<(String, Vec<u8>)> = judged
-            .iter()
-            .map(|j| {
-                (
-                    j.evaluation.flag_key.clone(),
-                    self.encoder.evaluation(&j.evaluation),
-                )
-            })
-            .collect();
-        let mut sends = Vec::new();
-        for (key, payload) in &payloads {
-            sends.push(self.producer.send(
-                FutureRecord::to(&t.evaluations).key(key).payload(payload),
-                Duration::from_secs(30),
-            ));
-        }
-        for r in join_all(sends).await {
-            r.map_err(|(e, _)| anyhow::anyhow!("producing an evaluation: {e}"))?;
-        }
-        self.metrics
-            .produce_latency
-            .with_label_values(&["outputs"])
-            .observe(closed_at.elapsed().as_secs_f64());
-        for j in &judged {
-            self.metrics.evaluation(&j.evaluation);
-            self.shared.record(&j.evaluation, j.command.as_ref());
-        }
-        Ok(())
-    }
-
     /// Waits for every DLQ delivery so far.
     async fn flush_pending(&mut self) -> Result<(), kafka::KafkaError> {
         kafka::acknowledged(std::mem::take(&mut self.pending)).await
     }
 
-    /// Commits, per owned partition, the lowest offset an open window still needs.
-    /// A DLQ record the broker refused stops the engine before anything is committed,
-    /// so the restarted engine re-reads it.
+    /// Commits, per owned partition, the lowest offset an open window still needs, once
+    /// every window output submitted before that snapshot is acknowledged. `Async`
+    /// (the periodic commit) never waits for the publisher: a snapshot whose outputs
+    /// are still in flight is kept and committed at a later tick. `Sync` (the drain)
+    /// expects the publisher settled. A DLQ record the broker refused stops the engine
+    /// before anything is committed, so the restarted engine re-reads it.
     async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
         self.flush_pending()
             .await
             .context("a DLQ record was not acknowledged; not committing")?;
+        self.publisher.check()?;
+        let acknowledged = self.publisher.acknowledged();
+        if let Some((needs, tpl)) = self.pending_commit.take() {
+            if acknowledged >= needs {
+                self.commit_offsets(&tpl, mode);
+            } else {
+                self.pending_commit = Some((needs, tpl));
+                return Ok(());
+            }
+        }
+        let tpl = self.snapshot();
+        let needs = self.publisher.submitted();
+        if acknowledged >= needs {
+            self.commit_offsets(&tpl, mode);
+        } else {
+            self.pending_commit = Some((needs, tpl));
+        }
+        Ok(())
+    }
+
+    fn commit_offsets(&self, tpl: &TopicPartitionList, mode: CommitMode) {
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(tpl, mode)
+        {
+            tracing::warn!(error = %e, "offset commit failed; will retry");
+        }
+    }
+
+    /// The offsets to commit now (with how far each partition was read as metadata),
+    /// and the consumer lag gauge.
+    fn snapshot(&self) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for (p, next) in &self.consumed_next {
             let offset = self
@@ -476,11 +453,6 @@ impl Shell {
                     .set((high - next).max(0));
             }
         }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, mode)
-        {
-            tracing::warn!(error = %e, "offset commit failed; will retry");
-        }
-        Ok(())
+        tpl
     }
 }

@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod model;
 pub mod policy;
+pub mod publisher;
 pub mod records;
 pub mod replay;
 pub mod report;

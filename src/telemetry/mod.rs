@@ -64,7 +64,7 @@ impl Metrics {
             commands: reg!(IntCounterVec::new(Opts::new("guardrail_commands_total", "Commands published, by action"), &["action"])),
             decision_latency: reg!(Histogram::with_opts(
                 HistogramOpts::new("guardrail_decision_latency_seconds", "From the watermark passing a window end to the broker acknowledging its command")
-                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
             )),
             watermark_lag: reg!(Gauge::new("guardrail_watermark_lag_seconds", "Wall clock minus the event-time watermark")),
             metric_value: reg!(GaugeVec::new(Opts::new("guardrail_metric_value", "Metric value in the last closed window"), &["flag", "cohort", "metric", "variant"])),

@@ -1,0 +1,245 @@
+//! Publishes window outputs on a task of its own, in window-close order, so that a
+//! window close never stalls ingestion for the broker's acknowledgements.
+//!
+//! Per batch of decisions (one window close): the commands are produced and
+//! acknowledged first, then the evaluations. An evaluation on its topic therefore
+//! implies that its command was acknowledged (restore relies on it). Batches are
+//! published strictly one after another, so outputs keep their order across closes.
+//!
+//! The engine learns how far publishing got through [`Progress`]: it commits input
+//! offsets only up to what was covered when every batch submitted before was
+//! acknowledged (SPEC §6), and stops when a batch could not be published.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::app::CommandSink;
+use crate::http::Shared;
+use crate::kafka::Encoder;
+use crate::records::FlagCommand;
+use crate::rules::Judged;
+use crate::telemetry::Metrics;
+
+/// How long the producer may retry one output before the engine gives up.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Batches published so far, or the error that stopped publishing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub acknowledged: u64,
+    pub failed: Option<String>,
+}
+
+/// One window close's decisions, encoded, with the instant the window closed.
+struct Batch {
+    judged: Vec<Judged>,
+    commands: Vec<(String, Vec<u8>)>,
+    evaluations: Vec<(String, Vec<u8>)>,
+    closed_at: Instant,
+}
+
+/// Where outputs go and who hears about them.
+pub struct Outputs {
+    pub producer: FutureProducer,
+    pub commands_topic: String,
+    pub evaluations_topic: String,
+    pub metrics: Metrics,
+    pub shared: Arc<Shared>,
+    pub sink: Option<CommandSink>,
+}
+
+/// The engine's handle on the publishing task.
+pub struct Publisher {
+    tx: Option<mpsc::UnboundedSender<Batch>>,
+    submitted: u64,
+    progress: watch::Receiver<Progress>,
+    task: Option<JoinHandle<()>>,
+    encoder: Encoder,
+}
+
+impl Publisher {
+    pub fn start(outputs: Outputs, encoder: Encoder) -> Publisher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress) = watch::channel(Progress::default());
+        let task = tokio::spawn(publish_loop(outputs, rx, progress_tx));
+        Publisher {
+            tx: Some(tx),
+            submitted: 0,
+            progress,
+            task: Some(task),
+            encoder,
+        }
+    }
+
+    /// Encodes and queues one window close's decisions; returns at once.
+    pub fn submit(&mut self, judged: Vec<Judged>, closed_at: Instant) -> anyhow::Result<()> {
+        let commands = judged
+            .iter()
+            .filter_map(|j| j.command.as_ref())
+            .map(|c| (c.flag_key.clone(), self.encoder.command(c)))
+            .collect();
+        let evaluations = judged
+            .iter()
+            .map(|j| {
+                let e = &j.evaluation;
+                (e.flag_key.clone(), self.encoder.evaluation(e))
+            })
+            .collect();
+        let batch = Batch {
+            judged,
+            commands,
+            evaluations,
+            closed_at,
+        };
+        self.tx
+            .as_ref()
+            .and_then(|tx| tx.send(batch).ok())
+            .ok_or_else(|| anyhow::anyhow!("the publisher stopped: {}", self.failure()))?;
+        self.submitted += 1;
+        Ok(())
+    }
+
+    /// Batches submitted so far; a commit snapshot taken now is safe once this many
+    /// are acknowledged.
+    pub fn submitted(&self) -> u64 {
+        self.submitted
+    }
+
+    pub fn acknowledged(&self) -> u64 {
+        self.progress.borrow().acknowledged
+    }
+
+    /// The publishing error, if publishing stopped.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match &self.progress.borrow().failed {
+            Some(e) => Err(anyhow::anyhow!("{e}")),
+            None => Ok(()),
+        }
+    }
+
+    fn failure(&self) -> String {
+        self.progress
+            .borrow()
+            .failed
+            .clone()
+            .unwrap_or_else(|| "publisher task ended".into())
+    }
+
+    /// Resolves when publishing makes progress or fails (for `select!`).
+    pub async fn changed(&mut self) {
+        if self.progress.changed().await.is_err() {
+            // The task is gone: never resolve again rather than spin.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Waits until every submitted batch is acknowledged, or publishing failed.
+    pub async fn settle(&mut self) -> anyhow::Result<()> {
+        let target = self.submitted;
+        let p = self
+            .progress
+            .wait_for(|p| p.acknowledged >= target || p.failed.is_some())
+            .await
+            .map_err(|_| anyhow::anyhow!("the publisher task ended"))?
+            .clone();
+        match p.failed {
+            Some(e) => Err(anyhow::anyhow!("{e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops accepting batches and waits for the task to publish what it has.
+    pub async fn close(&mut self) {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn publish_loop(
+    out: Outputs,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    progress: watch::Sender<Progress>,
+) {
+    while let Some(batch) = rx.recv().await {
+        match publish(&out, batch).await {
+            Ok(()) => progress.send_modify(|p| p.acknowledged += 1),
+            Err(e) => {
+                tracing::error!(error = %e, "publishing window outputs failed");
+                progress.send_modify(|p| p.failed = Some(e));
+                return;
+            }
+        }
+    }
+}
+
+async fn send_all(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    let sends = records.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            DELIVERY_TIMEOUT,
+        )
+    });
+    for r in join_all(sends).await {
+        r.map_err(|(e, _)| format!("producing to {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn publish(out: &Outputs, b: Batch) -> Result<(), String> {
+    send_all(&out.producer, &out.commands_topic, &b.commands).await?;
+    let latency = b.closed_at.elapsed().as_secs_f64();
+    for c in b.judged.iter().filter_map(|j| j.command.as_ref()) {
+        out.metrics.decision_latency.observe(latency);
+        out.metrics.command(c);
+        tracing::info!(
+            command_id = %c.command_id, flag = %c.flag_key, cohort = %c.cohort, action = c.action.as_str(),
+            from = c.from_percent, to = c.to_percent, reason = %c.reason, evidence = %key_evidence(c),
+            "command issued"
+        );
+        if let Some(s) = &out.sink {
+            let _ = s.send(c.clone());
+        }
+    }
+    send_all(&out.producer, &out.evaluations_topic, &b.evaluations).await?;
+    out.metrics
+        .produce_latency
+        .with_label_values(&["outputs"])
+        .observe(b.closed_at.elapsed().as_secs_f64());
+    for j in &b.judged {
+        out.metrics.evaluation(&j.evaluation);
+        out.shared.record(&j.evaluation, j.command.as_ref());
+    }
+    Ok(())
+}
+
+/// The evidence that drove a command, one `metric status t=… c=… p=… n=…/…` per metric.
+pub fn key_evidence(c: &FlagCommand) -> String {
+    c.evidence
+        .iter()
+        .filter(|e| e.breached || e.status == "significant")
+        .map(|e| {
+            format!(
+                "{} {} t={:.6} c={} p={} n={}/{}",
+                e.metric,
+                e.status,
+                e.treatment_value,
+                e.control_value.map_or("-".into(), |v| format!("{v:.6}")),
+                e.p_value.map_or("-".into(), |p| format!("{p:.3e}")),
+                e.treatment_samples,
+                e.control_samples
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
