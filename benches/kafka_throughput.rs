@@ -35,7 +35,10 @@ fn cpu_seconds() -> f64 {
     };
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
     // USER_HZ is 100 on every Linux this runs on.
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
@@ -50,12 +53,20 @@ fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        let name = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map_or("?", |(n, _)| n);
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map_or("?", |(n, _)| n);
         let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+        let f: Vec<f64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0.0))
+            .collect();
         let cpu = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0;
         // Group numbered threads (rdk:broker1, ...) under one name.
-        let key: String = name.trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+        let key: String = name
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string();
         *out.entry(key).or_insert(0.0) += cpu;
     }
     out
@@ -113,6 +124,9 @@ async fn engine_round(config: Config, policy: Arc<Policy>, total: u64) -> (f64, 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let secs = first.elapsed().as_secs_f64();
+    if consumed() < total {
+        eprintln!("engine consumed only {} of {total} events", consumed());
+    }
     let (rate, cores) = (total as f64 / secs, (cpu_seconds() - cpu0) / secs);
     for (name, cpu) in thread_cpu() {
         let busy = (cpu - threads0.get(&name).copied().unwrap_or(0.0)) / secs;
@@ -178,6 +192,7 @@ fn main() {
         let mut last = None;
         for round in 0..ROUNDS {
             let (rate, cores) = plain_consumer(&k, &inputs, total, round).await;
+            eprintln!("round {round}: plain {rate:.0} events/s");
             plain.push(rate);
             plain_cores.push(cores);
             // Each engine round gets its own group and output topics: a fresh start.
@@ -189,6 +204,7 @@ fn main() {
                 cluster.create_topic(topic, 1, 1).expect("topic");
             }
             let (rate, cores, registry) = engine_round(config, policy.clone(), total).await;
+            eprintln!("round {round}: engine {rate:.0} events/s");
             engine.push(rate);
             engine_cores.push(cores);
             last = Some(registry);

@@ -23,19 +23,19 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use prometheus::Registry;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::clock::wall_ms;
 use crate::config::Config;
 use crate::engine::{Engine, Ingested};
 use crate::http::Shared;
-use crate::kafka::{self, Encoder, RebalanceContext};
-use crate::publisher::{Outputs, Publisher};
+use crate::kafka::{self, Encoder, Polled, PolledMessage, RebalanceContext};
 use crate::model::Source;
 use crate::policy::Policy;
+use crate::publisher::{Outputs, Publisher};
 use crate::records::FlagCommand;
 use crate::telemetry::Metrics;
 use crate::window::watermark::PartitionKey;
@@ -165,8 +165,16 @@ pub async fn run_engine(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
-    let poller = kafka::spawn_poller(consumer.clone(), ctx, tx, stop_polling.clone(), BATCH)
-        .context("starting the poller thread")?;
+    let topics = Source::ALL.map(|s| t.input(s).to_string());
+    let poller = kafka::spawn_poller(
+        consumer.clone(),
+        ctx,
+        topics,
+        tx,
+        stop_polling.clone(),
+        BATCH,
+    )
+    .context("starting the poller thread")?;
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
     let mut last_tick = Instant::now();
@@ -180,7 +188,7 @@ pub async fn run_engine(
                     shell.apply_epoch(polled.epoch);
                     let now = wall_ms(); // one clock read per batch
                     for m in &polled.messages {
-                        shell.on_message(m, now).await?;
+                        shell.on_message(&polled, m, now).await?;
                     }
                     // Under load the interval tick may wait behind batches: tick here too,
                     // at most every BATCH_TICK, which bounds decision latency.
@@ -307,28 +315,30 @@ impl Shell {
     /// Feeds one record to the engine; a rejected one is enqueued to the DLQ (waiting
     /// while the producer queue is full). A DLQ record that cannot be enqueued stops
     /// the engine: its offset must not be committed.
-    async fn on_message(&mut self, m: &OwnedMessage, now: i64) -> anyhow::Result<()> {
-        let Some(source) = self.source_of(m.topic()) else {
-            return Ok(());
-        };
+    async fn on_message(
+        &mut self,
+        batch: &Polled,
+        m: &PolledMessage,
+        now: i64,
+    ) -> anyhow::Result<()> {
         let p = PartitionKey {
-            source,
-            partition: m.partition(),
+            source: m.source,
+            partition: m.partition,
         };
-        let offset = m.offset();
+        let offset = m.offset;
         let reread = self.seen_until.get(&p).is_some_and(|&s| offset < s);
-        let payload = m.payload().unwrap_or_default();
+        let payload = batch.payload(m);
         let outcome = self.engine.ingest(p, offset, payload, now, reread);
         self.consumed_next.insert(p, offset + 1);
         let s = self.seen_until.entry(p).or_insert(offset + 1);
         *s = (*s).max(offset + 1);
         if let Ingested::Rejected { reason, detail } = outcome {
-            let partition = m.partition().to_string();
+            let partition = m.partition.to_string();
             let off = offset.to_string();
             let headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "guardrail.source.topic",
-                    value: Some(m.topic()),
+                    value: Some(self.config.topics.input(m.source)),
                 })
                 .insert(Header {
                     key: "guardrail.source.partition",
@@ -349,7 +359,7 @@ impl Shell {
             let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.config.topics.dlq)
                 .payload(payload)
                 .headers(headers);
-            if let Some(key) = m.key() {
+            if let Some(key) = batch.key(m) {
                 rec = rec.key(key);
             }
             let delivery = kafka::enqueue(&self.producer, rec)
