@@ -72,12 +72,17 @@ pub struct WindowEvaluation {
 }
 
 /// A metric's aggregates accumulated over the current ramp band, per arm:
-/// `[num, den]` for a rate, `[n, sum, sum of squares]` for a mean.
+/// `[num, den]` for a rate, `[n, sum, sum of squares]` for a mean (empty for a
+/// quantile, whose guardrails keep only detectors).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BandState {
     pub metric: String,
     pub treatment: Vec<f64>,
     pub control: Vec<f64>,
+    /// Change-point detectors of the sequential guardrails on this metric:
+    /// `[guardrail index, windows, ln S(θ) per drift]` per guardrail.
+    #[serde(default)]
+    pub detector: Vec<f64>,
 }
 
 /// The `MetricEvidence` array of both output records.
@@ -151,6 +156,7 @@ impl WindowEvaluation {
                 w.string(&b.metric);
                 w.block(&b.treatment, |w, v| w.double(*v));
                 w.block(&b.control, |w, v| w.double(*v));
+                w.block(&b.detector, |w, v| w.double(*v));
             });
         })
     }

@@ -71,11 +71,13 @@ fn evaluation(full: bool, evidence: Vec<MetricEvidence>) -> WindowEvaluation {
                     metric: "err".into(),
                     treatment: vec![12.0, 3000.0],
                     control: vec![30.0, 9000.0],
+                    detector: vec![0.0, 3.0, -1.5, 0.25, 4.0, -7.5],
                 },
                 crate::records::BandState {
                     metric: "csat".into(),
                     treatment: vec![40.0, 160.5, 700.25],
                     control: vec![],
+                    detector: vec![],
                 },
             ]
         } else {

@@ -20,6 +20,7 @@ use crate::window::aggregate::Agg;
 use crate::window::{CONTROL, Cell, ClosedWindow, TREATMENT};
 use judge::Status;
 use reason::{advance_reason, describe, fmt_pct, pct_if_pause, srm_reason};
+use stats::Detector;
 
 /// Where a cohort's rollout stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,8 @@ pub struct CohortState {
     /// Per metric slot, treatment and control accumulated over the current ramp band
     /// (rates and means, for the sequential tests; `None` for quantiles).
     pub band: Vec<Option<[Agg; 2]>>,
+    /// Per guardrail, the change-point detector of its sequential test over the band.
+    pub detectors: Vec<Detector>,
 }
 
 impl CohortState {
@@ -82,6 +85,7 @@ impl CohortState {
             success_streaks: vec![0; flag.success.len()],
             healthy_windows: 0,
             band: empty_band(policy, flag),
+            detectors: vec![Detector::default(); flag.guardrails.len()],
         }
     }
 
@@ -148,25 +152,27 @@ impl Rules {
                     .entry(cohort.clone())
                     .or_insert_with(|| CohortState::new(policy, flag));
                 state.accumulate(cell);
-                let band = |slot: usize| state.band[slot].as_ref();
+                let CohortState {
+                    band, detectors, ..
+                } = &mut *state;
+                let guardrails = flag
+                    .guardrails
+                    .iter()
+                    .zip(detectors.iter_mut())
+                    .map(|(g, d)| {
+                        let (band, detector) = match g.sequential {
+                            true => (band[g.slot].as_ref(), Some(d)),
+                            false => (None, None),
+                        };
+                        judge::guardrail(policy, g, cell, band, detector, has_control)
+                    })
+                    .collect();
                 judged.push(CohortJudgement {
-                    guardrails: flag
-                        .guardrails
-                        .iter()
-                        .map(|g| {
-                            judge::guardrail(
-                                policy,
-                                g,
-                                cell,
-                                band(g.slot).filter(|_| g.sequential),
-                                has_control,
-                            )
-                        })
-                        .collect(),
+                    guardrails,
                     success: flag
                         .success
                         .iter()
-                        .map(|sm| judge::success(policy, sm, cell, band(sm.slot)))
+                        .map(|sm| judge::success(policy, sm, cell, band[sm.slot].as_ref()))
                         .collect(),
                     srm: judge::srm(cell, state.percent, SRM_MIN_EXPOSURES, SRM_ALPHA),
                 });
@@ -240,6 +246,18 @@ impl Rules {
             {
                 *band = [t, c];
             }
+            // Detector groups: [guardrail index, windows, ln S...] per guardrail.
+            let group = stats::DETECTOR_DRIFTS.len() + 2;
+            for chunk in b.detector.chunks_exact(group) {
+                let i = chunk[0] as usize;
+                let fits = flag
+                    .guardrails
+                    .get(i)
+                    .is_some_and(|g| self.policy.metrics[g.metric].name == b.metric);
+                if let (true, Some(d)) = (fits, Detector::from_values(&chunk[1..])) {
+                    state.detectors[i] = d;
+                }
+            }
         }
         self.states[fi].insert(eval.cohort.clone(), state);
     }
@@ -265,17 +283,32 @@ fn bump(streak: &mut u32, status: Status) {
     }
 }
 
-/// The band evidence to publish with an evaluation (restored by [`Rules::restore`]).
+/// The band evidence to publish with an evaluation (restored by [`Rules::restore`]):
+/// per metric, its band aggregates (rates and means) and the detectors of the
+/// guardrails on it, as `[guardrail index, windows, ln S...]` groups.
 fn band_states(policy: &Policy, flag: &Flag, state: &CohortState) -> Vec<BandState> {
     flag.metric_ids
         .iter()
         .zip(&state.band)
         .filter_map(|(&m, band)| {
-            let band = band.as_ref()?;
+            let detector: Vec<f64> = flag
+                .guardrails
+                .iter()
+                .zip(&state.detectors)
+                .enumerate()
+                .filter(|(_, (g, d))| g.metric == m && d.windows > 0)
+                .flat_map(|(i, (_, d))| std::iter::once(i as f64).chain(d.values()))
+                .collect();
+            let (treatment, control) = match band {
+                Some(b) => (b[TREATMENT].values()?, b[CONTROL].values()?),
+                None if !detector.is_empty() => (Vec::new(), Vec::new()),
+                None => return None,
+            };
             Some(BandState {
                 metric: policy.metrics[m].name.clone(),
-                treatment: band[TREATMENT].values()?,
-                control: band[CONTROL].values()?,
+                treatment,
+                control,
+                detector,
             })
         })
         .collect()
@@ -452,6 +485,10 @@ fn choose_action(
     state.success_streaks.iter_mut().for_each(|s| *s = 0);
     // Evidence accumulates per band: the new band starts from nothing.
     state.band = empty_band(policy, flag);
+    state
+        .detectors
+        .iter_mut()
+        .for_each(|d| *d = Detector::default());
     if next >= 100.0 || flag.ramp.last() == Some(&next) {
         state.status = CohortStatus::Complete;
     }

@@ -424,17 +424,117 @@ pub fn msprt_p_value_one_sided(
     tau2: f64,
     tail: Tail,
 ) -> f64 {
-    let Some(log_lambda) = msprt_log_lambda(delta_hat, delta0, variance, tau2) else {
-        return 1.0;
-    };
+    match msprt_log_e_one_sided(delta_hat, delta0, variance, tau2, tail) {
+        Some(log_l1) => (-log_l1).exp().min(1.0),
+        None => 1.0,
+    }
+}
+
+/// ln Λ₁ of [`msprt_p_value_one_sided`]: the one-sided mixture likelihood ratio as an
+/// e-value. `None` when the estimate is on the null side or the input is invalid; Λ₁ is
+/// then below 1 and 0 is a valid (conservative) stand-in.
+pub fn msprt_log_e_one_sided(
+    delta_hat: f64,
+    delta0: f64,
+    variance: f64,
+    tau2: f64,
+    tail: Tail,
+) -> Option<f64> {
+    let log_lambda = msprt_log_lambda(delta_hat, delta0, variance, tau2)?;
     let sign = if tail == Tail::Greater { 1.0 } else { -1.0 };
     let d = sign * (delta_hat - delta0);
     if d <= 0.0 || d.is_nan() || tau2 == 0.0 {
-        return 1.0;
+        return None;
     }
     let arg = d / variance.sqrt() * (tau2 / (variance + tau2)).sqrt();
-    let log_l1 = std::f64::consts::LN_2 + log_lambda + Normal::standard().cdf(arg).ln();
-    (-log_l1).exp().min(1.0)
+    Some(std::f64::consts::LN_2 + log_lambda + Normal::standard().cdf(arg).ln())
+}
+
+/// Per-window drifts (in standard-normal units) the change-point detector mixes over,
+/// with equal weight. Small persistent drifts are left to the band's mSPRT; tuned with
+/// `benches/decision_quality.rs` (0.5 added nothing to detection within 6 windows).
+pub const DETECTOR_DRIFTS: [f64; 3] = [1.0, 2.0, 3.0];
+
+/// A change-point e-detector (Shin, Ramdas & Rinaldo, "E-detectors", 2023) for a
+/// regression that may begin at any window of a ramp band.
+///
+/// Each window contributes a one-sided score z (the standard-normal quantile of that
+/// window's own test p-value: N(0, 1) at the null boundary, stochastically smaller
+/// inside the null). For a drift θ the likelihood ratio of windows k..n is
+/// L_{k,n}(θ) = Π_{j=k..n} exp(θ·z_j − θ²/2), a nonnegative martingale under the null
+/// with mean 1. Change point k gets the prior weight w_k = 1/(k(k+1)), which sums to 1;
+/// a change point still in the future contributes its weight unchanged. So
+/// M_n = mean over θ of Σ_{k≤n} w_k·L_{k,n}(θ) + Σ_{k>n} w_k
+///     = mean over θ of S_n(θ) + 1/(n+1),  with S_n = (S_{n−1} + w_n)·ℓ_n,
+/// is a nonnegative supermartingale with M_0 = 1, and by Ville's inequality
+/// P(M_n ≥ 1/α for some n) ≤ α: judging it every window keeps the error rate whenever
+/// the regression starts. S is kept in log space.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Detector {
+    /// Windows scored so far in this band.
+    pub windows: u32,
+    /// ln S_n(θ) per [`DETECTOR_DRIFTS`]; empty before the first window.
+    pub log_s: Vec<f64>,
+}
+
+impl Detector {
+    /// Adds one window, scored by its one-sided p-value in the direction of harm.
+    pub fn update(&mut self, p_value: f64) {
+        // z = Φ⁻¹(1 − p), computed as −Φ⁻¹(p) so that tiny p keep their precision.
+        let p = p_value.clamp(1e-300, 1.0);
+        let z = (-Normal::standard().inverse_cdf(p)).clamp(-10.0, 40.0);
+        self.windows += 1;
+        let n = f64::from(self.windows);
+        let log_w = -(n * (n + 1.0)).ln();
+        if self.log_s.is_empty() {
+            self.log_s = vec![f64::NEG_INFINITY; DETECTOR_DRIFTS.len()];
+        }
+        for (ls, theta) in self.log_s.iter_mut().zip(DETECTOR_DRIFTS) {
+            *ls = log_add_exp(*ls, log_w) + theta * z - theta * theta / 2.0;
+        }
+    }
+
+    /// ln M_n (0 before the first window: M_0 = 1).
+    pub fn log_e(&self) -> f64 {
+        let n = f64::from(self.windows);
+        let g = DETECTOR_DRIFTS.len() as f64;
+        let tail = -(n + 1.0).ln();
+        self.log_s
+            .iter()
+            .map(|ls| ls - g.ln())
+            .fold(tail, log_add_exp)
+    }
+
+    /// `[windows, ln S(θ)...]` for the evaluation record; empty before the first window.
+    pub fn values(&self) -> Vec<f64> {
+        if self.windows == 0 {
+            return Vec::new();
+        }
+        std::iter::once(f64::from(self.windows))
+            .chain(self.log_s.iter().copied())
+            .collect()
+    }
+
+    /// The inverse of [`Detector::values`]; `None` if the shape does not fit.
+    pub fn from_values(v: &[f64]) -> Option<Detector> {
+        match v {
+            [] => Some(Detector::default()),
+            [n, rest @ ..] if rest.len() == DETECTOR_DRIFTS.len() && *n >= 1.0 => Some(Detector {
+                windows: *n as u32,
+                log_s: rest.to_vec(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// ln(eᵃ + eᵇ) without overflow.
+pub fn log_add_exp(a: f64, b: f64) -> f64 {
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    if lo == f64::NEG_INFINITY {
+        return hi;
+    }
+    hi + (lo - hi).exp().ln_1p()
 }
 
 #[cfg(test)]
