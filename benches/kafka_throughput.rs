@@ -1,7 +1,8 @@
 //! End-to-end ingestion through Kafka: the engine (`run`'s loop) against a plain
 //! rdkafka consumer reading the same pre-produced messages from librdkafka's mock
 //! cluster; and the decision latency (window closed → command acknowledged).
-//! Run: `cargo bench --bench kafka_throughput` (prints a table; asserts nothing).
+//! Run: `cargo bench --bench kafka_throughput` (prints a table, and per engine round the
+//! CPU each thread used on stderr; asserts nothing).
 //!
 //! Both sides use the engine's consumer settings and a fresh consumer group, and both
 //! are timed from their first message to their last, so group-join time is excluded.
@@ -20,8 +21,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
-/// 32 product partitions keep every partition under the mock's 5 MiB retention (about
-/// 2.6 MiB each at 72,000 sessions per window).
+/// 32 product partitions keep every partition under the mock's 5 MiB retention at
+/// 72,000 sessions per window (a partition over it would drop messages, and a round
+/// would then report that it consumed fewer than were produced).
 const PARTITIONS: [i32; 3] = [32, 16, 16];
 const WINDOWS: u32 = 8;
 const SESSIONS: u32 = 72_000;
