@@ -226,7 +226,8 @@ pub async fn run_engine(
         Ok(r) => r?,
         Err(_) => tracing::warn!(?grace, "drain did not finish within the grace period"),
     }
-    shell.publisher.close().await;
+    // Settled by the drain unless it timed out: do not outlast the grace period by more.
+    shell.publisher.close(Duration::from_millis(100)).await;
     shell.shared.ready.store(false, Ordering::Relaxed);
     tracing::info!("stopped");
     Ok(())

@@ -153,11 +153,14 @@ impl Publisher {
         }
     }
 
-    /// Stops accepting batches and waits for the task to publish what it has.
-    pub async fn close(&mut self) {
+    /// Stops accepting batches and gives the task up to `wait` to publish what it has;
+    /// then stops it (what it had not published was not committed either).
+    pub async fn close(&mut self, wait: Duration) {
         self.tx = None;
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(wait, &mut task).await.is_err()
+        {
+            task.abort();
         }
     }
 }
