@@ -1,7 +1,8 @@
 //! End to end on librdkafka's mock cluster: simulated events in, commands out (Avro on
 //! `flag-commands`), the DLQ path, the HTTP endpoints and `/metrics` (checked with
-//! `promtool`), `replay` deciding what `run` decided, and a restart that neither loses
-//! nor repeats a window.
+//! `promtool`), `replay` deciding what `run` decided, a restart that neither loses
+//! nor repeats a window, and refused outputs (fault injection) stopping the engine
+//! without losing a window.
 //!
 //! Each test starts its own mock cluster and HTTP server on ephemeral ports.
 
@@ -799,6 +800,56 @@ async fn restart(wait_for_commit: bool) {
         u64::from(WINDOWS - 1),
         "A and B together close each window once"
     );
+    assert_commands_unique(&read_commands(&env));
+    drop(env);
+}
+
+/// 5: the broker refuses window outputs. Engine A stops with the error instead of
+/// committing past windows whose outputs are not on their topics; once the broker
+/// accepts them again, engine B (same group) evaluates every window exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_outputs_stop_the_engine_and_lose_nothing() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let env = env();
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    produce(&env, &producer, &mut sim, WINDOWS).await;
+    let cluster = env.cluster.as_ref().expect("cluster");
+    // Every produce request fails with a non-retriable error from now on.
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 500],
+    );
+    let a = start_engine(&env).await;
+    let result = tokio::time::timeout(Duration::from_secs(90), a.engine)
+        .await
+        .expect("engine A stops on its own")
+        .expect("engine task");
+    let err = format!("{:#}", result.expect_err("engine A fails"));
+    assert!(err.contains("producing to"), "{err}");
+    let _ = a.stop.send(true);
+    let _ = a.http.await;
+    assert!(read_evaluations(&env).is_empty(), "nothing was published");
+
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    let b = start_engine(&env).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while (read_evaluations(&env)
+        .iter()
+        .map(|e| e.window_start)
+        .collect::<BTreeSet<_>>()
+        .len() as u32)
+        < WINDOWS - 1
+    {
+        assert!(!b.engine.is_finished(), "engine B stopped early");
+        assert!(
+            Instant::now() < deadline,
+            "engine B did not evaluate every window"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.stop().await;
+    assert_each_window_once(&env, &read_evaluations(&env), WINDOWS - 1);
     assert_commands_unique(&read_commands(&env));
     drop(env);
 }
