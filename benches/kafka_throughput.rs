@@ -19,7 +19,6 @@ use prometheus::Registry;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
-use tokio::sync::watch;
 
 /// 32 product partitions keep every partition under the mock's 5 MiB retention at
 /// 72,000 sessions per window (a partition over it would drop messages, and a round
@@ -29,44 +28,34 @@ const WINDOWS: u32 = 8;
 const SESSIONS: u32 = 72_000;
 const ROUNDS: u32 = 5;
 
-/// CPU seconds this process has used so far (user + system, all threads), from
-/// /proc/self/stat; 0 where that file does not exist.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+/// User + system CPU seconds in a /proc `stat` file (fields 14 and 15 after the
+/// parenthesised command name; USER_HZ is 100 on every Linux this runs on), with the
+/// command name; `None` where the file does not exist.
+fn stat_cpu(path: &std::path::Path) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(').map_or("?", |(_, n)| n).to_string();
     let f: Vec<f64> = rest
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0.0))
         .collect();
-    // USER_HZ is 100 on every Linux this runs on.
-    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+    Some((name, (f.get(11)? + f.get(12)?) / 100.0))
 }
 
-/// CPU seconds per thread name (user + system), from /proc/self/task.
+/// CPU seconds this process has used so far (all threads, exited ones included).
+fn cpu_seconds() -> f64 {
+    stat_cpu("/proc/self/stat".as_ref()).map_or(0.0, |(_, cpu)| cpu)
+}
+
+/// CPU seconds per live thread name; numbered threads (rdk:broker1, ...) grouped.
 fn thread_cpu() -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for task in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        let name = stat
-            .split_once('(')
-            .and_then(|(_, r)| r.rsplit_once(')'))
-            .map_or("?", |(n, _)| n);
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<f64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        let cpu = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0;
-        // Group numbered threads (rdk:broker1, ...) under one name.
-        let key: String = name
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for (name, cpu) in tasks.filter_map(|t| stat_cpu(&t.path().join("stat"))) {
+        let key = name
             .trim_end_matches(|c: char| c.is_ascii_digit())
             .to_string();
         *out.entry(key).or_insert(0.0) += cpu;
@@ -98,22 +87,8 @@ async fn engine_round(config: Config, policy: Arc<Policy>, total: u64) -> (f64, 
         .await
         .expect("http");
     let registry = served.registry.clone();
-    let stop_rx: watch::Receiver<bool> = served.stop.subscribe();
-    let engine = {
-        let (shared, registry) = (served.shared.clone(), registry.clone());
-        tokio::spawn(async move {
-            guardrail::app::run_engine(
-                config,
-                policy,
-                shared,
-                &registry,
-                stop_rx,
-                Duration::from_secs(10),
-                None,
-            )
-            .await
-        })
-    };
+    let engine =
+        guardrail::app::spawn_engine(&served, config, policy, Duration::from_secs(10), None);
     let consumed = || counter(&registry, "guardrail_events_total") as u64;
     let deadline = Instant::now() + Duration::from_secs(300);
     while consumed() == 0 && Instant::now() < deadline {

@@ -85,6 +85,25 @@ pub fn run(config: Config, policy: Policy, grace: Duration) -> anyhow::Result<()
     })
 }
 
+/// Runs [`run_engine`] on its own task beside an HTTP server from [`crate::http::start`],
+/// sharing its registry and view and stopping with it (the demo, tests, benchmarks).
+pub fn spawn_engine(
+    served: &crate::http::Served,
+    config: Config,
+    policy: Arc<Policy>,
+    grace: Duration,
+    sink: Option<CommandSink>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let (shared, registry, stop) = (
+        served.shared.clone(),
+        served.registry.clone(),
+        served.stop.subscribe(),
+    );
+    tokio::spawn(
+        async move { run_engine(config, policy, shared, &registry, stop, grace, sink).await },
+    )
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -408,20 +427,23 @@ impl Shell {
             .context("a DLQ record was not acknowledged; not committing")?;
         self.publisher.check()?;
         let acknowledged = self.publisher.acknowledged();
-        if let Some((needs, tpl)) = self.pending_commit.take() {
-            if acknowledged >= needs {
-                self.commit_offsets(&tpl, mode);
-            } else {
-                self.pending_commit = Some((needs, tpl));
-                return Ok(());
-            }
+        if let Some((needs, _)) = &self.pending_commit
+            && acknowledged < *needs
+        {
+            // Keep waiting for the older snapshot: replacing it could starve commits.
+            return Ok(());
         }
-        let tpl = self.snapshot();
-        let needs = self.publisher.submitted();
-        if acknowledged >= needs {
-            self.commit_offsets(&tpl, mode);
+        // The pending snapshot (if any) is committable; a fresh one supersedes it when
+        // it is committable too, else the pending one is committed and the fresh one waits.
+        let fresh = (self.publisher.submitted(), self.snapshot());
+        let ready = if acknowledged >= fresh.0 {
+            self.pending_commit = None;
+            Some(fresh.1)
         } else {
-            self.pending_commit = Some((needs, tpl));
+            self.pending_commit.replace(fresh).map(|(_, tpl)| tpl)
+        };
+        if let Some(tpl) = ready {
+            self.commit_offsets(&tpl, mode);
         }
         Ok(())
     }

@@ -98,30 +98,15 @@ async fn demo(
         served.addr
     );
     let (registry, shared) = (served.registry.clone(), served.shared.clone());
-    let stop_rx = served.stop.subscribe();
 
     let (sink_tx, mut sink_rx) = mpsc::unbounded_channel::<FlagCommand>();
-    let engine = {
-        let (config, policy, shared, registry, stop) = (
-            config.clone(),
-            policy.clone(),
-            shared.clone(),
-            registry.clone(),
-            stop_rx.clone(),
-        );
-        tokio::spawn(async move {
-            crate::app::run_engine(
-                config,
-                policy,
-                shared,
-                &registry,
-                stop,
-                Duration::from_secs(10),
-                Some(sink_tx),
-            )
-            .await
-        })
-    };
+    let engine = crate::app::spawn_engine(
+        &served,
+        config.clone(),
+        policy.clone(),
+        Duration::from_secs(10),
+        Some(sink_tx),
+    );
     let printer = tokio::spawn(async move {
         let mut commands = Vec::new();
         while let Some(c) = sink_rx.recv().await {

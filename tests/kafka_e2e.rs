@@ -16,7 +16,6 @@ use apache_avro::Schema;
 use apache_avro::reader::datum::GenericDatumReader;
 use guardrail::clock::wall_ms;
 use guardrail::config::Config;
-use guardrail::http::Shared;
 use guardrail::ingest::decode::{SchemaRegistry, fingerprint};
 use guardrail::model::{Action, Source};
 use guardrail::policy::Policy;
@@ -123,41 +122,22 @@ struct Running {
 }
 
 async fn start_engine(env: &Env) -> Running {
-    let registry = Registry::new();
-    let shared = Shared::new(registry.clone(), &env.policy);
-    let (stop, stop_rx) = watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let (addr, http) = guardrail::http::serve("127.0.0.1:0", shared.clone(), async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    })
-    .await
-    .expect("binding HTTP");
-    let engine = {
-        let (config, policy, shared, registry) = (
-            env.config.clone(),
-            env.policy.clone(),
-            shared.clone(),
-            registry.clone(),
-        );
-        tokio::spawn(async move {
-            guardrail::app::run_engine(
-                config,
-                policy,
-                shared,
-                &registry,
-                stop_rx,
-                Duration::from_secs(10),
-                None,
-            )
-            .await
-        })
-    };
+    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
+        .await
+        .expect("binding HTTP");
+    let engine = guardrail::app::spawn_engine(
+        &served,
+        env.config.clone(),
+        env.policy.clone(),
+        Duration::from_secs(10),
+        None,
+    );
     Running {
-        registry,
-        stop,
+        registry: served.registry,
+        stop: served.stop,
         engine,
-        http,
-        addr,
+        http: served.server,
+        addr: served.addr,
     }
 }
 

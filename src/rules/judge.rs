@@ -156,9 +156,7 @@ fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>,
                 sumsq: qc,
             },
         ) if *nt > 1 && *nc > 1 => {
-            let var = |n: u64, sum: f64, sumsq: f64| {
-                ((sumsq - sum * sum / n as f64) / (n - 1) as f64).max(0.0)
-            };
+            let var = stats::sample_variance;
             let (mt, mc) = (st / *nt as f64, sc / *nc as f64);
             let v = var(*nt, *st, *qt) / *nt as f64 + r * r * var(*nc, *sc, *qc) / *nc as f64;
             (mt - r * mc, v, (r * mc).abs())

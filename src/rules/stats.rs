@@ -103,6 +103,12 @@ pub fn two_proportion(
 /// (for margin = 0 plain `ttest_ind(x_t, x_c, equal_var=False)`). The p-value uses an
 /// accurate Student-t tail ([`student_t_sf`]). `None` if an arm has fewer than 2
 /// observations, an input is non-finite, or both variances are zero.
+/// Sample variance from (n, Σx, Σx²): (Σx² − Σx·m)/(n−1), clamped at 0; n ≥ 2.
+pub fn sample_variance(n: u64, sum: f64, sumsq: f64) -> f64 {
+    let n = n as f64;
+    ((sumsq - sum * (sum / n)) / (n - 1.0)).max(0.0)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn welch_t(
     n_t: u64,
@@ -123,8 +129,10 @@ pub fn welch_t(
     let k = 1.0 + margin;
     let (n1, n2) = (n_t as f64, n_c as f64);
     let (m1, m2) = (sum_t / n1, sum_c / n2);
-    let v1 = ((sumsq_t - sum_t * m1) / (n1 - 1.0)).max(0.0);
-    let v2 = ((sumsq_c - sum_c * m2) / (n2 - 1.0)).max(0.0);
+    let (v1, v2) = (
+        sample_variance(n_t, sum_t, sumsq_t),
+        sample_variance(n_c, sum_c, sumsq_c),
+    );
     let (a, b) = (v1 / n1, k * k * v2 / n2);
     let se2 = a + b;
     if !(se2 > 0.0 && se2.is_finite()) {
