@@ -6,9 +6,9 @@
 //!
 //! Offsets (SPEC §6): a partition's committed offset is the lowest offset any open
 //! window still needs (or the next unread one), committed only once every output
-//! submitted before that snapshot, and every DLQ record, was acknowledged. The commit metadata carries how far the
-//! partition was read, so after a restart or rebalance the re-read records of closed
-//! windows are recognised as duplicates, not "late". Decision state (percent, streaks,
+//! submitted before that snapshot, and every DLQ record, was acknowledged. The commit
+//! metadata carries how far the partition was read, so after a restart or rebalance
+//! the re-read records of closed windows are recognised as duplicates, not "late". Decision state (percent, streaks,
 //! the closed-window frontier) is restored from the evaluations topic at start.
 //! On a revoke every open window is dropped and rebuilt from the committed offsets.
 //!
@@ -33,7 +33,6 @@ use crate::config::Config;
 use crate::engine::{Engine, Ingested};
 use crate::http::Shared;
 use crate::kafka::{self, Encoder, Polled, PolledMessage, RebalanceContext};
-use crate::model::Source;
 use crate::policy::Policy;
 use crate::publisher::{Outputs, Publisher};
 use crate::records::FlagCommand;
@@ -184,11 +183,10 @@ pub async fn run_engine(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
-    let topics = Source::ALL.map(|s| t.input(s).to_string());
     let poller = kafka::spawn_poller(
         consumer.clone(),
         ctx,
-        topics,
+        t.clone(),
         tx,
         stop_polling.clone(),
         BATCH,
@@ -275,13 +273,6 @@ struct Shell {
 }
 
 impl Shell {
-    fn source_of(&self, topic: &str) -> Option<Source> {
-        // Three string compares beat hashing the topic name per message.
-        Source::ALL
-            .into_iter()
-            .find(|s| self.config.topics.input(*s) == topic)
-    }
-
     /// Applies the rebalances that happened before the batch about to be processed.
     fn apply_epoch(&mut self, (revs, assigns): (u64, u64)) {
         if revs != self.epoch.0 {
@@ -301,7 +292,7 @@ impl Shell {
             let assignment = self.consumer.assignment().unwrap_or_default();
             let now = wall_ms();
             for e in assignment.elements() {
-                if let Some(source) = self.source_of(e.topic()) {
+                if let Some(source) = self.config.topics.source_of(e.topic()) {
                     let p = PartitionKey {
                         source,
                         partition: e.partition(),
@@ -316,7 +307,7 @@ impl Shell {
             // How far each partition was read before: from the commit metadata.
             if let Ok(committed) = self.consumer.committed(Duration::from_secs(5)) {
                 for e in committed.elements() {
-                    let Some(source) = self.source_of(e.topic()) else {
+                    let Some(source) = self.config.topics.source_of(e.topic()) else {
                         continue;
                     };
                     if let Ok(until) = e.metadata().parse::<i64>() {

@@ -81,6 +81,14 @@ impl Topics {
             crate::model::Source::Support => &self.support_signals,
         }
     }
+
+    /// The source an input topic carries; `None` for any other topic. Three string
+    /// compares beat hashing the topic name per message.
+    pub fn source_of(&self, topic: &str) -> Option<crate::model::Source> {
+        crate::model::Source::ALL
+            .into_iter()
+            .find(|s| self.input(*s) == topic)
+    }
 }
 
 impl Default for Topics {

@@ -213,13 +213,13 @@ impl Polled {
 
 /// Polls the consumer on a dedicated thread (librdkafka's fetch parsing and the copy out
 /// of its buffers run beside the engine, not on its thread) and sends batches of up to
-/// `batch` messages; an epoch change is sent even without messages. `topics` are the
-/// input topics in [`Source::ALL`] order; a message of any other topic is skipped.
-/// Stops when `stop` is set or the receiver is gone.
+/// `batch` messages; an epoch change is sent even without messages. A message of a
+/// topic that is not one of `topics`' inputs is skipped. Stops when `stop` is set or
+/// the receiver is gone.
 pub fn spawn_poller(
     consumer: Arc<InputConsumer>,
     ctx: RebalanceContext,
-    topics: [String; 3],
+    topics: Topics,
     tx: tokio::sync::mpsc::Sender<Polled>,
     stop: Arc<AtomicBool>,
     batch: usize,
@@ -257,8 +257,7 @@ pub fn spawn_poller(
                 }
                 let full = match message {
                     Some(Ok(m)) => {
-                        let topic = m.topic();
-                        if let Some(i) = topics.iter().position(|t| t == topic) {
+                        if let Some(source) = topics.source_of(m.topic()) {
                             let mut copy = |b: &[u8]| {
                                 let start = polled.bytes.len();
                                 polled.bytes.extend_from_slice(b);
@@ -267,7 +266,7 @@ pub fn spawn_poller(
                             let key = m.key().map(&mut copy);
                             let payload = copy(m.payload().unwrap_or_default());
                             polled.messages.push(PolledMessage {
-                                source: Source::ALL[i],
+                                source,
                                 partition: m.partition(),
                                 offset: m.offset(),
                                 key,
