@@ -1,5 +1,8 @@
 //! Avro binary encoding primitives, shared by the output records, the container-file
-//! writer and the simulator. Decoding lives in `ingest::decode` (borrowing reader).
+//! writer and the simulator. Decoding lives in `ingest::decode` (borrowing reader);
+//! the specification's Parsing Canonical Form and fingerprint in [`canonical`].
+
+pub mod canonical;
 
 /// Appends Avro binary values to a buffer.
 #[derive(Debug, Default)]

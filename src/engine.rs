@@ -2,6 +2,7 @@
 //! `run`, `demo` and `replay` are shells around this one type: they feed records in,
 //! call `tick` (or `finish`), and ship what comes out.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::ingest::decode::{DecodeError, SchemaRegistry};
@@ -73,7 +74,15 @@ pub struct Counters {
     /// per `Reason::ALL`.
     pub dlq: [u64; 5],
     pub windows_closed: u64,
+    /// Records accepted through the pre-0.2 (apache-avro form) fingerprint, per source.
+    pub legacy_fingerprint: [u64; 3],
+    /// Records dead-lettered for an unknown writer-schema fingerprint, per source.
+    pub unknown_fingerprint: [u64; 3],
 }
+
+/// How many distinct unknown fingerprints get a WARN line of their own; past that they
+/// are only counted (bounded memory whatever arrives).
+const UNKNOWN_FINGERPRINTS_LOGGED: usize = 64;
 
 pub struct Engine {
     policy: Arc<Policy>,
@@ -83,6 +92,8 @@ pub struct Engine {
     rules: Rules,
     counters: Counters,
     scratch: Vec<u8>,
+    /// Unknown fingerprints already logged at WARN.
+    unknown_logged: HashSet<u64>,
 }
 
 impl Engine {
@@ -100,6 +111,7 @@ impl Engine {
             rules: Rules::new(policy.clone()),
             counters: Counters::default(),
             scratch: Vec::new(),
+            unknown_logged: Default::default(),
             policy,
         })
     }
@@ -116,7 +128,7 @@ impl Engine {
         reread: bool,
     ) -> Ingested {
         let decoded = self.registry.decode(p.source, bytes, &mut self.scratch);
-        match decoded {
+        let error = match decoded {
             Ok(ev) => {
                 let end = self
                     .windows
@@ -126,7 +138,7 @@ impl Engine {
                     self.counters.events[p.source.index()][5] += 1;
                     return Ingested::Duplicate;
                 }
-                record(
+                return record(
                     &mut self.windows,
                     &mut self.watermark,
                     &mut self.counters,
@@ -135,9 +147,19 @@ impl Engine {
                     offset,
                     &ev,
                     now,
-                )
+                );
             }
-            Err(e) => invalid(&mut self.counters, p.source, e),
+            Err(e) => e,
+        };
+        match error {
+            DecodeError::UnknownSchema(fp) => unknown_schema(
+                &self.registry,
+                &mut self.counters,
+                &mut self.unknown_logged,
+                p.source,
+                fp,
+            ),
+            e => invalid(&mut self.counters, p.source, e),
         }
     }
 
@@ -163,6 +185,7 @@ impl Engine {
 
     /// Advances the watermark to wall time `now`, closes passed windows, decides.
     pub fn tick(&mut self, now: i64) -> Vec<Judged> {
+        self.counters.legacy_fingerprint = self.registry.legacy_records();
         let wm = self.watermark.advance(now);
         let closed = self.windows.close_until(wm);
         self.decide(closed, now)
@@ -170,6 +193,7 @@ impl Engine {
 
     /// End of input (replay): every open window closes.
     pub fn finish(&mut self, now: i64) -> Vec<Judged> {
+        self.counters.legacy_fingerprint = self.registry.legacy_records();
         let closed = self.windows.close_all();
         self.decide(closed, now)
     }
@@ -224,7 +248,40 @@ impl Engine {
     }
 }
 
+/// A record whose writer-schema fingerprint this build does not know: the DLQ detail
+/// says which fingerprint arrived and which are known; the first record of each
+/// fingerprint is logged at WARN, later ones are counted.
+#[cold]
+fn unknown_schema(
+    registry: &SchemaRegistry,
+    counters: &mut Counters,
+    logged: &mut HashSet<u64>,
+    source: Source,
+    fp: u64,
+) -> Ingested {
+    let detail = format!(
+        "{}; this build knows {}",
+        DecodeError::UnknownSchema(fp),
+        registry.known_fingerprints(source)
+    );
+    counters.unknown_fingerprint[source.index()] += 1;
+    if logged.len() < UNKNOWN_FINGERPRINTS_LOGGED && logged.insert(fp) {
+        tracing::warn!(
+            source = source.as_str(),
+            "{detail} (first record with this fingerprint; later ones are counted in \
+             guardrail_unknown_fingerprint_total and dead-lettered with reason=schema)"
+        );
+    }
+    rejected(counters, source, &DecodeError::UnknownSchema(fp), detail)
+}
+
 fn invalid(counters: &mut Counters, source: Source, e: DecodeError) -> Ingested {
+    let detail = e.to_string();
+    rejected(counters, source, &e, detail)
+}
+
+/// Counts an undecodable record and rejects it with `detail` for the DLQ.
+fn rejected(counters: &mut Counters, source: Source, e: &DecodeError, detail: String) -> Ingested {
     let reason = if e.reason() == "schema" {
         Reason::Schema
     } else {
@@ -232,10 +289,7 @@ fn invalid(counters: &mut Counters, source: Source, e: DecodeError) -> Ingested 
     };
     counters.events[source.index()][2] += 1;
     counters.dlq[reason as usize] += 1;
-    Ingested::Rejected {
-        reason,
-        detail: e.to_string(),
-    }
+    Ingested::Rejected { reason, detail }
 }
 
 /// Future-skew check, watermark observation and windowing of one decoded event.

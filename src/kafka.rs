@@ -21,7 +21,10 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::{KafkaConfig, OutputFormat, Topics};
 use crate::engine::Engine;
 use crate::ingest::decode::SchemaRegistry;
-use crate::ingest::decode::{FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_SCHEMA, fingerprint};
+use crate::ingest::decode::{
+    FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_SCHEMA, describe_fingerprint, fingerprint,
+    legacy_fingerprint,
+};
 use crate::model::Source;
 use crate::records::{FlagCommand, WindowEvaluation};
 use crate::sim::SimEvent;
@@ -301,8 +304,9 @@ impl Encoder {
         let parse = |s: &str| Schema::parse_str(s).map_err(|e| KafkaError::Schema(e.to_string()));
         Ok(Encoder {
             format,
-            command_fp: fingerprint(&parse(FLAG_COMMAND_SCHEMA)?),
-            evaluation_fp: fingerprint(&parse(WINDOW_EVALUATION_SCHEMA)?),
+            command_fp: fingerprint(&parse(FLAG_COMMAND_SCHEMA)?).map_err(KafkaError::Schema)?,
+            evaluation_fp: fingerprint(&parse(WINDOW_EVALUATION_SCHEMA)?)
+                .map_err(KafkaError::Schema)?,
         })
     }
 
@@ -321,14 +325,48 @@ impl Encoder {
     }
 }
 
-/// Decodes a published record: Avro single-object or JSON.
-pub fn decode_output<T: serde::de::DeserializeOwned>(bytes: &[u8], schema: &Schema) -> Option<T> {
+/// The fingerprints a published record of `schema` may carry: the standard one (written
+/// now) and the apache-avro form that builds before 0.2 wrote.
+pub fn output_fingerprints(schema: &Schema) -> Result<[u64; 2], KafkaError> {
+    Ok([
+        fingerprint(schema).map_err(KafkaError::Schema)?,
+        legacy_fingerprint(schema),
+    ])
+}
+
+/// Why a published record could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputDecodeError {
+    #[error("unknown writer schema fingerprint {}", describe_fingerprint(*.0))]
+    UnknownFingerprint(u64),
+    #[error("malformed record: {0}")]
+    Malformed(String),
+}
+
+/// Decodes a published record: Avro single-object with one of `accepted`'s
+/// fingerprints (see [`output_fingerprints`]), or JSON.
+pub fn decode_output<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    schema: &Schema,
+    accepted: &[u64],
+) -> Result<T, OutputDecodeError> {
+    let malformed = |e: &dyn std::fmt::Display| OutputDecodeError::Malformed(e.to_string());
     if bytes.len() > 10 && bytes[..2] == [0xC3, 0x01] {
-        let reader = GenericDatumReader::builder(schema).build().ok()?;
-        let value = reader.read_value(&mut &bytes[10..]).ok()?;
-        apache_avro::from_value(&value).ok()
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&bytes[2..10]);
+        let fp = u64::from_le_bytes(fp);
+        if !accepted.contains(&fp) {
+            return Err(OutputDecodeError::UnknownFingerprint(fp));
+        }
+        let reader = GenericDatumReader::builder(schema)
+            .build()
+            .map_err(|e| malformed(&e))?;
+        let value = reader
+            .read_value(&mut &bytes[10..])
+            .map_err(|e| malformed(&e))?;
+        apache_avro::from_value(&value).map_err(|e| malformed(&e))
     } else {
-        serde_json::from_slice(bytes).ok()
+        serde_json::from_slice(bytes).map_err(|e| malformed(&e))
     }
 }
 
@@ -342,6 +380,8 @@ pub fn restore(
 ) -> Result<Vec<WindowEvaluation>, KafkaError> {
     let schema = Schema::parse_str(WINDOW_EVALUATION_SCHEMA)
         .map_err(|e| KafkaError::Schema(e.to_string()))?;
+    let accepted = output_fingerprints(&schema)?;
+    let mut unreadable = 0u64;
     let mut cfg = client_config(k, &[("enable.partition.eof", "false")]);
     // Partitions are assigned by hand: this group never joins nor commits.
     cfg.set("group.id", format!("{}-restore", k.group_id))
@@ -371,9 +411,24 @@ pub fn restore(
             if msg.offset() + 1 >= ends.get(&msg.partition()).copied().unwrap_or(0) {
                 ends.remove(&msg.partition());
             }
-            if let Some(e) = msg
-                .payload()
-                .and_then(|b| decode_output::<WindowEvaluation>(b, &schema))
+            let Some(payload) = msg.payload() else {
+                continue;
+            };
+            let decoded = decode_output::<WindowEvaluation>(payload, &schema, &accepted);
+            let e = match decoded {
+                Ok(e) => e,
+                Err(err) => {
+                    if unreadable == 0 {
+                        tracing::warn!(
+                            partition = msg.partition(),
+                            offset = msg.offset(),
+                            "skipping an unreadable record in {topic}: {err}"
+                        );
+                    }
+                    unreadable += 1;
+                    continue;
+                }
+            };
             {
                 let key = (e.flag_key.clone(), e.cohort.clone());
                 if newest
@@ -384,6 +439,9 @@ pub fn restore(
                 }
             }
         }
+    }
+    if unreadable > 0 {
+        tracing::warn!("{unreadable} record(s) of {topic} could not be read and were skipped");
     }
     let mut frontier = i64::MIN;
     for e in newest.values() {

@@ -72,15 +72,17 @@ pub fn replay(
             path: p.clone(),
             message: e.to_string(),
         })?;
+        let schema_error = |message| ReplayError::Schema {
+            path: p.clone(),
+            message,
+        };
+        let fp = crate::avro::canonical::fingerprint_str(&reader.schema).map_err(schema_error)?;
         // One leaked schema per input file, for the life of the process (see SchemaRegistry).
         let schema: &'static Schema = Box::leak(Box::new(schema));
         let fingerprint = engine
             .registry_mut()
-            .add_writer_schema(*source, schema)
-            .map_err(|message| ReplayError::Schema {
-                path: p.clone(),
-                message,
-            })?;
+            .add_writer_schema(*source, schema, fp)
+            .map_err(schema_error)?;
         inputs.push(Input {
             path: p,
             part: PartitionKey {

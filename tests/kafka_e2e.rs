@@ -284,7 +284,7 @@ fn schema_file(name: &str) -> Schema {
 /// single-object header, fingerprint of `schemas/flag_command.avsc`, apache-avro.
 fn read_commands(env: &Env) -> Vec<FlagCommand> {
     let schema = schema_file("flag_command.avsc");
-    let fp = fingerprint(&schema);
+    let fp = fingerprint(&schema).unwrap();
     let reader = GenericDatumReader::builder(&schema).build().unwrap();
     read_topic(&env.brokers, &env.config.topics.flag_commands)
         .iter()
@@ -311,9 +311,10 @@ fn read_evaluations(env: &Env) -> Vec<WindowEvaluation> {
     read_topic(&env.brokers, &env.config.topics.evaluations)
         .iter()
         .map(|m| {
+            let accepted = [fingerprint(&schema).unwrap()];
             let e: WindowEvaluation =
-                guardrail::kafka::decode_output(m.payload().unwrap(), &schema)
-                    .expect("a WindowEvaluation");
+                guardrail::kafka::decode_output(m.payload().unwrap(), &schema, &accepted)
+                    .expect("a WindowEvaluation with the standard fingerprint");
             assert_eq!(m.key(), Some(e.flag_key.as_bytes()));
             e
         })

@@ -1,8 +1,11 @@
 //! Avro decoding of input records.
 //!
 //! Values arrive in Avro single-object encoding: `C3 01`, the 8-byte little-endian
-//! CRC-64-AVRO (Rabin) fingerprint of the writer schema, then the datum. The
-//! [`SchemaRegistry`] knows every schema version shipped in `schemas/` by fingerprint.
+//! CRC-64-AVRO (Rabin) fingerprint of the writer schema's Parsing Canonical Form, then
+//! the datum. The [`SchemaRegistry`] knows every schema version shipped in `schemas/` by
+//! fingerprint. The fingerprint is the specification's (Java's `SchemaNormalization`,
+//! fastavro; see [`crate::avro::canonical`]); records framed with the apache-avro form
+//! that builds before 0.2 wrote ([`legacy_fingerprint`]) are accepted too and counted.
 //!
 //! Two paths:
 //! - the *current* version of a record is decoded by a hand-written reader that
@@ -12,7 +15,9 @@
 //!   reader schema, is re-encoded in the current version, then read by the fast path.
 //!   Resolution is prepared once per writer schema, not per record.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
@@ -20,6 +25,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{Schema, rabin::Rabin};
 use smallvec::SmallVec;
 
+use crate::avro::canonical;
 use crate::model::{Body, Channel, EventRef, FlagRef, Outcome, Source};
 
 /// Why a record could not be decoded; `reason()` is the DLQ reason.
@@ -29,7 +35,7 @@ pub enum DecodeError {
     BadMagic,
     #[error("record shorter than the 10-byte single-object header")]
     Truncated,
-    #[error("unknown writer schema fingerprint {0:016x}")]
+    #[error("unknown writer schema fingerprint {}", describe_fingerprint(*.0))]
     UnknownSchema(u64),
     #[error("writer schema {fingerprint:016x} is a {found} record, expected {expected}")]
     WrongRecord {
@@ -86,13 +92,36 @@ pub const SHIPPED: [(Source, &str, &str, bool); 4] = [
 pub const FLAG_COMMAND_SCHEMA: &str = include_str!("../../schemas/flag_command.avsc");
 pub const WINDOW_EVALUATION_SCHEMA: &str = include_str!("../../schemas/window_evaluation.avsc");
 
-/// The 64-bit Rabin fingerprint of a schema's canonical form, as single-object encoding
-/// writes it (little-endian).
-pub fn fingerprint(schema: &Schema) -> u64 {
+/// The CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form as the Avro
+/// specification defines it: the value Java's `SchemaNormalization.parsingFingerprint64`
+/// and fastavro compute. Single-object encoding writes it little-endian.
+///
+/// Computed from apache-avro's re-serialization of `schema`, which loses `"namespace":
+/// ""` on a named type nested in a namespaced one; where the schema text is at hand
+/// (files, container headers) [`crate::avro::canonical::fingerprint_str`] is exact.
+pub fn fingerprint(schema: &Schema) -> Result<u64, String> {
+    let json = serde_json::to_value(schema).map_err(|e| format!("schema to JSON: {e}"))?;
+    crate::avro::canonical::fingerprint_json(&json)
+}
+
+/// The fingerprint that apache-avro's `canonical_form()` gives, which guardrail wrote
+/// before 0.2: it keeps `{"type":"long"}` for a logical type instead of `"long"`, so it
+/// differs from every other implementation's for schemas with logical types.
+pub fn legacy_fingerprint(schema: &Schema) -> u64 {
     let fp = schema.fingerprint::<Rabin>();
     let mut b = [0u8; 8];
     b.copy_from_slice(&fp.bytes[..8]);
     u64::from_le_bytes(b)
+}
+
+/// A fingerprint as people meet it: the 64-bit value (Java's `parsingFingerprint64` as
+/// unsigned hex) and the 8 header bytes as they are on the wire (fastavro's hex).
+pub fn describe_fingerprint(fp: u64) -> String {
+    let mut wire = String::with_capacity(16);
+    for b in fp.to_le_bytes() {
+        let _ = write!(wire, "{b:02x}");
+    }
+    format!("0x{fp:016x} (header bytes {wire})")
 }
 
 /// An older writer schema and the prepared resolution to the current one.
@@ -107,6 +136,10 @@ pub struct SchemaRegistry {
     current: [u64; 3],
     current_schema: [&'static Schema; 3],
     historical: HashMap<u64, Historical>,
+    /// Legacy (apache-avro form) fingerprint → the standard one, for shipped schemas.
+    legacy: HashMap<u64, u64>,
+    /// Records decoded through a legacy fingerprint, per source.
+    legacy_records: [Cell<u64>; 3],
 }
 
 impl SchemaRegistry {
@@ -116,16 +149,23 @@ impl SchemaRegistry {
         let mut current = [0u64; 3];
         let mut current_schema: [Option<&'static Schema>; 3] = [None; 3];
         let mut older = Vec::new();
+        let mut legacy = HashMap::new();
         for (source, name, text, is_current) in SHIPPED {
             let schema = Schema::parse_str(text).map_err(|e| format!("schemas/{name}: {e}"))?;
             // Leaked once per process: the registry lives as long as the engine, and
             // GenericDatumReader borrows its schemas for the whole of that time.
             let schema: &'static Schema = Box::leak(Box::new(schema));
+            let fp =
+                canonical::fingerprint_str(text).map_err(|e| format!("schemas/{name}: {e}"))?;
+            let old = legacy_fingerprint(schema);
+            if old != fp {
+                legacy.insert(old, fp);
+            }
             if is_current {
-                current[source.index()] = fingerprint(schema);
+                current[source.index()] = fp;
                 current_schema[source.index()] = Some(schema);
             } else {
-                older.push((source, schema));
+                older.push((source, schema, fp));
             }
         }
         let current_schema = current_schema.map(|s| s.ok_or("missing current schema"));
@@ -134,21 +174,24 @@ impl SchemaRegistry {
             current,
             current_schema,
             historical: HashMap::new(),
+            legacy,
+            legacy_records: Default::default(),
         };
-        for (source, schema) in older {
-            registry.add_writer_schema(source, schema)?;
+        for (source, schema, fp) in older {
+            registry.add_writer_schema(source, schema, fp)?;
         }
         Ok(registry)
     }
 
     /// Accepts another writer schema for `source` (an older version, or the schema of an
-    /// Avro container file), resolved to the current reader schema.
+    /// Avro container file), resolved to the current reader schema. `fp` is the schema
+    /// text's fingerprint ([`canonical::fingerprint_str`]).
     pub fn add_writer_schema(
         &mut self,
         source: Source,
         schema: &'static Schema,
+        fp: u64,
     ) -> Result<u64, String> {
-        let fp = fingerprint(schema);
         if fp == self.current[source.index()] || self.historical.contains_key(&fp) {
             return Ok(fp);
         }
@@ -177,6 +220,46 @@ impl SchemaRegistry {
 
     pub fn current_fingerprint(&self, source: Source) -> u64 {
         self.current[source.index()]
+    }
+
+    /// Records decoded so far through a legacy (pre-0.2, apache-avro form) fingerprint,
+    /// per source in `Source::ALL` order.
+    pub fn legacy_records(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.legacy_records[i].get())
+    }
+
+    /// The fingerprints this registry accepts for `source`, for the message that goes
+    /// with an unknown one.
+    pub fn known_fingerprints(&self, source: Source) -> String {
+        let mut out = format!(
+            "{} current {}",
+            source.as_str(),
+            describe_fingerprint(self.current[source.index()])
+        );
+        let mut older: Vec<u64> = self
+            .historical
+            .iter()
+            .filter(|(_, h)| h.source == source)
+            .map(|(&fp, _)| fp)
+            .collect();
+        older.sort_unstable();
+        for fp in older {
+            let _ = write!(out, ", older {}", describe_fingerprint(fp));
+        }
+        let mut legacy: Vec<(u64, u64)> = self
+            .legacy
+            .iter()
+            .filter(|&(_, std)| {
+                *std == self.current[source.index()]
+                    || self.historical.get(std).is_some_and(|h| h.source == source)
+            })
+            .map(|(&l, &s)| (l, s))
+            .collect();
+        legacy.sort_unstable();
+        for (l, _) in legacy {
+            let _ = write!(out, ", legacy {}", describe_fingerprint(l));
+        }
+        out
     }
 
     /// Decodes one single-object encoded record expected on `source`'s topic.
@@ -235,6 +318,13 @@ impl SchemaRegistry {
         }
         if let Some(other) = self.current.iter().position(|&c| c == fp) {
             return Err(wrong_record(fp, Source::ALL[other], source));
+        }
+        if let Some(&standard) = self.legacy.get(&fp) {
+            // Written by an earlier guardrail (or another apache-avro 0.22 writer).
+            let ev = self.decode_next(source, standard, input, scratch)?;
+            let n = &self.legacy_records[source.index()];
+            n.set(n.get() + 1);
+            return Ok(ev);
         }
         let Some(h) = self.historical.get(&fp) else {
             return Err(DecodeError::UnknownSchema(fp));

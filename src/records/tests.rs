@@ -89,7 +89,7 @@ fn evaluation(full: bool, evidence: Vec<MetricEvidence>) -> WindowEvaluation {
 /// Checks the header and returns the datum read by apache-avro with the schema file.
 fn read_back(bytes: &[u8], schema_text: &str) -> Value {
     let schema = Schema::parse_str(schema_text).unwrap();
-    let fp = fingerprint(&schema);
+    let fp = fingerprint(&schema).unwrap();
     assert_eq!(&bytes[..2], &[0xC3, 0x01]);
     assert_eq!(&bytes[2..10], &fp.to_le_bytes());
     let mut datum = &bytes[10..];
@@ -110,11 +110,11 @@ fn field<'v>(value: &'v Value, name: &str) -> &'v Value {
 }
 
 fn command_fp() -> u64 {
-    fingerprint(&Schema::parse_str(FLAG_COMMAND_SCHEMA).unwrap())
+    fingerprint(&Schema::parse_str(FLAG_COMMAND_SCHEMA).unwrap()).unwrap()
 }
 
 fn evaluation_fp() -> u64 {
-    fingerprint(&Schema::parse_str(WINDOW_EVALUATION_SCHEMA).unwrap())
+    fingerprint(&Schema::parse_str(WINDOW_EVALUATION_SCHEMA).unwrap()).unwrap()
 }
 
 #[test]

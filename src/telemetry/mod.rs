@@ -33,6 +33,8 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub produce_latency: HistogramVec,
     pub cohort_overflow: IntCounter,
+    pub legacy_fingerprint: IntCounterVec,
+    pub unknown_fingerprint: IntCounterVec,
     published: Counters,
     published_overflow: u64,
     /// Every metric family name registered (dashboards and alerts are checked against it).
@@ -86,6 +88,14 @@ impl Metrics {
                 "guardrail_cohort_overflow_total",
                 "Events aggregated under cohort `other` because max_cohorts_per_flag was reached"
             )),
+            legacy_fingerprint: reg!(IntCounterVec::new(
+                Opts::new("guardrail_legacy_fingerprint_total", "Input records accepted through the pre-0.2 (apache-avro form) schema fingerprint, by source"),
+                &["source"]
+            )),
+            unknown_fingerprint: reg!(IntCounterVec::new(
+                Opts::new("guardrail_unknown_fingerprint_total", "Input records dead-lettered for an unknown writer-schema fingerprint, by source"),
+                &["source"]
+            )),
             published: Counters::default(),
             published_overflow: 0,
             names: Vec::new(),
@@ -96,6 +106,8 @@ impl Metrics {
             for st in STATUSES {
                 m.events.with_label_values(&[s.as_str(), st]);
             }
+            m.legacy_fingerprint.with_label_values(&[s.as_str()]);
+            m.unknown_fingerprint.with_label_values(&[s.as_str()]);
         }
         for a in Action::ALL {
             m.commands.with_label_values(&[a.as_str()]);
@@ -124,6 +136,21 @@ impl Metrics {
         }
         self.windows_closed
             .inc_by(c.windows_closed - self.published.windows_closed);
+        for s in Source::ALL {
+            let i = s.index();
+            let legacy = c.legacy_fingerprint[i] - self.published.legacy_fingerprint[i];
+            if legacy > 0 {
+                self.legacy_fingerprint
+                    .with_label_values(&[s.as_str()])
+                    .inc_by(legacy);
+            }
+            let unknown = c.unknown_fingerprint[i] - self.published.unknown_fingerprint[i];
+            if unknown > 0 {
+                self.unknown_fingerprint
+                    .with_label_values(&[s.as_str()])
+                    .inc_by(unknown);
+            }
+        }
         self.published = c.clone();
     }
 

@@ -368,7 +368,7 @@ fn every_schema_file_parses_and_fingerprints_are_distinct() {
         };
         assert_eq!(r.name.namespace(), Some("guardrail.v1"), "schemas/{name}");
         assert!(
-            fps.insert(fingerprint(&s)),
+            fps.insert(fingerprint(&s).unwrap()),
             "schemas/{name}: duplicate fingerprint"
         );
     }
@@ -381,37 +381,53 @@ fn registry_knows_the_shipped_fingerprints() {
     for source in Source::ALL {
         assert_eq!(
             reg.current_fingerprint(source),
-            fingerprint(&current_schema(source))
+            fingerprint(&current_schema(source)).unwrap()
         );
         assert_eq!(
-            fingerprint(reg.current_schema(source)),
+            fingerprint(reg.current_schema(source)).unwrap(),
             reg.current_fingerprint(source)
         );
     }
     assert_eq!(
-        fingerprint(&Schema::parse_str(FLAG_COMMAND_SCHEMA).unwrap()),
-        fingerprint(&schema("flag_command.avsc"))
+        fingerprint(&Schema::parse_str(FLAG_COMMAND_SCHEMA).unwrap()).unwrap(),
+        fingerprint(&schema("flag_command.avsc")).unwrap()
     );
     assert_eq!(
-        fingerprint(&Schema::parse_str(WINDOW_EVALUATION_SCHEMA).unwrap()),
-        fingerprint(&schema("window_evaluation.avsc"))
+        fingerprint(&Schema::parse_str(WINDOW_EVALUATION_SCHEMA).unwrap()).unwrap(),
+        fingerprint(&schema("window_evaluation.avsc")).unwrap()
     );
 }
 
-/// Our header is the one apache-avro's own single-object writer produces.
+/// apache-avro's own single-object writer frames records with the legacy (pre-0.2)
+/// fingerprint: those are still decoded, and counted.
 #[test]
-fn header_matches_apache_avro_single_object_writer() {
+fn records_from_apache_avro_single_object_writer_are_accepted_as_legacy() {
+    let reg = registry();
+    let mut legacy_sources = 0;
     for source in Source::ALL {
         let s = current_schema(source);
         let mut w = GenericSingleObjectWriter::new_with_capacity(&s, 1024).unwrap();
         let e = sample(source);
         let mut theirs = Vec::new();
         w.write_value_ref(&to_value(&e), &mut theirs).unwrap();
-        assert_eq!(&theirs[..10], &header(fingerprint(&s))[..], "{source:?}");
+        assert_eq!(
+            &theirs[..10],
+            &header(legacy_fingerprint(&s))[..],
+            "{source:?}"
+        );
         let mut scratch = Vec::new();
-        let ev = registry().decode(source, &theirs, &mut scratch).unwrap();
+        let ev = reg.decode(source, &theirs, &mut scratch).unwrap();
         assert_eq!(owned(&ev), sorted(e));
+        if legacy_fingerprint(&s) != fingerprint(&s).unwrap() {
+            legacy_sources += 1;
+            assert_eq!(
+                reg.legacy_records()[source.index()],
+                1,
+                "{source:?} counted"
+            );
+        }
     }
+    assert_eq!(legacy_sources, 3, "every input schema has a logical type");
 }
 
 fn sorted(mut e: SimEvent) -> SimEvent {
@@ -482,7 +498,7 @@ proptest! {
     #[test]
     fn registry_decodes_what_apache_avro_writes(e in any_event()) {
         let s = current_schema(e.source);
-        let mut bytes = header(fingerprint(&s));
+        let mut bytes = header(fingerprint(&s).unwrap());
         bytes.extend(apache_encode(&s, to_value(&e)));
         let reg = registry();
         let mut scratch = Vec::new();
@@ -502,7 +518,7 @@ proptest! {
         let datum = e.datum();
         prop_assert_eq!(apache_decode(&s, &datum), to_value(&e));
         // And the registry reads the simulator's single-object encoding too.
-        let bytes = e.single_object(fingerprint(&s));
+        let bytes = e.single_object(fingerprint(&s).unwrap());
         let mut scratch = Vec::new();
         let reg = registry();
         let ev = reg.decode(e.source, &bytes, &mut scratch).unwrap();
@@ -513,7 +529,7 @@ proptest! {
     #[test]
     fn v1_product_events_resolve_to_the_current_schema(mut e in product_event()) {
         let v1 = schema("history/product_event.v1.avsc");
-        let mut bytes = header(fingerprint(&v1));
+        let mut bytes = header(fingerprint(&v1).unwrap());
         bytes.extend(apache_encode(&v1, to_value_v1(&e)));
         let reg = registry();
         let mut scratch = Vec::new();
@@ -535,7 +551,7 @@ proptest! {
             reg.current_fingerprint(Source::Product),
             reg.current_fingerprint(Source::Errors),
             reg.current_fingerprint(Source::Support),
-            fingerprint(&schema("history/product_event.v1.avsc")),
+            fingerprint(&schema("history/product_event.v1.avsc")).unwrap(),
         ];
         let mut bytes = header(fps[which]);
         bytes.extend(&tail);
@@ -624,7 +640,7 @@ fn unknown_fingerprint_is_a_schema_error() {
     assert_eq!(err, DecodeError::UnknownSchema(0x0123_4567_89ab_cdef));
     assert_eq!(err.reason(), "schema");
     // An output record's schema is not an input schema.
-    let fc = fingerprint(&schema("flag_command.avsc"));
+    let fc = fingerprint(&schema("flag_command.avsc")).unwrap();
     let mut bytes = header(fc);
     bytes.extend(sample(Source::Product).datum());
     let err = reg
@@ -652,7 +668,7 @@ fn another_sources_schema_is_the_wrong_record() {
     assert_eq!(err.reason(), "schema");
     // A historical product schema on the support topic.
     let v1 = schema("history/product_event.v1.avsc");
-    let mut bytes = header(fingerprint(&v1));
+    let mut bytes = header(fingerprint(&v1).unwrap());
     bytes.extend(apache_encode(&v1, to_value_v1(&sample(Source::Product))));
     let err = reg
         .decode(Source::Support, &bytes, &mut scratch)
@@ -735,7 +751,7 @@ fn trailing_bytes_are_refused() {
     }
     // Also on the schema-resolution path.
     let v1 = schema("history/product_event.v1.avsc");
-    let mut bytes = header(fingerprint(&v1));
+    let mut bytes = header(fingerprint(&v1).unwrap());
     bytes.extend(apache_encode(&v1, to_value_v1(&sample(Source::Product))));
     bytes.push(0);
     let err = reg
@@ -822,4 +838,72 @@ fn negative_and_multiple_block_counts_are_read() {
     assert_eq!(ours.flags.len(), 2);
     assert_eq!(ours.attributes.len(), 2);
     assert_eq!(ev.timestamp, -42);
+}
+
+/// The figures of the report that found the fingerprint defect: ProductEvent's header
+/// bytes as Java/fastavro write them, and as guardrail < 0.2 wrote them.
+#[test]
+fn product_event_fingerprints_are_the_ones_java_and_fastavro_write() {
+    let reg = registry();
+    let product = reg.current_fingerprint(Source::Product);
+    assert!(describe_fingerprint(product).contains("header bytes 5047d6731266ad9e"));
+    let old = legacy_fingerprint(&current_schema(Source::Product));
+    assert!(describe_fingerprint(old).contains("header bytes 6151267810c42757"));
+    let known = reg.known_fingerprints(Source::Product);
+    for fp in [
+        product,
+        old,
+        fingerprint(&schema("history/product_event.v1.avsc")).unwrap(),
+    ] {
+        assert!(known.contains(&format!("0x{fp:016x}")), "{known}");
+    }
+    assert!(!known.contains(&format!("{:016x}", reg.current_fingerprint(Source::Errors))));
+}
+
+/// An engine sees a record from a writer it does not know: DLQ detail with the arrived
+/// and the known fingerprints, counted; a legacy-framed record is accepted and counted.
+#[test]
+fn engine_reports_unknown_and_counts_legacy_fingerprints() {
+    use crate::engine::{Engine, Ingested, Reason};
+    use crate::window::watermark::PartitionKey;
+    let config = crate::config::Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/guardrail.toml"
+    )))
+    .unwrap();
+    let policy = std::sync::Arc::new(crate::policy::Policy::compile(&config).unwrap());
+    let mut engine = Engine::new(policy, false).unwrap();
+    let p = PartitionKey {
+        source: Source::Product,
+        partition: 0,
+    };
+    let mut e = sample(Source::Product);
+    let now = e.timestamp;
+    let unknown = 0x0123_4567_89ab_cdef;
+    for offset in 0..2 {
+        e.event_id = format!("u{offset}");
+        match engine.ingest(p, offset, &e.single_object(unknown), now, false) {
+            Ingested::Rejected { reason, detail } => {
+                assert_eq!(reason, Reason::Schema);
+                assert!(detail.contains("0x0123456789abcdef"), "{detail}");
+                assert!(detail.contains("header bytes efcdab8967452301"), "{detail}");
+                assert!(
+                    detail.contains("product current 0x9ead661273d64750"),
+                    "{detail}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let old = legacy_fingerprint(&current_schema(Source::Product));
+    let accepted = engine.ingest(p, 2, &e.single_object(old), now, false);
+    assert!(
+        matches!(accepted, Ingested::Accepted | Ingested::Unmatched),
+        "{accepted:?}"
+    );
+    engine.tick(now);
+    let c = engine.counters();
+    assert_eq!(c.unknown_fingerprint, [2, 0, 0]);
+    assert_eq!(c.legacy_fingerprint, [1, 0, 0]);
+    assert_eq!(c.dlq[Reason::Schema as usize], 2);
 }
