@@ -29,7 +29,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::clock::wall_ms;
-use crate::config::Config;
+use crate::config::{Config, Delivery};
 use crate::engine::{Engine, Ingested};
 use crate::http::Shared;
 use crate::kafka::{self, Encoder, Polled, PolledMessage, RebalanceContext};
@@ -47,6 +47,8 @@ const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Under load, the shortest time between two ticks run after batches.
 const BATCH_TICK: Duration = Duration::from_millis(5);
+/// Timeout of each transaction call (init, send offsets, commit, abort).
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Callbacks for the demo: sees every command once it is acknowledged.
 pub type CommandSink = tokio::sync::mpsc::UnboundedSender<FlagCommand>;
@@ -135,7 +137,24 @@ pub async fn run_engine(
     sink: Option<CommandSink>,
 ) -> anyhow::Result<()> {
     let k = config.kafka.clone().context("[kafka] is required by run")?;
+    let eos = k.delivery == Delivery::ExactlyOnce;
+    kafka::check_assignor(&k).map_err(anyhow::Error::msg)?;
     let metrics = Metrics::register(registry).map_err(anyhow::Error::msg)?;
+    let producer: FutureProducer = kafka::output_producer_config(&k)
+        .create()
+        .context("creating the producer")?;
+    if eos {
+        // Fences a predecessor with the same transactional.id and aborts its open
+        // transaction, so that restore below reads everything that was committed.
+        let p = producer.clone();
+        tokio::task::block_in_place(|| p.init_transactions(TXN_TIMEOUT)).context(
+            "initialising Kafka transactions (for a broker without them set \
+             [kafka] delivery = \"at-least-once\")",
+        )?;
+        producer
+            .begin_transaction()
+            .context("beginning a transaction")?;
+    }
     let mut engine = Engine::new(policy.clone(), true).map_err(anyhow::Error::msg)?;
     let restored =
         tokio::task::block_in_place(|| kafka::restore(&k, &config.topics.evaluations, &mut engine))
@@ -144,15 +163,16 @@ pub async fn run_engine(
         shared.record(e, None);
         metrics.evaluation(e);
     }
-    let ctx = RebalanceContext::default();
+    let (revoke_tx, mut revoke_rx) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = RebalanceContext {
+        on_revoke: Some(revoke_tx),
+        ..RebalanceContext::default()
+    };
     let consumer: Arc<kafka::InputConsumer> = Arc::new(
         kafka::consumer_config(&k)
             .create_with_context(ctx.clone())
             .context("creating the consumer")?,
     );
-    let producer: FutureProducer = kafka::producer_config(&k)
-        .create()
-        .context("creating the producer")?;
     let t = &config.topics;
     consumer
         .subscribe(&[&t.product_events, &t.error_events, &t.support_signals])
@@ -173,6 +193,8 @@ pub async fn run_engine(
             Encoder::new(config.output.format)?,
         ),
         pending_commit: None,
+        eos,
+        committed_batches: 0,
         config: config.clone(),
         metrics,
         shared,
@@ -200,13 +222,20 @@ pub async fn run_engine(
             tokio::select! {
                 biased;
                 r = stop.changed() => if r.is_err() || *stop.borrow() { break },
+                // Partitions are about to be revoked: process what the poller queued,
+                // commit it while the partitions are still ours, then let it go on.
+                Some(done) = revoke_rx.recv() => {
+                    while let Ok(polled) = rx.try_recv() {
+                        shell.on_batch(&polled).await?;
+                    }
+                    shell.tick().await?;
+                    shell.publisher.settle().await?;
+                    shell.commit(CommitMode::Sync).await?;
+                    let _ = done.send(());
+                }
                 polled = rx.recv() => {
                     let polled = polled.context("the poller thread stopped")?;
-                    shell.apply_epoch(polled.epoch);
-                    let now = wall_ms(); // one clock read per batch
-                    for m in &polled.messages {
-                        shell.on_message(&polled, m, now).await?;
-                    }
+                    shell.on_batch(&polled).await?;
                     // Under load the interval tick may wait behind batches: tick here too,
                     // at most every BATCH_TICK, which bounds decision latency.
                     if last_tick.elapsed() >= BATCH_TICK {
@@ -220,12 +249,24 @@ pub async fn run_engine(
                 }
                 _ = commit.tick() => shell.commit(CommitMode::Async).await?,
                 // A failed publication stops the engine before anything more is committed.
-                () = shell.publisher.changed() => shell.publisher.check()?,
+                // Under exactly-once, a window close's outputs become visible when their
+                // transaction commits: commit as soon as they are delivered.
+                () = shell.publisher.changed() => {
+                    shell.publisher.check()?;
+                    if shell.eos
+                        && shell.publisher.acknowledged() == shell.publisher.submitted()
+                        && shell.publisher.submitted() > shell.committed_batches
+                    {
+                        shell.commit(CommitMode::Sync).await?;
+                    }
+                }
             }
         }
         anyhow::Ok(())
     }
     .await;
+    // From here a revoke (the consumer's close) does not wait for the engine.
+    drop(revoke_rx);
     // Stop consuming first: batches still queued are neither processed nor committed.
     stop_polling.store(true, Ordering::Relaxed);
     drop(rx);
@@ -257,8 +298,12 @@ struct Shell {
     producer: FutureProducer,
     publisher: Publisher,
     /// Offsets computed at a commit tick, with the number of output batches submitted
-    /// by then: committed once that many are acknowledged.
+    /// by then: committed once that many are acknowledged (at-least-once).
     pending_commit: Option<(u64, TopicPartitionList)>,
+    /// Exactly-once: outputs, DLQ records and offsets go in one transaction.
+    eos: bool,
+    /// Output batches submitted when the last transaction committed.
+    committed_batches: u64,
     config: Config,
     metrics: Metrics,
     shared: Arc<Shared>,
@@ -273,6 +318,16 @@ struct Shell {
 }
 
 impl Shell {
+    /// Feeds one polled batch to the engine.
+    async fn on_batch(&mut self, polled: &Polled) -> anyhow::Result<()> {
+        self.apply_epoch(polled.epoch);
+        let now = wall_ms(); // one clock read per batch
+        for m in &polled.messages {
+            self.on_message(polled, m, now).await?;
+        }
+        Ok(())
+    }
+
     /// Applies the rebalances that happened before the batch about to be processed.
     fn apply_epoch(&mut self, (revs, assigns): (u64, u64)) {
         if revs != self.epoch.0 {
@@ -413,6 +468,9 @@ impl Shell {
     /// expects the publisher settled. A DLQ record the broker refused stops the engine
     /// before anything is committed, so the restarted engine re-reads it.
     async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
+        if self.eos {
+            return self.commit_transaction().await;
+        }
         self.flush_pending()
             .await
             .context("a DLQ record was not acknowledged; not committing")?;
@@ -436,6 +494,52 @@ impl Shell {
         if let Some(tpl) = ready {
             self.commit_offsets(&tpl, mode);
         }
+        Ok(())
+    }
+
+    /// Exactly-once: waits until every output and DLQ record of the open transaction is
+    /// delivered, adds the input offsets (same snapshot rule as at-least-once), commits
+    /// and begins the next transaction. A failure aborts the transaction and stops the
+    /// engine: its outputs are discarded with the offsets, and the restarted engine
+    /// restores the committed state and re-reads from the committed offsets.
+    async fn commit_transaction(&mut self) -> anyhow::Result<()> {
+        self.flush_pending()
+            .await
+            .context("a DLQ record was not delivered; not committing")?;
+        self.publisher
+            .settle()
+            .await
+            .context("window outputs were not delivered; not committing")?;
+        let tpl = self.snapshot();
+        let (producer, consumer) = (self.producer.clone(), self.consumer.clone());
+        let submitted = self.publisher.submitted();
+        let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+            if tpl.count() > 0 {
+                let group = consumer
+                    .group_metadata()
+                    .context("the consumer has no group metadata")?;
+                producer
+                    .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
+                    .context("adding the input offsets to the transaction")?;
+            }
+            producer
+                .commit_transaction(TXN_TIMEOUT)
+                .context("committing the transaction")?;
+            producer
+                .begin_transaction()
+                .context("beginning the next transaction")?;
+            Ok(())
+        });
+        if let Err(e) = result {
+            // Nothing of this transaction becomes visible; the restart re-does it.
+            if let Err(abort) =
+                tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT))
+            {
+                tracing::warn!(error = %abort, "aborting the failed transaction");
+            }
+            return Err(e);
+        }
+        self.committed_batches = submitted;
         Ok(())
     }
 

@@ -55,10 +55,46 @@ pub struct KafkaConfig {
     /// Passed through to librdkafka unchanged (TLS, SASL, tuning).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// `exactly-once` (default): outputs, DLQ records and input offsets are committed
+    /// in one Kafka transaction; `at-least-once`: an idempotent producer and offset
+    /// commits after acknowledgement, for brokers without transactions.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// The producer's `transactional.id` under exactly-once. Keep it stable across
+    /// restarts of one instance (a restart then fences its predecessor at once);
+    /// default `<group_id>-<host name>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
 }
 
 fn default_group_id() -> String {
     "guardrail".into()
+}
+
+/// Delivery semantics of `run` (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    #[default]
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+impl KafkaConfig {
+    /// The `transactional.id` under exactly-once: the configured one, or
+    /// `<group_id>-<host name>` (the pod name under Kubernetes).
+    pub fn transactional_id(&self) -> String {
+        if let Some(id) = &self.transactional_id {
+            return id.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "guardrail".into());
+        format!("{}-{host}", self.group_id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

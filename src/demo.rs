@@ -45,6 +45,8 @@ pub fn demo_config(
         brokers: brokers.to_string(),
         group_id: "guardrail-demo".into(),
         properties: Default::default(),
+        delivery: Default::default(),
+        transactional_id: Some("guardrail-demo".into()),
     });
     config.window.idle_timeout = "2s".into();
     config.http.listen = listen.to_string();

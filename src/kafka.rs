@@ -18,7 +18,7 @@ use rdkafka::message::ToBytes;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::{KafkaConfig, OutputFormat, Topics};
+use crate::config::{Delivery, KafkaConfig, OutputFormat, Topics};
 use crate::engine::Engine;
 use crate::ingest::decode::SchemaRegistry;
 use crate::ingest::decode::{
@@ -35,6 +35,8 @@ pub enum KafkaError {
     Client(#[from] rdkafka::error::KafkaError),
     #[error("schema: {0}")]
     Schema(String),
+    #[error("restoring state: {0}")]
+    Restore(String),
 }
 
 /// A client config: brokers, then `defaults`, then every `[kafka.properties]` entry
@@ -81,6 +83,42 @@ pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
             ("compression.type", "lz4"),
         ],
     )
+}
+
+/// The producer of window outputs and DLQ records: [`producer_config`], transactional
+/// under `delivery = "exactly-once"` (SPEC §6).
+pub fn output_producer_config(k: &KafkaConfig) -> ClientConfig {
+    let mut c = producer_config(k);
+    if k.delivery == Delivery::ExactlyOnce {
+        c.set("transactional.id", k.transactional_id());
+        if !k.properties.contains_key("transaction.timeout.ms") {
+            // An instance that died mid-transaction holds read_committed consumers of
+            // the outputs back until this passes (or until it restarts with the same
+            // transactional.id, which aborts the transaction at once).
+            c.set("transaction.timeout.ms", "60000");
+        }
+    }
+    c
+}
+
+/// Refuses settings that break the engine's rebalance handling: under exactly-once
+/// a revoke rebuilds state from the committed changelog, which needs every partition
+/// to be re-read from its committed offset (the eager protocol does that; the
+/// cooperative one keeps partitions and their positions).
+pub fn check_assignor(k: &KafkaConfig) -> Result<(), String> {
+    let strategy = k
+        .properties
+        .get("partition.assignment.strategy")
+        .map(String::as_str)
+        .unwrap_or("range,roundrobin");
+    if strategy.contains("cooperative") {
+        return Err(format!(
+            "kafka.properties.\"partition.assignment.strategy\": {strategy:?} is not supported: \
+             guardrail needs an eager assignor (range or roundrobin) so that a rebalance \
+             re-reads every partition from its committed offset"
+        ));
+    }
+    Ok(())
 }
 
 /// Enqueues a record, waiting while librdkafka's local queue is full (backpressure
@@ -152,7 +190,15 @@ pub async fn produce_events(
 pub struct RebalanceContext {
     pub revocations: Arc<AtomicU64>,
     pub assignments: Arc<AtomicU64>,
+    /// Asked, before partitions are revoked, to commit what the engine processed
+    /// (under exactly-once: the open transaction with its offsets) while the partitions
+    /// are still ours. The rebalance waits for the reply, at most [`REVOKE_COMMIT_WAIT`].
+    pub on_revoke: Option<tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::SyncSender<()>>>,
 }
+
+/// How long a revoke waits for the engine's commit before it goes ahead without it
+/// (what was not committed is then re-read by the partition's next owner).
+pub const REVOKE_COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 impl RebalanceContext {
     /// (revocations, assignments) so far.
@@ -169,6 +215,19 @@ impl ClientContext for RebalanceContext {}
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = r {
+            if tpl.count() > 0
+                && let Some(hook) = &self.on_revoke
+            {
+                // Runs on the poller thread: every batch it sent is already queued to the
+                // engine, which processes them, commits, then replies.
+                let (done, wait) = std::sync::mpsc::sync_channel(1);
+                if hook.send(done).is_ok() && wait.recv_timeout(REVOKE_COMMIT_WAIT).is_err() {
+                    tracing::warn!(
+                        "the engine did not commit within {REVOKE_COMMIT_WAIT:?} of a revoke; \
+                         the next owner re-reads from the last commit"
+                    );
+                }
+            }
             tracing::info!(partitions = tpl.count(), "partitions revoked");
             self.revocations.fetch_add(1, Ordering::SeqCst);
         }
@@ -370,6 +429,9 @@ pub fn decode_output<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// How long restore may take to read the evaluations topic to its end.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Reads the evaluations topic to its end and restores, per flag and cohort, the
 /// newest evaluation's streaks, percent and state, and the closed-window frontier.
 /// Returns the evaluations restored (newest per cohort).
@@ -382,35 +444,65 @@ pub fn restore(
         .map_err(|e| KafkaError::Schema(e.to_string()))?;
     let accepted = output_fingerprints(&schema)?;
     let mut unreadable = 0u64;
-    let mut cfg = client_config(k, &[("enable.partition.eof", "false")]);
+    // read_committed: outputs of a transaction that was never committed (an instance
+    // that died mid-close) are not state. Partition EOF marks the end, whatever control
+    // records (transaction markers) occupy the last offsets.
+    let mut cfg = client_config(
+        k,
+        &[
+            ("enable.partition.eof", "true"),
+            ("isolation.level", "read_committed"),
+        ],
+    );
     // Partitions are assigned by hand: this group never joins nor commits.
     cfg.set("group.id", format!("{}-restore", k.group_id))
         .set("enable.auto.commit", "false");
     let consumer: BaseConsumer = cfg.create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Err(KafkaError::Restore(format!("no metadata for {topic}")));
+    };
+    if let Some(e) = t.error() {
+        return Err(KafkaError::Restore(format!(
+            "topic {topic}: {:?} (create it before starting, docs/SPEC.md §1)",
+            rdkafka::types::RDKafkaRespErr::from(e)
+        )));
+    }
+    if t.partitions().is_empty() {
+        return Err(KafkaError::Restore(format!(
+            "topic {topic} has no partitions"
+        )));
+    }
     let mut tpl = TopicPartitionList::new();
-    let mut ends = HashMap::new();
-    for t in md.topics() {
-        for p in t.partitions() {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            if high > low {
-                tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-                ends.insert(p.id(), high);
-            }
+    let mut unread = std::collections::BTreeSet::new();
+    for p in t.partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        if high > low {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            unread.insert(p.id());
         }
     }
     let mut newest: HashMap<(String, String), WindowEvaluation> = HashMap::new();
-    if !ends.is_empty() {
+    if !unread.is_empty() {
         consumer.assign(&tpl)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !ends.is_empty() && std::time::Instant::now() < deadline {
-            let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
-                continue;
-            };
-            let msg = msg?;
-            if msg.offset() + 1 >= ends.get(&msg.partition()).copied().unwrap_or(0) {
-                ends.remove(&msg.partition());
+        let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
+        while !unread.is_empty() {
+            if std::time::Instant::now() >= deadline {
+                // Judging on part of the state could ADVANCE a paused cohort: refuse.
+                return Err(KafkaError::Restore(format!(
+                    "{topic} was not read to its end within {RESTORE_TIMEOUT:?} \
+                     (partitions {unread:?} unread); not starting on partial state"
+                )));
             }
+            let msg = match consumer.poll(Duration::from_millis(500)) {
+                None => continue,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    unread.remove(&p);
+                    continue;
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(msg)) => msg,
+            };
             let Some(payload) = msg.payload() else {
                 continue;
             };
@@ -429,14 +521,12 @@ pub fn restore(
                     continue;
                 }
             };
+            let key = (e.flag_key.clone(), e.cohort.clone());
+            if newest
+                .get(&key)
+                .is_none_or(|old| old.window_end <= e.window_end)
             {
-                let key = (e.flag_key.clone(), e.cohort.clone());
-                if newest
-                    .get(&key)
-                    .is_none_or(|old| old.window_end <= e.window_end)
-                {
-                    newest.insert(key, e);
-                }
+                newest.insert(key, e);
             }
         }
     }

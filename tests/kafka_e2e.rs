@@ -238,13 +238,16 @@ async fn produce_malformed(env: &Env, producer: &FutureProducer) {
         .expect("producing the malformed record");
 }
 
-/// Reads partition 0 of `topic` from the beginning to its current end.
+/// Reads partition 0 of `topic` from the beginning to its end, read_committed (what a
+/// flag platform sees). The end is partition EOF: under exactly-once the last offsets
+/// hold transaction markers, which are never delivered.
 fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("e2e-reader-{}", wall_ms()))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
         .create()
         .expect("reader");
     let (low, high) = consumer
@@ -260,17 +263,16 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
     consumer.assign(&tpl).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let m = m.expect("reading").detach();
-        let done = m.offset() + 1 >= high;
-        out.push(m);
-        if done {
-            return out;
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
+            Some(m) => out.push(m.expect("reading").detach()),
         }
     }
-    panic!("timed out reading {topic}: {} of {high} records", out.len());
+    panic!(
+        "timed out reading {topic}: {} records, high watermark {high}",
+        out.len()
+    );
 }
 
 fn schema_file(name: &str) -> Schema {
@@ -832,5 +834,205 @@ async fn refused_outputs_stop_the_engine_and_lose_nothing() {
     b.stop().await;
     assert_each_window_once(&env, &read_evaluations(&env), WINDOWS - 1);
     assert_commands_unique(&read_commands(&env));
+    drop(env);
+}
+
+/// The config file of a child `guardrail run` on this mock cluster.
+fn child_config(env: &Env, dir: &std::path::Path) -> PathBuf {
+    let example = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/guardrail.toml"),
+    )
+    .unwrap();
+    let text = example
+        .replace(
+            "brokers = \"localhost:9092\"",
+            &format!("brokers = \"{}\"\ntransactional_id = \"kill9\"", env.brokers),
+        )
+        .replace(
+            "\"client.id\" = \"guardrail\"",
+            "\"client.id\" = \"guardrail\"\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"",
+        )
+        .replace("idle_timeout = \"30s\"", "idle_timeout = \"2s\"")
+        .replace("listen = \"0.0.0.0:9464\"", "listen = \"127.0.0.1:0\"");
+    let path = dir.join("guardrail.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn_child(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_guardrail"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting guardrail run")
+}
+
+/// 6: exactly-once under kill -9. A child `guardrail run` is killed with SIGKILL at
+/// seeded random moments while events stream in, and restarted each time; then one runs
+/// to the end. Compared with `replay` on the same events: the same set of command_ids,
+/// no (flag, cohort, window) evaluated twice, no re-read record dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_streaming_decides_each_window_once() {
+    use rand::{Rng, SeedableRng};
+    const KILLS: usize = 6;
+    let t0 = Instant::now();
+    let env = env();
+    let dir = tempfile::tempdir().unwrap();
+    let config = child_config(&env, dir.path());
+    let log = dir.path().join("guardrail.log");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(20261202);
+
+    // Events stream in, one window every 3 s, while the children are killed.
+    let streamer = {
+        let producer = env.producer();
+        let topics = env.config.topics.clone();
+        let mut sim = env.simulator();
+        tokio::spawn(async move {
+            let schemas = SchemaRegistry::shipped().unwrap();
+            let mut produced = 0;
+            while let Some(events) = sim.next_window() {
+                produced += guardrail::kafka::produce_events(&producer, &topics, &schemas, &events)
+                    .await
+                    .expect("producing");
+                tokio::time::sleep(Duration::from_millis(3000)).await;
+            }
+            produced
+        })
+    };
+    let assigned = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("partitions assigned")
+            .count()
+    };
+    let mut kills_after_a_close = 0;
+    for kill in 0..KILLS {
+        let before = assigned();
+        let mut child = spawn_child(&config, &log);
+        // Killed while working: after it got its partitions, at a random moment.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while assigned() == before {
+            assert!(
+                Instant::now() < deadline,
+                "child {kill} was never assigned partitions"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let evaluated_before = read_evaluations(&env).len();
+        let after = Duration::from_millis(rng.random_range(0..3000));
+        tokio::time::sleep(after).await;
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the child exited early; see its log"
+        );
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+        let evaluated = read_evaluations(&env).len();
+        if evaluated > evaluated_before {
+            kills_after_a_close += 1;
+        }
+        println!(
+            "kill {kill}: {after:?} after the assignment, {} evaluations committed since ({:.1}s)",
+            evaluated - evaluated_before,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    assert!(
+        kills_after_a_close >= KILLS / 2,
+        "most kills land after the child closed windows ({kills_after_a_close} of {KILLS})"
+    );
+    let produced = streamer.await.unwrap();
+    // The last one runs until every window but the newest is evaluated.
+    let mut child = spawn_child(&config, &log);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let evaluated: BTreeSet<i64> = read_evaluations(&env)
+            .iter()
+            .map(|e| e.window_start)
+            .collect();
+        if evaluated.len() as u32 >= WINDOWS - 1 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the last child exited; see its log"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} of {} windows evaluated\n{}",
+            evaluated.len(),
+            WINDOWS - 1,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // SIGTERM: drains and exits 0.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "graceful stop: {status}");
+    println!(
+        "all windows evaluated at {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let evaluations = read_evaluations(&env);
+    assert_each_window_once(&env, &evaluations, WINDOWS - 1);
+    let commands = read_commands(&env);
+    assert_commands_unique(&commands);
+    let dlq = read_topic(&env.brokers, &env.config.topics.dlq);
+    assert!(
+        dlq.is_empty(),
+        "nothing dead-lettered (re-read records are not late): {:?}",
+        dlq.iter()
+            .map(|m| header(m, "guardrail.detail"))
+            .collect::<Vec<_>>()
+    );
+
+    // The reference: replay over the same events.
+    let ocf = tempfile::tempdir().unwrap();
+    let written = guardrail::sim::write_ocf_files(&mut env.simulator(), ocf.path()).unwrap();
+    assert_eq!(written, produced, "the same events");
+    let files = vec![
+        (Source::Product, ocf.path().join("product-events.avro")),
+        (Source::Errors, ocf.path().join("error-events.avro")),
+        (Source::Support, ocf.path().join("support-signals.avro")),
+    ];
+    let last_closed_end = env.start + i64::from(WINDOWS - 1) * env.window_ms;
+    let mut reference = BTreeSet::new();
+    guardrail::replay::replay(env.policy.clone(), &files, wall_ms(), |j| {
+        if let Some(c) = j.command
+            && c.window_end <= last_closed_end
+        {
+            reference.insert(c.command_id);
+        }
+        Ok(())
+    })
+    .expect("replay");
+    let from_run: BTreeSet<String> = commands.iter().map(|c| c.command_id.clone()).collect();
+    assert_eq!(
+        from_run, reference,
+        "the killed-and-restarted run decides what replay decides"
+    );
+    println!(
+        "{} commands, {} evaluations, total {:.1}s",
+        commands.len(),
+        evaluations.len(),
+        t0.elapsed().as_secs_f64()
+    );
     drop(env);
 }

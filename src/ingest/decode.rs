@@ -15,9 +15,9 @@
 //!   reader schema, is re-encoded in the current version, then read by the fast path.
 //!   Resolution is prepared once per writer schema, not per record.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
@@ -139,7 +139,7 @@ pub struct SchemaRegistry {
     /// Legacy (apache-avro form) fingerprint → the standard one, for shipped schemas.
     legacy: HashMap<u64, u64>,
     /// Records decoded through a legacy fingerprint, per source.
-    legacy_records: [Cell<u64>; 3],
+    legacy_records: [AtomicU64; 3],
 }
 
 impl SchemaRegistry {
@@ -225,7 +225,7 @@ impl SchemaRegistry {
     /// Records decoded so far through a legacy (pre-0.2, apache-avro form) fingerprint,
     /// per source in `Source::ALL` order.
     pub fn legacy_records(&self) -> [u64; 3] {
-        [0, 1, 2].map(|i| self.legacy_records[i].get())
+        [0, 1, 2].map(|i| self.legacy_records[i].load(Ordering::Relaxed))
     }
 
     /// The fingerprints this registry accepts for `source`, for the message that goes
@@ -322,8 +322,7 @@ impl SchemaRegistry {
         if let Some(&standard) = self.legacy.get(&fp) {
             // Written by an earlier guardrail (or another apache-avro 0.22 writer).
             let ev = self.decode_next(source, standard, input, scratch)?;
-            let n = &self.legacy_records[source.index()];
-            n.set(n.get() + 1);
+            self.legacy_records[source.index()].fetch_add(1, Ordering::Relaxed);
             return Ok(ev);
         }
         let Some(h) = self.historical.get(&fp) else {

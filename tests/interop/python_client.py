@@ -130,12 +130,15 @@ def write_ocf(args):
 
 
 def consume(args):
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     schema = load(args.schema)
     expected = header(schema)
+    # read_committed, as a flag platform reads flag-commands; the end of a partition is
+    # its EOF event (under exactly-once the last offsets are transaction markers).
     consumer = Consumer({"bootstrap.servers": args.brokers, "group.id": "python-interop",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.partition.eof": True})
     parts = consumer.list_topics(args.topic, timeout=10).topics[args.topic].partitions
     ends = {}
     assign = []
@@ -151,6 +154,9 @@ def consume(args):
         if msg is None:
             sys.exit(f"timed out reading {args.topic}; still waiting for partitions {sorted(ends)}")
         if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                ends.pop(msg.partition(), None)
+                continue
             sys.exit(f"consumer error: {msg.error()}")
         value = msg.value()
         if value[:10] != expected:
@@ -158,8 +164,6 @@ def consume(args):
                      f"is not the single-object header of {args.schema} ({expected.hex()})")
         record = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema)
         out.append({"key": msg.key().decode(), "record": record})
-        if msg.offset() + 1 >= ends[msg.partition()]:
-            del ends[msg.partition()]
     consumer.close()
     for o in out:
         print(json.dumps(o, default=epoch_ms))
