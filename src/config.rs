@@ -55,9 +55,10 @@ pub struct KafkaConfig {
     /// Passed through to librdkafka unchanged (TLS, SASL, tuning).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
-    /// `exactly-once` (default): outputs, DLQ records and input offsets are committed
-    /// in one Kafka transaction; `at-least-once`: an idempotent producer and offset
-    /// commits after acknowledgement, for brokers without transactions.
+    /// `at-least-once` (default): an idempotent producer, input offsets committed once
+    /// the outputs they cover are acknowledged. `exactly-once`: outputs, DLQ records
+    /// and input offsets committed in one Kafka transaction (a broker with
+    /// transactions; see SPEC §6 for what is verified).
     #[serde(default)]
     pub delivery: Delivery,
     /// The producer's `transactional.id` under exactly-once. Keep it stable across
@@ -75,8 +76,8 @@ fn default_group_id() -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Delivery {
-    #[default]
     ExactlyOnce,
+    #[default]
     AtLeastOnce,
 }
 
