@@ -35,7 +35,7 @@ use crate::http::Shared;
 use crate::kafka::{self, Encoder, Polled, PolledMessage, RebalanceContext};
 use crate::policy::Policy;
 use crate::publisher::{Outputs, Publisher};
-use crate::records::FlagCommand;
+use crate::records::{FlagCommand, InputPosition};
 use crate::telemetry::Metrics;
 use crate::window::watermark::PartitionKey;
 
@@ -159,9 +159,22 @@ pub async fn run_engine(
     let restored =
         tokio::task::block_in_place(|| kafka::restore(&k, &config.topics.evaluations, &mut engine))
             .context("restoring state")?;
-    for e in &restored {
+    for e in &restored.evaluations {
         shared.record(e, None);
         metrics.evaluation(e);
+    }
+    // How far the inputs were read when the newest restored window closed: re-read
+    // records below it, in closed windows, are duplicates, not late (even when the
+    // process died before it committed its offsets).
+    let mut seen_until: HashMap<PartitionKey, i64> = HashMap::default();
+    for p in &restored.positions {
+        if let Some(source) = config.topics.source_of(&p.topic) {
+            let key = PartitionKey {
+                source,
+                partition: p.partition,
+            };
+            seen_until.insert(key, p.read_until);
+        }
     }
     let (revoke_tx, mut revoke_rx) = tokio::sync::mpsc::unbounded_channel();
     let ctx = RebalanceContext {
@@ -200,7 +213,7 @@ pub async fn run_engine(
         shared,
         epoch: (0, 0),
         consumed_next: HashMap::default(),
-        seen_until: HashMap::default(),
+        seen_until,
         pending: Vec::new(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
@@ -439,8 +452,10 @@ impl Shell {
     /// Advances the watermark and hands every decision to the publisher.
     async fn tick(&mut self) -> anyhow::Result<()> {
         let now = wall_ms();
-        let judged = self.engine.tick(now);
-        if !judged.is_empty() {
+        let mut judged = self.engine.tick(now);
+        if let Some(last) = judged.last_mut() {
+            // The close's read positions travel with its last evaluation (restore).
+            last.evaluation.input_positions = self.positions();
             self.publisher.submit(judged, Instant::now())?;
         }
         self.metrics.publish_counters(self.engine.counters());
@@ -454,6 +469,21 @@ impl Shell {
             self.metrics.watermark_lag.set((now - wm) as f64 / 1000.0);
         }
         Ok(())
+    }
+
+    /// How far each input partition was ever read, for a window close's evaluation.
+    fn positions(&self) -> Vec<InputPosition> {
+        let mut out: Vec<InputPosition> = self
+            .seen_until
+            .iter()
+            .map(|(p, &read_until)| InputPosition {
+                topic: self.config.topics.input(p.source).to_string(),
+                partition: p.partition,
+                read_until,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
     }
 
     /// Waits for every DLQ delivery so far.

@@ -22,11 +22,11 @@ use crate::config::{Delivery, KafkaConfig, OutputFormat, Topics};
 use crate::engine::Engine;
 use crate::ingest::decode::SchemaRegistry;
 use crate::ingest::decode::{
-    FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_SCHEMA, describe_fingerprint, fingerprint,
-    legacy_fingerprint,
+    FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_HISTORY, WINDOW_EVALUATION_SCHEMA, describe_fingerprint,
+    fingerprint, legacy_fingerprint,
 };
 use crate::model::Source;
-use crate::records::{FlagCommand, WindowEvaluation};
+use crate::records::{FlagCommand, InputPosition, WindowEvaluation};
 use crate::sim::SimEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -384,15 +384,6 @@ impl Encoder {
     }
 }
 
-/// The fingerprints a published record of `schema` may carry: the standard one (written
-/// now) and the apache-avro form that builds before 0.2 wrote.
-pub fn output_fingerprints(schema: &Schema) -> Result<[u64; 2], KafkaError> {
-    Ok([
-        fingerprint(schema).map_err(KafkaError::Schema)?,
-        legacy_fingerprint(schema),
-    ])
-}
-
 /// Why a published record could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputDecodeError {
@@ -402,31 +393,72 @@ pub enum OutputDecodeError {
     Malformed(String),
 }
 
-/// Decodes a published record: Avro single-object with one of `accepted`'s
-/// fingerprints (see [`output_fingerprints`]), or JSON.
-pub fn decode_output<T: serde::de::DeserializeOwned>(
-    bytes: &[u8],
-    schema: &Schema,
-    accepted: &[u64],
-) -> Result<T, OutputDecodeError> {
-    let malformed = |e: &dyn std::fmt::Display| OutputDecodeError::Malformed(e.to_string());
-    if bytes.len() > 10 && bytes[..2] == [0xC3, 0x01] {
-        let mut fp = [0u8; 8];
-        fp.copy_from_slice(&bytes[2..10]);
-        let fp = u64::from_le_bytes(fp);
-        if !accepted.contains(&fp) {
-            return Err(OutputDecodeError::UnknownFingerprint(fp));
+/// Reads published records of one output schema: Avro single-object written with the
+/// current version or an older one shipped in `schemas/history` (each under its
+/// standard and its pre-0.2 fingerprint), resolved to the current version; or JSON.
+pub struct OutputReader {
+    readers: HashMap<u64, GenericDatumReader<'static>>,
+}
+
+impl OutputReader {
+    /// `current` and `older` are schema texts. The schemas are leaked once per reader
+    /// (a handful per process): the prepared readers borrow them.
+    pub fn new(current: &str, older: &[&str]) -> Result<OutputReader, KafkaError> {
+        let parse = |text: &str| -> Result<&'static Schema, KafkaError> {
+            let schema = Schema::parse_str(text).map_err(|e| KafkaError::Schema(e.to_string()))?;
+            Ok(Box::leak(Box::new(schema)))
+        };
+        let reader_schema = parse(current)?;
+        let mut readers = HashMap::new();
+        for text in std::iter::once(current).chain(older.iter().copied()) {
+            let writer = parse(text)?;
+            let standard =
+                crate::avro::canonical::fingerprint_str(text).map_err(KafkaError::Schema)?;
+            for fp in [standard, legacy_fingerprint(writer)] {
+                let reader = GenericDatumReader::builder(writer)
+                    .reader_schema(reader_schema)
+                    .build()
+                    .map_err(|e| KafkaError::Schema(e.to_string()))?;
+                readers.insert(fp, reader);
+            }
         }
-        let reader = GenericDatumReader::builder(schema)
-            .build()
-            .map_err(|e| malformed(&e))?;
-        let value = reader
-            .read_value(&mut &bytes[10..])
-            .map_err(|e| malformed(&e))?;
-        apache_avro::from_value(&value).map_err(|e| malformed(&e))
-    } else {
-        serde_json::from_slice(bytes).map_err(|e| malformed(&e))
+        Ok(OutputReader { readers })
     }
+
+    /// `WindowEvaluation`, every version this build shipped.
+    pub fn evaluations() -> Result<OutputReader, KafkaError> {
+        OutputReader::new(WINDOW_EVALUATION_SCHEMA, &WINDOW_EVALUATION_HISTORY)
+    }
+
+    pub fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<T, OutputDecodeError> {
+        let malformed = |e: &dyn std::fmt::Display| OutputDecodeError::Malformed(e.to_string());
+        if bytes.len() > 10 && bytes[..2] == [0xC3, 0x01] {
+            let mut fp = [0u8; 8];
+            fp.copy_from_slice(&bytes[2..10]);
+            let fp = u64::from_le_bytes(fp);
+            let reader = self
+                .readers
+                .get(&fp)
+                .ok_or(OutputDecodeError::UnknownFingerprint(fp))?;
+            let value = reader
+                .read_value(&mut &bytes[10..])
+                .map_err(|e| malformed(&e))?;
+            apache_avro::from_value(&value).map_err(|e| malformed(&e))
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| malformed(&e))
+        }
+    }
+}
+
+/// What restore found: the newest evaluation per flag and cohort, and the input read
+/// positions of the newest window close that recorded them.
+#[derive(Debug, Default)]
+pub struct Restored {
+    pub evaluations: Vec<WindowEvaluation>,
+    pub positions: Vec<InputPosition>,
 }
 
 /// How long restore may take to read the evaluations topic to its end.
@@ -435,14 +467,8 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Reads the evaluations topic to its end and restores, per flag and cohort, the
 /// newest evaluation's streaks, percent and state, and the closed-window frontier.
 /// Returns the evaluations restored (newest per cohort).
-pub fn restore(
-    k: &KafkaConfig,
-    topic: &str,
-    engine: &mut Engine,
-) -> Result<Vec<WindowEvaluation>, KafkaError> {
-    let schema = Schema::parse_str(WINDOW_EVALUATION_SCHEMA)
-        .map_err(|e| KafkaError::Schema(e.to_string()))?;
-    let accepted = output_fingerprints(&schema)?;
+pub fn restore(k: &KafkaConfig, topic: &str, engine: &mut Engine) -> Result<Restored, KafkaError> {
+    let reader = OutputReader::evaluations()?;
     let mut unreadable = 0u64;
     // read_committed: outputs of a transaction that was never committed (an instance
     // that died mid-close) are not state. Partition EOF marks the end, whatever control
@@ -465,7 +491,7 @@ pub fn restore(
     if let Some(e) = t.error() {
         return Err(KafkaError::Restore(format!(
             "topic {topic}: {:?} (create it before starting, docs/SPEC.md §1)",
-            rdkafka::types::RDKafkaRespErr::from(e)
+            e
         )));
     }
     if t.partitions().is_empty() {
@@ -483,6 +509,8 @@ pub fn restore(
         }
     }
     let mut newest: HashMap<(String, String), WindowEvaluation> = HashMap::new();
+    // (window_end, positions) of the newest close that recorded positions.
+    let mut positions: (i64, Vec<InputPosition>) = (i64::MIN, Vec::new());
     if !unread.is_empty() {
         consumer.assign(&tpl)?;
         let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
@@ -506,7 +534,7 @@ pub fn restore(
             let Some(payload) = msg.payload() else {
                 continue;
             };
-            let decoded = decode_output::<WindowEvaluation>(payload, &schema, &accepted);
+            let decoded = reader.decode::<WindowEvaluation>(payload);
             let e = match decoded {
                 Ok(e) => e,
                 Err(err) => {
@@ -521,6 +549,9 @@ pub fn restore(
                     continue;
                 }
             };
+            if !e.input_positions.is_empty() && e.window_end >= positions.0 {
+                positions = (e.window_end, e.input_positions.clone());
+            }
             let key = (e.flag_key.clone(), e.cohort.clone());
             if newest
                 .get(&key)
@@ -556,5 +587,76 @@ pub fn restore(
             "restored decision state from {topic}"
         );
     }
-    Ok(newest.into_values().collect())
+    Ok(Restored {
+        evaluations: newest.into_values().collect(),
+        positions: positions.1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use apache_avro::types::Value;
+
+    use super::*;
+
+    /// Evaluations written by earlier builds (the v1 schema, without `input_positions`;
+    /// apache-avro's own writer, with the pre-0.2 fingerprint) are read at restore.
+    #[test]
+    fn evaluations_of_the_previous_schema_version_are_read() {
+        let v1 = Schema::parse_str(WINDOW_EVALUATION_HISTORY[0]).unwrap();
+        let eval = WindowEvaluation {
+            flag_key: "f".into(),
+            cohort: "platform=ios".into(),
+            window_start: 0,
+            window_end: 900_000,
+            decision: None,
+            evidence: vec![],
+            late_events: 2,
+            evaluated_at: 1_000_000,
+            rollout_percent: Some(20.0),
+            state: Some("paused".into()),
+            healthy_windows: 0,
+            policy_version: Some("abc".into()),
+            command_id: None,
+            band: vec![],
+            input_positions: vec![],
+        };
+        // The v1 record: every field of the current one but the last.
+        let mut value = apache_avro::to_value(&eval).unwrap();
+        if let Value::Record(fields) = &mut value {
+            fields.retain(|(name, _)| name != "input_positions");
+        }
+        let value = value.resolve(&v1).unwrap();
+        let mut w = apache_avro::GenericSingleObjectWriter::new_with_capacity(&v1, 1024).unwrap();
+        let mut legacy_framed = Vec::new();
+        w.write_value_ref(&value, &mut legacy_framed).unwrap();
+        let datum = legacy_framed[10..].to_vec();
+        let standard =
+            crate::avro::canonical::fingerprint_str(WINDOW_EVALUATION_HISTORY[0]).unwrap();
+        let mut standard_framed = vec![0xC3, 0x01];
+        standard_framed.extend_from_slice(&standard.to_le_bytes());
+        standard_framed.extend_from_slice(&datum);
+
+        let reader = OutputReader::evaluations().unwrap();
+        for bytes in [&legacy_framed, &standard_framed] {
+            let back: WindowEvaluation = reader.decode(bytes).unwrap();
+            assert_eq!(back, eval);
+        }
+        // The current version round-trips with its positions.
+        let mut now = eval.clone();
+        now.input_positions = vec![InputPosition {
+            topic: "product-events".into(),
+            partition: 3,
+            read_until: 12_345,
+        }];
+        let current = fingerprint(&Schema::parse_str(WINDOW_EVALUATION_SCHEMA).unwrap()).unwrap();
+        let back: WindowEvaluation = reader.decode(&now.to_avro(current)).unwrap();
+        assert_eq!(back, now);
+        let mut unknown = now.to_avro(current);
+        unknown[2] ^= 0xff;
+        assert!(matches!(
+            reader.decode::<WindowEvaluation>(&unknown),
+            Err(OutputDecodeError::UnknownFingerprint(_))
+        ));
+    }
 }

@@ -69,6 +69,18 @@ pub struct WindowEvaluation {
     /// Band evidence of the sequential tests, for restart recovery.
     #[serde(default)]
     pub band: Vec<BandState>,
+    /// How far each input partition was read at this window close (on the last
+    /// evaluation of a close only): restore recognises re-read records by it.
+    #[serde(default)]
+    pub input_positions: Vec<InputPosition>,
+}
+
+/// An input partition's read position: every record below `read_until` was consumed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub read_until: i64,
 }
 
 /// A metric's aggregates accumulated over the current ramp band, per arm:
@@ -157,6 +169,11 @@ impl WindowEvaluation {
                 w.block(&b.treatment, |w, v| w.double(*v));
                 w.block(&b.control, |w, v| w.double(*v));
                 w.block(&b.detector, |w, v| w.double(*v));
+            });
+            w.block(&self.input_positions, |w, p| {
+                w.string(&p.topic);
+                w.long(i64::from(p.partition));
+                w.long(p.read_until);
             });
         })
     }

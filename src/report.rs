@@ -248,6 +248,7 @@ mod tests {
             policy_version: None,
             command_id: None,
             band: Vec::new(),
+            input_positions: Vec::new(),
         }
     }
 

@@ -309,14 +309,16 @@ fn read_commands(env: &Env) -> Vec<FlagCommand> {
 }
 
 fn read_evaluations(env: &Env) -> Vec<WindowEvaluation> {
-    let schema = schema_file("window_evaluation.avsc");
+    let fp = fingerprint(&schema_file("window_evaluation.avsc")).unwrap();
+    let reader = guardrail::kafka::OutputReader::evaluations().unwrap();
     read_topic(&env.brokers, &env.config.topics.evaluations)
         .iter()
         .map(|m| {
-            let accepted = [fingerprint(&schema).unwrap()];
-            let e: WindowEvaluation =
-                guardrail::kafka::decode_output(m.payload().unwrap(), &schema, &accepted)
-                    .expect("a WindowEvaluation with the standard fingerprint");
+            let header = u64::from_le_bytes(m.payload().unwrap()[2..10].try_into().unwrap());
+            assert_eq!(header, fp, "header fingerprint = window_evaluation.avsc's");
+            let e: WindowEvaluation = reader
+                .decode(m.payload().unwrap())
+                .expect("a WindowEvaluation");
             assert_eq!(m.key(), Some(e.flag_key.as_bytes()));
             e
         })

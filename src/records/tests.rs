@@ -83,6 +83,22 @@ fn evaluation(full: bool, evidence: Vec<MetricEvidence>) -> WindowEvaluation {
         } else {
             Vec::new()
         },
+        input_positions: if full {
+            vec![
+                crate::records::InputPosition {
+                    topic: "product-events".into(),
+                    partition: 31,
+                    read_until: 1 << 40,
+                },
+                crate::records::InputPosition {
+                    topic: "error-events".into(),
+                    partition: 0,
+                    read_until: 0,
+                },
+            ]
+        } else {
+            Vec::new()
+        },
     }
 }
 

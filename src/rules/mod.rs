@@ -547,6 +547,7 @@ fn judge_cohort(
         policy_version: Some(flag.policy_version.clone()),
         command_id: cmd.as_ref().map(|c| c.command_id.clone()),
         band: band_states(policy, flag, state),
+        input_positions: Vec::new(),
     };
     Judged {
         evaluation,
