@@ -163,6 +163,9 @@ pub async fn run_engine(
         shared.record(e, None);
         metrics.evaluation(e);
     }
+    for r in &restored.resets {
+        shared.record_reset(r);
+    }
     // How far the inputs were read when the newest restored window closed: re-read
     // records below it, in closed windows, are duplicates, not late (even when the
     // process died before it committed its offsets).

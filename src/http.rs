@@ -37,6 +37,23 @@ pub struct FlagView {
     pub policy_version: String,
     pub ramp: Vec<f64>,
     pub cohorts: BTreeMap<String, CohortView>,
+    /// Cohorts whose state was started afresh at the last start because the policy
+    /// changed (state published under another policy version).
+    pub state_resets: Vec<StateReset>,
+}
+
+/// A cohort whose published state was not restored: its flag's policy changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateReset {
+    pub flag_key: String,
+    pub cohort: String,
+    pub from_version: String,
+    pub to_version: String,
+    pub previous_state: Option<String>,
+    pub previous_percent: Option<f64>,
+    /// End of the last window judged under the previous version.
+    pub window_end: i64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -59,6 +76,7 @@ impl Shared {
                     policy_version: f.policy_version.clone(),
                     ramp: f.ramp.clone(),
                     cohorts: BTreeMap::new(),
+                    state_resets: Vec::new(),
                 };
                 (f.key.clone(), view)
             })
@@ -85,6 +103,15 @@ impl Shared {
         if let Some(c) = c {
             view.recent_commands.push_front(c.clone());
             view.recent_commands.truncate(RECENT_COMMANDS);
+        }
+    }
+
+    /// Records a cohort whose state restore did not bring back.
+    pub fn record_reset(&self, r: &StateReset) {
+        if let Ok(mut flags) = self.flags.lock()
+            && let Some(flag) = flags.get_mut(&r.flag_key)
+        {
+            flag.state_resets.push(r.clone());
         }
     }
 

@@ -20,6 +20,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::{Delivery, KafkaConfig, OutputFormat, Topics};
 use crate::engine::Engine;
+use crate::http::StateReset;
 use crate::ingest::decode::SchemaRegistry;
 use crate::ingest::decode::{
     FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_HISTORY, WINDOW_EVALUATION_SCHEMA, describe_fingerprint,
@@ -27,6 +28,7 @@ use crate::ingest::decode::{
 };
 use crate::model::Source;
 use crate::records::{FlagCommand, InputPosition, WindowEvaluation};
+use crate::rules::Restore;
 use crate::sim::SimEvent;
 
 #[derive(Debug, thiserror::Error)]
@@ -457,8 +459,11 @@ impl OutputReader {
 /// positions of the newest window close that recorded them.
 #[derive(Debug, Default)]
 pub struct Restored {
+    /// Restored into the engine (the newest per flag and cohort).
     pub evaluations: Vec<WindowEvaluation>,
     pub positions: Vec<InputPosition>,
+    /// Cohorts whose state was not restored because their flag's policy changed.
+    pub resets: Vec<StateReset>,
 }
 
 /// How long restore may take to read the evaluations topic to its end.
@@ -565,8 +570,33 @@ pub fn restore(k: &KafkaConfig, topic: &str, engine: &mut Engine) -> Result<Rest
         tracing::warn!("{unreadable} record(s) of {topic} could not be read and were skipped");
     }
     let mut frontier = i64::MIN;
-    for e in newest.values() {
-        engine.rules_mut().restore(e);
+    let mut resets = Vec::new();
+    let mut restored = Vec::new();
+    for e in newest.into_values() {
+        match engine.rules_mut().restore(&e) {
+            Restore::PolicyChanged { from, to } => {
+                tracing::warn!(
+                    flag = %e.flag_key, cohort = %e.cohort,
+                    "policy changed ({from} -> {to}): the cohort's state ({} at {}%) starts afresh",
+                    e.state.as_deref().unwrap_or("-"),
+                    e.rollout_percent.unwrap_or(f64::NAN)
+                );
+                resets.push(StateReset {
+                    flag_key: e.flag_key.clone(),
+                    cohort: e.cohort.clone(),
+                    from_version: from,
+                    to_version: to,
+                    previous_state: e.state.clone(),
+                    previous_percent: e.rollout_percent,
+                    window_end: e.window_end,
+                    reason: "the flag's decisive policy (variants, cohorts, ramp, guardrails, \
+                             success metrics or their metric definitions, window size) changed"
+                        .into(),
+                });
+            }
+            Restore::Restored => restored.push(e.clone()),
+            Restore::UnknownFlag => {}
+        }
         frontier = frontier.max(e.window_end);
         if let Some(fi) = engine
             .policy()
@@ -582,14 +612,16 @@ pub fn restore(k: &KafkaConfig, topic: &str, engine: &mut Engine) -> Result<Rest
     if frontier > i64::MIN {
         engine.windows_mut().set_closed_before(frontier);
         tracing::info!(
-            cohorts = newest.len(),
+            cohorts = restored.len(),
+            reset = resets.len(),
             closed_before = frontier,
             "restored decision state from {topic}"
         );
     }
     Ok(Restored {
-        evaluations: newest.into_values().collect(),
+        evaluations: restored,
         positions: positions.1,
+        resets,
     })
 }
 

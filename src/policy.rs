@@ -125,8 +125,13 @@ pub struct Flag {
     pub success: Vec<SuccessMetric>,
     /// Distinct metrics this flag aggregates, in slot order.
     pub metric_ids: Vec<usize>,
-    /// Hash of the flag's policy and the metrics it uses; changes when either does.
+    /// Hash of what decides: the flag's policy and the metrics it uses, without the
+    /// words around them (`owner`, `description`s). Editing those keeps every cohort's
+    /// state; any other change starts the flag's cohorts afresh (restore says so).
     pub policy_version: String,
+    /// The version builds before 0.2 computed for this same config (it hashed `owner`
+    /// and `description` too): state published under it is still restored.
+    pub legacy_policy_version: String,
 }
 
 /// Window timing, in milliseconds.
@@ -621,7 +626,20 @@ fn compile_flag(
         }
     }
     let used: Vec<&MetricConfig> = metric_ids.iter().map(|&m| &config.metrics[m]).collect();
-    let fingerprint = serde_json::to_string(&(f, &used, &config.window.size)).unwrap_or_default();
+    let legacy = serde_json::to_string(&(f, &used, &config.window.size)).unwrap_or_default();
+    // What decides, without the prose: owner and descriptions do not change a decision.
+    let mut decisive = f.clone();
+    decisive.owner.clear();
+    decisive.description = None;
+    let decisive_metrics: Vec<MetricConfig> = used
+        .iter()
+        .map(|m| MetricConfig {
+            description: None,
+            ..(*m).clone()
+        })
+        .collect();
+    let fingerprint = serde_json::to_string(&(&decisive, &decisive_metrics, &config.window.size))
+        .unwrap_or_default();
     Some(Flag {
         key: f.key.clone(),
         owner: f.owner.clone(),
@@ -636,6 +654,7 @@ fn compile_flag(
         success,
         metric_ids,
         policy_version: stable_hash_hex(fingerprint.as_bytes())[..12].to_string(),
+        legacy_policy_version: stable_hash_hex(legacy.as_bytes())[..12].to_string(),
     })
 }
 
@@ -653,4 +672,61 @@ pub fn load(path: &std::path::Path) -> Result<(Config, Policy), ConfigErrors> {
     let config = Config::load(path)?;
     let policy = Policy::compile(&config)?;
     Ok((config, policy))
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn versions(text: &str) -> Vec<(String, String)> {
+        let policy = Policy::compile(&Config::parse(text).unwrap()).unwrap();
+        policy
+            .flags
+            .iter()
+            .map(|f| (f.policy_version.clone(), f.legacy_policy_version.clone()))
+            .collect()
+    }
+
+    const EXAMPLE: &str = include_str!("../config/guardrail.toml");
+
+    #[test]
+    fn prose_edits_keep_the_version_and_decisive_edits_change_it() {
+        let base = versions(EXAMPLE);
+        // Owner and descriptions (of the flag and of its metrics) are prose.
+        let prose = EXAMPLE
+            .replace(
+                "owner = \"payments-squad\"",
+                "owner = \"checkout-squad\"\ndescription = \"a typo fixed\"",
+            )
+            .replace(
+                "name = \"checkout_error_rate\"   # checkout errors per started checkout",
+                "name = \"checkout_error_rate\"\ndescription = \"errors per started checkout\"",
+            );
+        assert_ne!(prose, EXAMPLE, "the edits applied");
+        let edited = versions(&prose);
+        assert_eq!(
+            edited[0].0, base[0].0,
+            "owner/description edits keep the version"
+        );
+        assert_ne!(edited[0].1, base[0].1, "the pre-0.2 version hashed them");
+        // A threshold decides.
+        let stricter = EXAMPLE.replace(
+            "max_relative_increase = 0.10 # vs control",
+            "max_relative_increase = 0.05 # vs control",
+        );
+        assert_ne!(stricter, EXAMPLE);
+        assert_ne!(versions(&stricter)[0].0, base[0].0);
+        // The other flag is untouched by either edit.
+        assert_eq!(versions(&stricter)[1], base[1]);
+    }
+
+    /// The pre-0.2 versions of the example policy, as `guardrail check` printed them
+    /// before this change: state published under them is still restored.
+    #[test]
+    fn legacy_versions_are_the_ones_earlier_builds_published() {
+        let v = versions(EXAMPLE);
+        assert_eq!(v[0].1, "dd646e63266a");
+        assert_eq!(v[1].1, "d5f73581b4b1");
+    }
 }

@@ -122,13 +122,17 @@ struct Running {
 }
 
 async fn start_engine(env: &Env) -> Running {
-    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
+    start_engine_with(env, env.policy.clone()).await
+}
+
+async fn start_engine_with(env: &Env, policy: Arc<Policy>) -> Running {
+    let served = guardrail::http::start("127.0.0.1:0", &policy)
         .await
         .expect("binding HTTP");
     let engine = guardrail::app::spawn_engine(
         &served,
         env.config.clone(),
-        env.policy.clone(),
+        policy,
         Duration::from_secs(10),
         None,
     );
@@ -158,6 +162,16 @@ impl Running {
             .filter(|f| f.name() == name)
             .flat_map(|f| f.get_metric().iter().map(|m| m.get_gauge().get_value()))
             .sum::<f64>() as i64
+    }
+
+    /// Waits until the engine restored its state and got its partitions.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.gauge("guardrail_ready") < 1 {
+            assert!(!self.engine.is_finished(), "the engine stopped early");
+            assert!(Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until the engine closed at least `n` windows.
@@ -1036,5 +1050,90 @@ async fn kill_9_while_streaming_decides_each_window_once() {
         evaluations.len(),
         t0.elapsed().as_secs_f64()
     );
+    drop(env);
+}
+
+/// 7: policy edits across restarts. Editing the flag's owner and description keeps
+/// every cohort's state (the paused mobile-web cohort stays paused); tightening a
+/// guardrail starts the flag's cohorts afresh, and `/api/flags/{key}` says which and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_edits_keep_or_reset_state_as_documented() {
+    let env = env();
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    produce(&env, &producer, &mut sim, WINDOWS).await;
+    let a = start_engine(&env).await;
+    a.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(60))
+        .await;
+    a.stop().await;
+    assert!(read_commands(&env).iter().any(is_mobile_web_pause));
+
+    let edited = |from: &str, to: &str| {
+        let text = guardrail::demo::EXAMPLE_CONFIG.replace(from, to);
+        assert_ne!(
+            text,
+            guardrail::demo::EXAMPLE_CONFIG,
+            "{from:?} is in the example"
+        );
+        let (config, _) = guardrail::demo::demo_config(None, &env.brokers, "127.0.0.1:0").unwrap();
+        let mut config = Config {
+            flags: Config::parse(&text).unwrap().flags,
+            ..config
+        };
+        config.window.idle_timeout = "2s".into();
+        Arc::new(Policy::compile(&config).unwrap())
+    };
+    let api = |body: &str| -> serde_json::Value { serde_json::from_str(body).unwrap() };
+
+    // Prose only: the state comes back.
+    let prose = edited(
+        "owner = \"payments-squad\"",
+        "owner = \"checkout-squad\"\ndescription = \"typo fixed\"",
+    );
+    assert_eq!(
+        prose.flags[0].policy_version,
+        env.policy.flags[0].policy_version
+    );
+    let b = start_engine_with(&env, prose).await;
+    b.wait_ready().await;
+    let (status, body) = http_get(b.addr, &format!("/api/flags/{FLAG}")).await;
+    assert_eq!(status, 200);
+    let view = api(&body);
+    assert_eq!(view["cohorts"][COHORT]["state"], "paused", "{body}");
+    assert_eq!(view["state_resets"].as_array().unwrap().len(), 0, "{body}");
+    b.stop().await;
+
+    // A decisive edit: the flag's cohorts start afresh, and the API says why.
+    let stricter = edited(
+        "max_relative_increase = 0.10 # vs control",
+        "max_relative_increase = 0.05 # vs control",
+    );
+    let c = start_engine_with(&env, stricter.clone()).await;
+    c.wait_ready().await;
+    let (_, body) = http_get(c.addr, &format!("/api/flags/{FLAG}")).await;
+    let view = api(&body);
+    let resets = view["state_resets"].as_array().unwrap();
+    let mobile = resets
+        .iter()
+        .find(|r| r["cohort"] == COHORT)
+        .unwrap_or_else(|| panic!("{COHORT} reset: {body}"));
+    assert_eq!(mobile["previous_state"], "paused");
+    assert_eq!(
+        mobile["from_version"],
+        env.policy.flags[0].policy_version.as_str()
+    );
+    assert_eq!(
+        mobile["to_version"],
+        stricter.flags[0].policy_version.as_str()
+    );
+    assert!(mobile["reason"].as_str().unwrap().contains("policy"));
+    assert!(
+        view["cohorts"].get(COHORT).is_none(),
+        "not restored: {body}"
+    );
+    // The other flag kept its state.
+    let (_, other) = http_get(c.addr, "/api/flags/search-ranking-v2").await;
+    assert_eq!(api(&other)["state_resets"].as_array().unwrap().len(), 0);
+    c.stop().await;
     drop(env);
 }

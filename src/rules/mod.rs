@@ -191,18 +191,23 @@ impl Rules {
     }
 
     /// Rebuilds state from a published evaluation (restart recovery); the newest wins.
-    pub fn restore(&mut self, eval: &WindowEvaluation) {
+    pub fn restore(&mut self, eval: &WindowEvaluation) -> Restore {
         let Some(fi) = self
             .policy
             .flags
             .iter()
             .position(|f| f.key == eval.flag_key)
         else {
-            return;
+            return Restore::UnknownFlag;
         };
         let flag = &self.policy.flags[fi];
-        if eval.policy_version.as_deref() != Some(flag.policy_version.as_str()) {
-            return; // The policy changed since: start the new policy from scratch.
+        let version = eval.policy_version.as_deref().unwrap_or_default();
+        if version != flag.policy_version && version != flag.legacy_policy_version {
+            // What decides changed since: the new policy starts this cohort afresh.
+            return Restore::PolicyChanged {
+                from: version.to_string(),
+                to: flag.policy_version.clone(),
+            };
         }
         let mut state = CohortState::new(&self.policy, flag);
         state.percent = eval.rollout_percent.unwrap_or(flag.start_percent);
@@ -260,6 +265,7 @@ impl Rules {
             }
         }
         self.states[fi].insert(eval.cohort.clone(), state);
+        Restore::Restored
     }
 
     pub fn state(&self, flag: usize, cohort: &str) -> Option<&CohortState> {
@@ -556,6 +562,20 @@ fn judge_cohort(
 }
 
 /// A window evaluation with the command it produced, if any.
+/// What [`Rules::restore`] did with a published evaluation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    Restored,
+    /// The flag is no longer in the policy.
+    UnknownFlag,
+    /// The flag's decisive policy changed (thresholds, ramp, metrics...): its state
+    /// starts afresh under version `to`.
+    PolicyChanged {
+        from: String,
+        to: String,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Judged {
     pub evaluation: WindowEvaluation,

@@ -668,11 +668,25 @@ fn restore_ignores_other_policies_and_unknown_flags() {
     assert_eq!(eval.state.as_deref(), Some("paused"));
     eval.policy_version = Some("something-else".into());
     let mut fresh = Rules::new(policy.clone());
-    fresh.restore(&eval);
+    assert_eq!(
+        fresh.restore(&eval),
+        Restore::PolicyChanged {
+            from: "something-else".into(),
+            to: policy.flags[0].policy_version.clone()
+        }
+    );
     assert!(fresh.state(0, "*").is_none());
+    // State published under the pre-0.2 version of the same policy is restored.
+    eval.policy_version = Some(policy.flags[0].legacy_policy_version.clone());
+    assert_eq!(fresh.restore(&eval), Restore::Restored);
+    assert_eq!(
+        fresh.state(0, &eval.cohort).map(|s| s.status),
+        Some(CohortStatus::Paused)
+    );
+    let mut fresh = Rules::new(policy.clone());
     eval.policy_version = judged[1].evaluation.policy_version.clone();
     eval.flag_key = "no-such-flag".into();
-    fresh.restore(&eval);
+    assert_eq!(fresh.restore(&eval), Restore::UnknownFlag);
     assert_eq!(fresh.states().count(), 0);
 }
 
