@@ -252,6 +252,17 @@ mod tests {
         }
     }
 
+    /// An event from a clock before 1970 gives a window with a negative start: the
+    /// report still renders (it panicked in humantime's formatter).
+    #[test]
+    fn renders_windows_before_1970() {
+        let mut r = Report::default();
+        r.add(&eval(-2, 0.01, None), None);
+        r.add(&eval(-1, 0.02, None), None);
+        let html = r.render("t");
+        assert!(html.contains("1969-12-31T23:"), "{html}");
+    }
+
     #[test]
     fn renders_a_plot_per_metric_with_decisions_and_escapes_names() {
         let mut r = Report::default();
