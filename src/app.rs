@@ -47,6 +47,10 @@ const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Under load, the shortest time between two ticks run after batches.
 const BATCH_TICK: Duration = Duration::from_millis(5);
+/// DLQ values above this are truncated to [`DLQ_KEPT_BYTES`] (librdkafka's and most
+/// brokers' default `message.max.bytes` is 1,000,000 for the whole record).
+const DLQ_MAX_VALUE_BYTES: usize = 512 * 1024;
+const DLQ_KEPT_BYTES: usize = 64 * 1024;
 /// Timeout of each transaction call (init, send offsets, commit, abort).
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -438,6 +442,19 @@ impl Shell {
                     key: "guardrail.detail",
                     value: Some(&detail),
                 });
+            // A value larger than a broker accepts would stop the engine at every
+            // restart (a crash loop): the DLQ keeps its head, and the headers say where
+            // the whole record is.
+            let (payload, headers) = if payload.len() > DLQ_MAX_VALUE_BYTES {
+                let size = payload.len().to_string();
+                let headers = headers.insert(Header {
+                    key: "guardrail.truncated_from",
+                    value: Some(&size),
+                });
+                (&payload[..DLQ_KEPT_BYTES], headers)
+            } else {
+                (payload, headers)
+            };
             let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.config.topics.dlq)
                 .payload(payload)
                 .headers(headers);

@@ -34,15 +34,17 @@ pub enum Reason {
     Late,
     Future,
     TooManyCohorts,
+    TooLong,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::Decode,
         Reason::Schema,
         Reason::Late,
         Reason::Future,
         Reason::TooManyCohorts,
+        Reason::TooLong,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +54,7 @@ impl Reason {
             Reason::Late => "late",
             Reason::Future => "future",
             Reason::TooManyCohorts => "too_many_cohorts",
+            Reason::TooLong => "too_long",
         }
     }
 }
@@ -72,7 +75,7 @@ pub struct Counters {
     /// [source][status] per `STATUSES`.
     pub events: [[u64; 6]; 3],
     /// per `Reason::ALL`.
-    pub dlq: [u64; 5],
+    pub dlq: [u64; 6],
     pub windows_closed: u64,
     /// Records accepted through the pre-0.2 (apache-avro form) fingerprint, per source.
     pub legacy_fingerprint: [u64; 3],
@@ -292,6 +295,40 @@ fn rejected(counters: &mut Counters, source: Source, e: &DecodeError, detail: St
     Ingested::Rejected { reason, detail }
 }
 
+/// The longest value (bytes) of a cohort attribute (one named in some flag's
+/// `cohort_by`), and of the variant of a flag in the policy: these become
+/// cohort names and metric labels inside every output, so a runaway value would make
+/// outputs larger than the broker accepts. Longer values go to the DLQ (`too_long`).
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// Why an event's cohort attribute or flag assignment is too long, if it is.
+#[cold]
+fn too_long(policy: &Policy, ev: &EventRef<'_>) -> Option<String> {
+    for (key, value) in &ev.attributes {
+        if value.len() > MAX_LABEL_BYTES
+            && policy
+                .flags
+                .iter()
+                .any(|f| f.cohort_by.iter().any(|c| c == key))
+        {
+            return Some(format!(
+                "attribute {key:?} is {} bytes, over the {MAX_LABEL_BYTES}-byte limit for cohort attributes",
+                value.len()
+            ));
+        }
+    }
+    for f in &ev.flags {
+        if f.variant.len() > MAX_LABEL_BYTES && policy.flags.iter().any(|p| p.key == f.key) {
+            return Some(format!(
+                "the variant of flag {:?} is {} bytes, over the {MAX_LABEL_BYTES}-byte limit",
+                f.key,
+                f.variant.len()
+            ));
+        }
+    }
+    None
+}
+
 /// Future-skew check, watermark observation and windowing of one decoded event.
 #[allow(clippy::too_many_arguments)] // the disjoint borrows of Engine's fields, spelled out
 fn record(
@@ -305,6 +342,16 @@ fn record(
     now: i64,
 ) -> Ingested {
     let src = p.source.index();
+    let oversized = ev.attributes.iter().any(|(_, v)| v.len() > MAX_LABEL_BYTES)
+        || ev.flags.iter().any(|f| f.variant.len() > MAX_LABEL_BYTES);
+    if oversized && let Some(detail) = too_long(policy, ev) {
+        counters.events[src][2] += 1;
+        counters.dlq[Reason::TooLong as usize] += 1;
+        return Ingested::Rejected {
+            reason: Reason::TooLong,
+            detail,
+        };
+    }
     if ev.timestamp > now.saturating_add(policy.window.max_future_skew_ms) {
         counters.events[src][3] += 1;
         counters.dlq[Reason::Future as usize] += 1;

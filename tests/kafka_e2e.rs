@@ -1137,3 +1137,64 @@ async fn policy_edits_keep_or_reset_state_as_documented() {
     c.stop().await;
     drop(env);
 }
+
+/// 8: a 900 kB cohort attribute (`platform`) goes to the DLQ as `too_long`, its value
+/// truncated with the original size in a header, and the engine goes on; the same size
+/// on an attribute no flag uses is accepted. (Before: the value became a cohort name in
+/// every output, an output larger than the broker accepts stopped the engine, and the
+/// restart re-read it: a crash loop.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_cohort_attribute_is_dead_lettered_not_a_crash_loop() {
+    let env = env();
+    let producer = env.producer();
+    let schemas = SchemaRegistry::shipped().unwrap();
+    let mut sim = env.simulator();
+    let run = start_engine(&env).await;
+    let first = sim.next_window().unwrap();
+    let mut huge = first
+        .iter()
+        .find(|e| e.source == Source::Product)
+        .unwrap()
+        .clone();
+    huge.event_id = "huge-platform".into();
+    for (k, v) in &mut huge.attributes {
+        if k == "platform" {
+            *v = "x".repeat(900_000);
+        }
+    }
+    let mut unused = huge.clone();
+    unused.event_id = "huge-unused".into();
+    unused.attributes = vec![
+        ("platform".into(), "ios".into()),
+        ("note".into(), "y".repeat(900_000)),
+    ];
+    produce_events(&env, &producer, &schemas, &first).await;
+    produce_events(&env, &producer, &schemas, &[huge, unused]).await;
+    produce(&env, &producer, &mut sim, WINDOWS - 1).await;
+    run.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(60))
+        .await;
+    assert!(!run.engine.is_finished(), "the engine goes on");
+    let dlq = read_topic(&env.brokers, &env.config.topics.dlq);
+    assert_eq!(dlq.len(), 1, "only the cohort attribute is refused");
+    let m = &dlq[0];
+    assert_eq!(header(m, "guardrail.reason"), Some("too_long"));
+    assert!(
+        header(m, "guardrail.detail")
+            .unwrap()
+            .contains("attribute \"platform\" is 900000 bytes"),
+        "{:?}",
+        header(m, "guardrail.detail")
+    );
+    let original: usize = header(m, "guardrail.truncated_from")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(original > 900_000);
+    assert_eq!(m.payload().unwrap().len(), 64 * 1024);
+    assert_eq!(run.counter("guardrail_dlq_total"), 1);
+    let evaluations = read_evaluations(&env);
+    assert!(evaluations.iter().all(|e| e.cohort.len() < 300));
+    assert!(read_commands(&env).iter().any(is_mobile_web_pause));
+    run.stop().await;
+    drop(env);
+}
