@@ -47,6 +47,8 @@ const TICK_INTERVAL: Duration = Duration::from_millis(50);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Under load, the shortest time between two ticks run after batches.
 const BATCH_TICK: Duration = Duration::from_millis(5);
+/// DLQ deliveries awaited at the latest when this many are in flight.
+const MAX_PENDING_DLQ: usize = 10_000;
 /// DLQ values above this are truncated to [`DLQ_KEPT_BYTES`] (librdkafka's and most
 /// brokers' default `message.max.bytes` is 1,000,000 for the whole record).
 const DLQ_MAX_VALUE_BYTES: usize = 512 * 1024;
@@ -237,6 +239,7 @@ pub async fn run_engine(
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
     let mut last_tick = Instant::now();
+    let mut last_commit = Instant::now();
     let result = async {
         loop {
             tokio::select! {
@@ -262,12 +265,21 @@ pub async fn run_engine(
                         shell.tick().await?;
                         last_tick = Instant::now();
                     }
+                    // Likewise commits: during catch-up batches are always ready and the
+                    // (lower-priority) commit tick would never be reached.
+                    if last_commit.elapsed() >= COMMIT_INTERVAL {
+                        shell.commit(CommitMode::Async).await?;
+                        last_commit = Instant::now();
+                    }
                 }
                 _ = tick.tick() => {
                     shell.tick().await?;
                     last_tick = Instant::now();
                 }
-                _ = commit.tick() => shell.commit(CommitMode::Async).await?,
+                _ = commit.tick() => {
+                    shell.commit(CommitMode::Async).await?;
+                    last_commit = Instant::now();
+                }
                 // A failed publication stops the engine before anything more is committed.
                 // Under exactly-once, a window close's outputs become visible when their
                 // transaction commits: commit as soon as they are delivered.
@@ -465,6 +477,13 @@ impl Shell {
                 .await
                 .context("producing to the DLQ")?;
             self.pending.push(delivery);
+            if self.pending.len() >= MAX_PENDING_DLQ {
+                // Bounded: a stream of bad records waits for the broker here rather
+                // than holding every delivery until the next commit.
+                self.flush_pending()
+                    .await
+                    .context("a DLQ record was not acknowledged")?;
+            }
         }
         Ok(())
     }
@@ -476,7 +495,7 @@ impl Shell {
         if let Some(last) = judged.last_mut() {
             // The close's read positions travel with its last evaluation (restore).
             last.evaluation.input_positions = self.positions();
-            self.publisher.submit(judged, Instant::now())?;
+            self.publisher.submit(judged, Instant::now()).await?;
         }
         self.metrics.publish_counters(self.engine.counters());
         self.metrics

@@ -83,6 +83,9 @@ pub fn producer_config(k: &KafkaConfig) -> ClientConfig {
             ("acks", "all"),
             ("linger.ms", "5"),
             ("compression.type", "lz4"),
+            // librdkafka's default local queue is 1 GiB, twice the pod's memory limit
+            // (deploy/kubernetes): 64 MiB, and sends wait when it is full.
+            ("queue.buffering.max.kbytes", "65536"),
         ],
     )
 }

@@ -25,6 +25,10 @@ use crate::records::FlagCommand;
 use crate::rules::Judged;
 use crate::telemetry::Metrics;
 
+/// Window closes queued for publishing before `submit` waits (backpressure on the
+/// engine loop instead of unbounded memory while the broker is slow or away).
+const QUEUED_BATCHES: usize = 64;
+
 /// How long the producer may retry one output before the engine gives up.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -55,7 +59,7 @@ pub struct Outputs {
 
 /// The engine's handle on the publishing task.
 pub struct Publisher {
-    tx: Option<mpsc::UnboundedSender<Batch>>,
+    tx: Option<mpsc::Sender<Batch>>,
     submitted: u64,
     progress: watch::Receiver<Progress>,
     task: Option<JoinHandle<()>>,
@@ -64,7 +68,7 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn start(outputs: Outputs, encoder: Encoder) -> Publisher {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
         let (progress_tx, progress) = watch::channel(Progress::default());
         let task = tokio::spawn(publish_loop(outputs, rx, progress_tx));
         Publisher {
@@ -76,8 +80,9 @@ impl Publisher {
         }
     }
 
-    /// Encodes and queues one window close's decisions; returns at once.
-    pub fn submit(&mut self, judged: Vec<Judged>, closed_at: Instant) -> anyhow::Result<()> {
+    /// Encodes and queues one window close's decisions; waits only while
+    /// [`QUEUED_BATCHES`] closes are already queued.
+    pub async fn submit(&mut self, judged: Vec<Judged>, closed_at: Instant) -> anyhow::Result<()> {
         let commands = judged
             .iter()
             .filter_map(|j| j.command.as_ref())
@@ -96,10 +101,13 @@ impl Publisher {
             evaluations,
             closed_at,
         };
-        self.tx
-            .as_ref()
-            .and_then(|tx| tx.send(batch).ok())
-            .ok_or_else(|| anyhow::anyhow!("the publisher stopped: {}", self.failure()))?;
+        let sent = match &self.tx {
+            Some(tx) => tx.send(batch).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            anyhow::bail!("the publisher stopped: {}", self.failure());
+        }
         self.submitted += 1;
         Ok(())
     }
@@ -167,7 +175,7 @@ impl Publisher {
 
 async fn publish_loop(
     out: Outputs,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
+    mut rx: mpsc::Receiver<Batch>,
     progress: watch::Sender<Progress>,
 ) {
     while let Some(batch) = rx.recv().await {
