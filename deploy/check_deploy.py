@@ -58,6 +58,8 @@ EXPORTED: dict[str, set[str]] = {
     "guardrail_ready": set(),
     "guardrail_consumer_lag_messages": {"topic", "partition"},
     "guardrail_partitions_assigned": set(),
+    "guardrail_watermark_clamped_total": set(),
+    "guardrail_watermark_excluded_partitions": set(),
 }
 HISTOGRAMS = {"guardrail_decision_latency_seconds"}
 # Labels Prometheus attaches to every scraped series (static config or the

@@ -503,6 +503,9 @@ impl Shell {
         self.metrics
             .active_cells
             .set(self.engine.windows().active_cells() as i64);
+        self.metrics
+            .watermark_excluded
+            .set(self.engine.excluded_partitions() as i64);
         let wm = self.engine.watermark();
         if wm > i64::MIN {
             self.metrics.watermark_lag.set((now - wm) as f64 / 1000.0);

@@ -148,6 +148,9 @@ pub struct WindowConfig {
     pub allowed_lateness: String,
     pub idle_timeout: String,
     pub max_future_skew: String,
+    /// A partition whose event time trails the most advanced one by more than this,
+    /// and does not catch up, stops holding the watermark back (SPEC §3).
+    pub max_partition_delay: String,
     /// Cohorts per flag beyond the cap are aggregated under cohort `other`.
     pub max_cohorts_per_flag: usize,
 }
@@ -159,6 +162,7 @@ impl Default for WindowConfig {
             allowed_lateness: "2m".into(),
             idle_timeout: "30s".into(),
             max_future_skew: "5m".into(),
+            max_partition_delay: "15m".into(),
             max_cohorts_per_flag: 64,
         }
     }
@@ -479,6 +483,30 @@ mod tests {
     fn unknown_section_is_refused() {
         let errs = Config::parse("[kafak]\nbrokers = \"x\"").unwrap_err().0;
         assert_eq!(errs[0].path, "kafak");
+    }
+
+    #[test]
+    fn max_partition_delay_is_validated() {
+        let compile = |window: &str| {
+            let config = Config::parse(&format!("[window]\n{window}")).map_err(|e| e.0)?;
+            crate::policy::Policy::compile(&config).map_err(|e| e.0)
+        };
+        let ok = compile("max_partition_delay = \"20m\"").unwrap();
+        assert_eq!(ok.window.max_partition_delay_ms, 20 * 60_000);
+        let default = compile("").unwrap();
+        assert_eq!(default.window.max_partition_delay_ms, 15 * 60_000);
+        for (text, message) in [
+            ("max_partition_delay = \"0s\"", "must be longer than 0"),
+            ("max_partition_delay = \"soon\"", "invalid duration"),
+        ] {
+            let errs = compile(text).unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].path, "window.max_partition_delay");
+            assert!(errs[0].message.contains(message), "{}", errs[0]);
+        }
+        // Unknown keys are still refused.
+        let errs = compile("max_partition_dealy = \"15m\"").unwrap_err();
+        assert_eq!(errs[0].path, "window.max_partition_dealy");
     }
 
     #[test]

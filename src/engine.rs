@@ -81,6 +81,8 @@ pub struct Counters {
     pub legacy_fingerprint: [u64; 3],
     /// Records dead-lettered for an unknown writer-schema fingerprint, per source.
     pub unknown_fingerprint: [u64; 3],
+    /// Watermark advances held back by the wall clock (an event time ahead of it).
+    pub watermark_clamped: u64,
 }
 
 /// How many distinct unknown fingerprints get a WARN line of their own; past that they
@@ -100,16 +102,19 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `idle_timeout`: whether partitions go idle by wall time (off for replay, which
-    /// merges its inputs in event-time order).
-    pub fn new(policy: Arc<Policy>, idle_timeout: bool) -> Result<Engine, String> {
+    /// `live`: whether the watermark's wall-time rules apply — partitions going idle
+    /// (`idle_timeout`) and stuck partitions released (`max_partition_delay`). Off for
+    /// replay, which merges its inputs in event-time order under one fixed `now`. The
+    /// clamp of the watermark to the wall clock applies either way.
+    pub fn new(policy: Arc<Policy>, live: bool) -> Result<Engine, String> {
         let w = policy.window;
         Ok(Engine {
             registry: SchemaRegistry::shipped()?,
             windows: Windows::new(policy.clone()),
             watermark: Watermark::new(
                 w.allowed_lateness_ms,
-                idle_timeout.then_some(w.idle_timeout_ms),
+                live.then_some(w.idle_timeout_ms),
+                live.then_some(w.max_partition_delay_ms),
             ),
             rules: Rules::new(policy.clone()),
             counters: Counters::default(),
@@ -190,6 +195,7 @@ impl Engine {
     pub fn tick(&mut self, now: i64) -> Vec<Judged> {
         self.counters.legacy_fingerprint = self.registry.legacy_records();
         let wm = self.watermark.advance(now);
+        self.counters.watermark_clamped = self.watermark.clamped();
         let closed = self.windows.close_until(wm);
         self.decide(closed, now)
     }
@@ -220,6 +226,11 @@ impl Engine {
 
     pub fn watermark(&self) -> i64 {
         self.watermark.current()
+    }
+
+    /// Input partitions the watermark currently leaves out as stuck (SPEC §3).
+    pub fn excluded_partitions(&self) -> usize {
+        self.watermark.excluded_partitions()
     }
 
     pub fn windows(&self) -> &Windows {
@@ -385,5 +396,160 @@ fn record(
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smallvec::smallvec;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::model::{Body, FlagRef, Outcome};
+
+    const MIN: i64 = 60_000;
+    const SIZE: i64 = 15 * MIN;
+
+    /// Default window settings: 15m windows, lateness 2m, idle 30s, future skew 5m,
+    /// max partition delay 15m.
+    const CONFIG: &str = r#"
+[[metrics]]
+name = "err"
+type = "rate"
+numerator   = { source = "errors",  match = { service = "checkout" } }
+denominator = { source = "product", match = { journey = "checkout", outcome = "STARTED" } }
+
+[[flags]]
+key = "g"
+owner = "o"
+treatment = "t"
+control = "c"
+ramp = [50, 100]
+start_percent = 50
+advance_when = "healthy"
+  [[flags.guardrails]]
+  metric = "err"
+  max = 0.05
+"#;
+
+    fn engine() -> Engine {
+        let policy = Policy::compile(&Config::parse(CONFIG).unwrap()).unwrap();
+        assert_eq!(policy.window.max_partition_delay_ms, SIZE, "the default");
+        Engine::new(Arc::new(policy), true).unwrap()
+    }
+
+    fn started(t: i64) -> EventRef<'static> {
+        EventRef {
+            event_id: "e",
+            timestamp: t,
+            flags: smallvec![FlagRef {
+                key: "g",
+                variant: "t"
+            }],
+            attributes: smallvec![],
+            user_id: None,
+            body: Body::Product {
+                journey: "checkout",
+                step: None,
+                outcome: Outcome::Started,
+                latency_ms: None,
+                value: None,
+            },
+        }
+    }
+
+    fn part(n: i32) -> PartitionKey {
+        PartitionKey {
+            source: Source::Product,
+            partition: n,
+        }
+    }
+
+    /// One event from a clock 4m50s fast on a quiet system does not close the current
+    /// window early: it closes when the wall clock passes its end + lateness.
+    #[test]
+    fn a_fast_clock_does_not_close_the_window_early() {
+        let mut e = engine();
+        let end = 1_000 * SIZE;
+        let mut now = end - 5 * MIN;
+        assert_eq!(
+            e.ingest_event(part(0), 0, &started(now), now),
+            Ingested::Accepted
+        );
+        e.tick(now);
+        now = end - 2 * MIN - 30_000; // the partition is idle by now
+        let ahead = end + 2 * MIN + 20_000;
+        assert_eq!(
+            e.ingest_event(part(0), 1, &started(ahead), now),
+            Ingested::Accepted
+        );
+        // Before the clamp: watermark = ahead - 2m = end + 20s, closing [end - 15m, end).
+        assert!(e.tick(now).is_empty());
+        assert_eq!(e.watermark(), now - 2 * MIN);
+        assert_eq!(e.counters().windows_closed, 0);
+        assert!(e.counters().watermark_clamped >= 1);
+        while now + 1_000 < end + 2 * MIN {
+            now += 1_000;
+            assert!(e.tick(now).is_empty());
+            assert_eq!(e.counters().windows_closed, 0, "closed at {}", now - end);
+        }
+        // The wall clock passes the window's end + lateness: it closes.
+        now += 1_000;
+        assert!(!e.tick(now).is_empty(), "flag g is evaluated");
+        assert_eq!(e.counters().windows_closed, 1);
+        assert_eq!(e.watermark(), end);
+        // The clamp bites as long as the wall clock is behind that one event.
+        let clamped = e.counters().watermark_clamped;
+        e.tick(now + 1_000);
+        assert_eq!(e.counters().watermark_clamped, clamped + 1);
+        e.tick(ahead + 1_000);
+        assert_eq!(
+            e.counters().watermark_clamped,
+            clamped + 1,
+            "the clock caught up"
+        );
+    }
+
+    /// Partition 1's producer clock is an hour slow; partition 0 is on time. Windows keep
+    /// closing once partition 1 is excluded, and its records for them are late.
+    #[test]
+    fn a_stuck_partition_stops_holding_window_closes() {
+        let mut e = engine();
+        let t0 = 1_000 * SIZE + MIN;
+        let mut now = t0;
+        let mut offset = 0;
+        let mut late = 0;
+        let mut excluded_at = None;
+        while now < t0 + 3 * SIZE {
+            assert_eq!(
+                e.ingest_event(part(0), offset, &started(now), now),
+                Ingested::Accepted
+            );
+            match e.ingest_event(part(1), offset, &started(now - 60 * MIN), now) {
+                Ingested::Accepted => {}
+                Ingested::Rejected {
+                    reason: Reason::Late,
+                    ..
+                } => late += 1,
+                other => panic!("{other:?}"),
+            }
+            offset += 1;
+            e.tick(now);
+            if excluded_at.is_none() {
+                if e.excluded_partitions() == 1 {
+                    excluded_at = Some(now);
+                } else {
+                    assert_eq!(e.watermark(), now - 62 * MIN, "held by partition 1");
+                }
+            }
+            now += 10_000;
+        }
+        assert_eq!(excluded_at, Some(t0 + SIZE));
+        assert_eq!(e.excluded_partitions(), 1);
+        // The watermark follows partition 0: the window before the current one closed.
+        assert_eq!(e.watermark(), now - 10_000 - 2 * MIN);
+        assert_eq!(e.windows().closed_before(), 1_000 * SIZE + 2 * SIZE);
+        assert!(late > 0);
+        assert_eq!(e.counters().dlq[Reason::Late as usize], late);
     }
 }

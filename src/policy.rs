@@ -141,6 +141,7 @@ pub struct WindowSettings {
     pub allowed_lateness_ms: i64,
     pub idle_timeout_ms: i64,
     pub max_future_skew_ms: i64,
+    pub max_partition_delay_ms: i64,
     pub max_cohorts_per_flag: usize,
 }
 
@@ -187,6 +188,9 @@ fn numeric_fields(source: Source) -> &'static str {
     }
 }
 
+/// Durations that must be longer than 0.
+const MUST_BE_POSITIVE: [&str; 2] = ["window.size", "window.max_partition_delay"];
+
 /// Collects errors while compiling; `err` records one and returns `None`.
 struct Checker {
     errors: Vec<ConfigError>,
@@ -203,7 +207,7 @@ impl Checker {
 
     fn duration(&mut self, path: &str, text: &str) -> i64 {
         match parse_duration(text) {
-            Ok(d) if d.as_millis() > 0 || path != "window.size" => d.as_millis() as i64,
+            Ok(d) if d.as_millis() > 0 || !MUST_BE_POSITIVE.contains(&path) => d.as_millis() as i64,
             Ok(_) => self.err(path, "must be longer than 0").unwrap_or(0),
             Err(e) => self.err(path, e).unwrap_or(0),
         }
@@ -379,6 +383,8 @@ impl Policy {
             allowed_lateness_ms: c.duration("window.allowed_lateness", &w.allowed_lateness),
             idle_timeout_ms: c.duration("window.idle_timeout", &w.idle_timeout),
             max_future_skew_ms: c.duration("window.max_future_skew", &w.max_future_skew),
+            max_partition_delay_ms: c
+                .duration("window.max_partition_delay", &w.max_partition_delay),
             max_cohorts_per_flag: w.max_cohorts_per_flag,
         };
         if w.max_cohorts_per_flag == 0 {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub cohort_overflow: IntCounter,
     pub legacy_fingerprint: IntCounterVec,
     pub unknown_fingerprint: IntCounterVec,
+    pub watermark_clamped: IntCounter,
+    pub watermark_excluded: IntGauge,
     published: Counters,
     published_overflow: u64,
     /// Every metric family name registered (dashboards and alerts are checked against it).
@@ -96,6 +98,14 @@ impl Metrics {
                 Opts::new("guardrail_unknown_fingerprint_total", "Input records dead-lettered for an unknown writer-schema fingerprint, by source"),
                 &["source"]
             )),
+            watermark_clamped: reg!(IntCounter::new(
+                "guardrail_watermark_clamped_total",
+                "Watermark advances (ticks) held back by the wall clock because an input event time was ahead of it"
+            )),
+            watermark_excluded: reg!(IntGauge::new(
+                "guardrail_watermark_excluded_partitions",
+                "Input partitions not holding the watermark back because their event time trails by more than window.max_partition_delay without catching up"
+            )),
             published: Counters::default(),
             published_overflow: 0,
             names: Vec::new(),
@@ -136,6 +146,8 @@ impl Metrics {
         }
         self.windows_closed
             .inc_by(c.windows_closed - self.published.windows_closed);
+        self.watermark_clamped
+            .inc_by(c.watermark_clamped - self.published.watermark_clamped);
         for s in Source::ALL {
             let i = s.index();
             let legacy = c.legacy_fingerprint[i] - self.published.legacy_fingerprint[i];
