@@ -253,8 +253,15 @@ pub async fn run_engine(
                     }
                     shell.tick().await?;
                     shell.publisher.settle().await?;
-                    shell.commit(CommitMode::Sync).await?;
+                    let committed = shell.commit(CommitMode::Sync).await;
                     let _ = done.send(());
+                    match committed {
+                        // An aborted transaction discarded outputs: stop (SPEC §6).
+                        Err(e) if shell.eos => return Err(e),
+                        // The next owner re-reads from the previous commit.
+                        Err(e) => tracing::warn!(error = %e, "commit before the revoke failed"),
+                        Ok(()) => {}
+                    }
                 }
                 polled = rx.recv() => {
                     let polled = polled.context("the poller thread stopped")?;
@@ -312,13 +319,20 @@ pub async fn run_engine(
         shell.commit(CommitMode::Sync).await?;
         anyhow::Ok(())
     };
-    match tokio::time::timeout(grace, drain).await {
-        Ok(r) => r?,
-        Err(_) => tracing::warn!(?grace, "drain did not finish within the grace period"),
-    }
+    let drained = tokio::time::timeout(grace, drain).await;
     // Settled by the drain unless it timed out: do not outlast the grace period by more.
     shell.publisher.close(Duration::from_millis(100)).await;
     shell.shared.ready.store(false, Ordering::Relaxed);
+    match drained {
+        Ok(r) => r?,
+        // Exit non-zero: what was processed after the last commit (outputs, offsets)
+        // is not committed; the next start re-reads it from the committed offsets.
+        Err(_) => anyhow::bail!(
+            "the drain did not finish within the grace period ({grace:?}; is the broker \
+             reachable?): nothing after the last commit was committed, the next start \
+             re-reads it"
+        ),
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -564,7 +578,7 @@ impl Shell {
             self.pending_commit.replace(fresh).map(|(_, tpl)| tpl)
         };
         if let Some(tpl) = ready {
-            self.commit_offsets(&tpl, mode);
+            self.commit_offsets(&tpl, mode)?;
         }
         Ok(())
     }
@@ -615,12 +629,18 @@ impl Shell {
         Ok(())
     }
 
-    fn commit_offsets(&self, tpl: &TopicPartitionList, mode: CommitMode) {
+    /// A failed periodic (async) commit is retried at the next tick; a failed final
+    /// (sync) one is an error: the process must not exit 0 with work uncommitted.
+    fn commit_offsets(&self, tpl: &TopicPartitionList, mode: CommitMode) -> anyhow::Result<()> {
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(tpl, mode)
         {
+            if matches!(mode, CommitMode::Sync) {
+                return Err(e).context("the final offset commit failed");
+            }
             tracing::warn!(error = %e, "offset commit failed; will retry");
         }
+        Ok(())
     }
 
     /// The offsets to commit now (with how far each partition was read as metadata),

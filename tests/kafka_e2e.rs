@@ -1198,3 +1198,94 @@ async fn a_huge_cohort_attribute_is_dead_lettered_not_a_crash_loop() {
     run.stop().await;
     drop(env);
 }
+
+/// 9: the broker is down for 30 s in the middle of the stream: the engine keeps its
+/// state, resumes when the broker is back, and loses and repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_second_broker_outage_loses_and_repeats_nothing() {
+    let t0 = Instant::now();
+    let env = env();
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    let half = WINDOWS / 2;
+    produce(&env, &producer, &mut sim, half).await;
+    let run = start_engine(&env).await;
+    run.wait_closed(u64::from(half - 1), Duration::from_secs(60))
+        .await;
+    let cluster = env.cluster.as_ref().unwrap();
+    cluster.broker_down(1).expect("broker down");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!run.engine.is_finished(), "the engine outlives the outage");
+    cluster.broker_up(1).expect("broker up");
+    println!("outage over at {:.1}s", t0.elapsed().as_secs_f64());
+    produce(&env, &producer, &mut sim, WINDOWS).await;
+    run.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(90))
+        .await;
+    let evaluations = read_evaluations(&env);
+    assert_each_window_once(&env, &evaluations, WINDOWS - 1);
+    assert_commands_unique(&read_commands(&env));
+    assert!(read_topic(&env.brokers, &env.config.topics.dlq).is_empty());
+    run.stop().await;
+    println!("total {:.1}s", t0.elapsed().as_secs_f64());
+    drop(env);
+}
+
+/// 10: SIGTERM while the broker is away: the process exits within `--grace`, with a
+/// non-zero status (what it processed since its last commit is not committed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_outage_exits_within_the_grace_period() {
+    let env = env();
+    let dir = tempfile::tempdir().unwrap();
+    let config = child_config(&env, dir.path());
+    let log = dir.path().join("guardrail.log");
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    produce(&env, &producer, &mut sim, WINDOWS).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_guardrail"))
+        .args(["run", "--config", config.to_str().unwrap(), "--grace", "5"])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Working: it evaluated windows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_evaluations(&env).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the child never evaluated a window"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    env.cluster.as_ref().unwrap().broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            panic!(
+                "still running 15 s after SIGTERM with --grace 5:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took = t.elapsed();
+    env.cluster.as_ref().unwrap().broker_up(1).unwrap();
+    println!("exited {status} after {took:?}");
+    assert!(
+        took < Duration::from_secs(9),
+        "within --grace 5 (+ start of the drain): {took:?}"
+    );
+    assert!(
+        !status.success(),
+        "non-zero: its last work was not committed ({status})"
+    );
+    drop(env);
+}
