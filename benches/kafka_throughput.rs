@@ -146,7 +146,7 @@ fn main() {
         for (topic, parts) in [&t.product_events, &t.error_events, &t.support_signals].into_iter().zip(PARTITIONS) {
             cluster.create_topic(topic, parts, 1).expect("topic");
         }
-        for topic in [&t.flag_commands, &t.evaluations, &t.dlq] {
+        for topic in [&t.flag_commands, &t.evaluations, &t.dlq, &t.state] {
             cluster.create_topic(topic, 1, 1).expect("topic");
         }
         let k = config.kafka.clone().expect("kafka");
@@ -177,7 +177,8 @@ fn main() {
             config.kafka.as_mut().expect("kafka").group_id = format!("bench-engine-{round}");
             config.topics.flag_commands = format!("bench-commands-{round}");
             config.topics.evaluations = format!("bench-evaluations-{round}");
-            for topic in [&config.topics.flag_commands, &config.topics.evaluations] {
+            config.topics.state = format!("bench-state-{round}");
+            for topic in [&config.topics.flag_commands, &config.topics.evaluations, &config.topics.state] {
                 cluster.create_topic(topic, 1, 1).expect("topic");
             }
             let (rate, cores, registry) = engine_round(config, policy.clone(), total).await;

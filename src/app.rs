@@ -162,9 +162,8 @@ pub async fn run_engine(
             .context("beginning a transaction")?;
     }
     let mut engine = Engine::new(policy.clone(), true).map_err(anyhow::Error::msg)?;
-    let restored =
-        tokio::task::block_in_place(|| kafka::restore(&k, &config.topics.evaluations, &mut engine))
-            .context("restoring state")?;
+    let restored = tokio::task::block_in_place(|| kafka::restore(&k, &config.topics, &mut engine))
+        .context("restoring state")?;
     for e in &restored.evaluations {
         shared.record(e, None);
         metrics.evaluation(e);
@@ -208,6 +207,7 @@ pub async fn run_engine(
                 producer: producer.clone(),
                 commands_topic: t.flag_commands.clone(),
                 evaluations_topic: t.evaluations.clone(),
+                state_topic: t.state.clone(),
                 metrics: metrics.clone(),
                 shared: shared.clone(),
                 sink,

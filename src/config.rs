@@ -107,6 +107,8 @@ pub struct Topics {
     pub flag_commands: String,
     pub evaluations: String,
     pub dlq: String,
+    /// Decision state, compacted: the newest `WindowEvaluation` per (flag, cohort).
+    pub state: String,
 }
 
 impl Topics {
@@ -137,6 +139,7 @@ impl Default for Topics {
             flag_commands: "flag-commands".into(),
             evaluations: "guardrail-evaluations".into(),
             dlq: "guardrail-dlq".into(),
+            state: "guardrail-state".into(),
         }
     }
 }

@@ -82,7 +82,7 @@ async fn demo(
             .create_topic(topic, INPUT_PARTITIONS, 1)
             .context("creating topics")?;
     }
-    for topic in [&t.flag_commands, &t.evaluations, &t.dlq] {
+    for topic in [&t.flag_commands, &t.evaluations, &t.dlq, &t.state] {
         cluster
             .create_topic(topic, 1, 1)
             .context("creating topics")?;
@@ -153,7 +153,9 @@ async fn demo(
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && !engine.is_finished() {
         let closed = counter_total(&registry, "guardrail_windows_closed_total") as u64;
-        if closed >= expected {
+        // The malformed record is produced last: wait for it to be dead-lettered too.
+        let dead_lettered = counter_total(&registry, "guardrail_dlq_total") as u64;
+        if closed >= expected && dead_lettered >= 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -472,12 +472,26 @@ pub struct Restored {
 /// How long restore may take to read the evaluations topic to its end.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Reads the evaluations topic to its end and restores, per flag and cohort, the
-/// newest evaluation's streaks, percent and state, and the closed-window frontier.
-/// Returns the evaluations restored (newest per cohort).
-pub fn restore(k: &KafkaConfig, topic: &str, engine: &mut Engine) -> Result<Restored, KafkaError> {
-    let reader = OutputReader::evaluations()?;
+/// What one state-bearing topic holds: the newest evaluation per (flag, cohort), the
+/// positions of the newest close that recorded them, and how many records were read.
+struct TopicState {
+    newest: HashMap<(String, String), WindowEvaluation>,
+    positions: (i64, Vec<InputPosition>),
+    records: u64,
+}
+
+/// Reads `topic` to its end (every partition, read_committed, to partition EOF).
+/// `strict`: an unreadable record is an error (the state changelog) rather than
+/// skipped with a warning (the evaluations topic, read only on the first start after
+/// an upgrade).
+fn read_state(
+    k: &KafkaConfig,
+    topic: &str,
+    reader: &OutputReader,
+    strict: bool,
+) -> Result<TopicState, KafkaError> {
     let mut unreadable = 0u64;
+    let mut records = 0u64;
     // read_committed: outputs of a transaction that was never committed (an instance
     // that died mid-close) are not state. Partition EOF marks the end, whatever control
     // records (transaction markers) occupy the last offsets.
@@ -542,9 +556,17 @@ pub fn restore(k: &KafkaConfig, topic: &str, engine: &mut Engine) -> Result<Rest
             let Some(payload) = msg.payload() else {
                 continue;
             };
+            records += 1;
             let decoded = reader.decode::<WindowEvaluation>(payload);
             let e = match decoded {
                 Ok(e) => e,
+                Err(err) if strict => {
+                    return Err(KafkaError::Restore(format!(
+                        "{topic} partition {} offset {}: {err}; not starting on partial state",
+                        msg.partition(),
+                        msg.offset()
+                    )));
+                }
                 Err(err) => {
                     if unreadable == 0 {
                         tracing::warn!(
@@ -572,6 +594,38 @@ pub fn restore(k: &KafkaConfig, topic: &str, engine: &mut Engine) -> Result<Rest
     if unreadable > 0 {
         tracing::warn!("{unreadable} record(s) of {topic} could not be read and were skipped");
     }
+    Ok(TopicState {
+        newest,
+        positions,
+        records,
+    })
+}
+
+/// Restores decision state at start: the state changelog (`topics.state`) read to its
+/// end, or — when it is still empty, on the first start after an upgrade — the
+/// evaluations topic. Per flag and cohort the newest evaluation's streaks, percent and
+/// state come back, and the closed-window frontier.
+pub fn restore(
+    k: &KafkaConfig,
+    topics: &Topics,
+    engine: &mut Engine,
+) -> Result<Restored, KafkaError> {
+    let reader = OutputReader::evaluations()?;
+    let mut state = read_state(k, &topics.state, &reader, true)?;
+    if state.records == 0 {
+        let evaluations = read_state(k, &topics.evaluations, &reader, false)?;
+        if evaluations.records > 0 {
+            tracing::info!(
+                "{} is empty: restoring from {} (first start with the state changelog)",
+                topics.state,
+                topics.evaluations
+            );
+        }
+        state = evaluations;
+    }
+    let TopicState {
+        newest, positions, ..
+    } = state;
     let mut frontier = i64::MIN;
     let mut resets = Vec::new();
     let mut restored = Vec::new();
@@ -618,7 +672,7 @@ pub fn restore(k: &KafkaConfig, topic: &str, engine: &mut Engine) -> Result<Rest
             cohorts = restored.len(),
             reset = resets.len(),
             closed_before = frontier,
-            "restored decision state from {topic}"
+            "restored decision state"
         );
     }
     Ok(Restored {

@@ -44,7 +44,19 @@ struct Batch {
     judged: Vec<Judged>,
     commands: Vec<(String, Vec<u8>)>,
     evaluations: Vec<(String, Vec<u8>)>,
+    /// The evaluations again, keyed by flag and cohort for the state changelog.
+    state: Vec<(Vec<u8>, Vec<u8>)>,
     closed_at: Instant,
+}
+
+/// The state changelog's key: the flag key, a NUL byte, the cohort (neither contains
+/// NUL), so that compaction keeps the newest state of every cohort.
+pub fn state_key(flag_key: &str, cohort: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(flag_key.len() + 1 + cohort.len());
+    k.extend_from_slice(flag_key.as_bytes());
+    k.push(0);
+    k.extend_from_slice(cohort.as_bytes());
+    k
 }
 
 /// Where outputs go and who hears about them.
@@ -52,6 +64,8 @@ pub struct Outputs {
     pub producer: FutureProducer,
     pub commands_topic: String,
     pub evaluations_topic: String,
+    /// The compacted state changelog, keyed by [`state_key`].
+    pub state_topic: String,
     pub metrics: Metrics,
     pub shared: Arc<Shared>,
     pub sink: Option<CommandSink>,
@@ -88,17 +102,26 @@ impl Publisher {
             .filter_map(|j| j.command.as_ref())
             .map(|c| (c.flag_key.clone(), self.encoder.command(c)))
             .collect();
-        let evaluations = judged
+        let evaluations: Vec<(String, Vec<u8>)> = judged
             .iter()
             .map(|j| {
                 let e = &j.evaluation;
                 (e.flag_key.clone(), self.encoder.evaluation(e))
             })
             .collect();
+        let state = judged
+            .iter()
+            .zip(&evaluations)
+            .map(|(j, (_, bytes))| {
+                let e = &j.evaluation;
+                (state_key(&e.flag_key, &e.cohort), bytes.clone())
+            })
+            .collect();
         let batch = Batch {
             judged,
             commands,
             evaluations,
+            state,
             closed_at,
         };
         let sent = match &self.tx {
@@ -190,14 +213,14 @@ async fn publish_loop(
     }
 }
 
-async fn send_all(
+async fn send_all<K: AsRef<[u8]>>(
     producer: &FutureProducer,
     topic: &str,
-    records: &[(String, Vec<u8>)],
+    records: &[(K, Vec<u8>)],
 ) -> Result<(), String> {
     let sends = records.iter().map(|(key, payload)| {
         producer.send(
-            FutureRecord::to(topic).key(key).payload(payload),
+            FutureRecord::to(topic).key(key.as_ref()).payload(payload),
             DELIVERY_TIMEOUT,
         )
     });
@@ -223,6 +246,8 @@ async fn publish(out: &Outputs, b: Batch) -> Result<(), String> {
         }
     }
     send_all(&out.producer, &out.evaluations_topic, &b.evaluations).await?;
+    // State last: a cohort's state on the changelog implies its evaluation and command.
+    send_all(&out.producer, &out.state_topic, &b.state).await?;
     out.metrics
         .produce_latency
         .with_label_values(&["outputs"])

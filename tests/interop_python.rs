@@ -68,7 +68,7 @@ async fn python_producer_and_consumer_interoperate_with_run_and_replay() {
     for topic in [&t.product_events, &t.error_events, &t.support_signals] {
         cluster.create_topic(topic, 8, 1).unwrap();
     }
-    for topic in [&t.flag_commands, &t.evaluations, &t.dlq] {
+    for topic in [&t.flag_commands, &t.evaluations, &t.dlq, &t.state] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }
     let window_ms = policy.window.size_ms;

@@ -79,6 +79,8 @@ fn env() -> Env {
     for topic in [&t.flag_commands, &t.evaluations, &t.dlq] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }
+    // The state changelog on 3 partitions: restore reads them all.
+    cluster.create_topic(&t.state, 3, 1).unwrap();
     let window_ms = policy.window.size_ms;
     let start = (wall_ms() / window_ms - i64::from(WINDOWS)) * window_ms;
     Env {
@@ -1287,5 +1289,61 @@ async fn sigterm_during_an_outage_exits_within_the_grace_period() {
         !status.success(),
         "non-zero: its last work was not committed ({status})"
     );
+    drop(env);
+}
+
+/// 11: upgrading in place. The state changelog is still empty and the evaluations topic
+/// holds what an earlier build wrote (schema v1 without `input_positions`, apache-avro's
+/// pre-0.2 fingerprint, the pre-0.2 policy version): the paused cohort comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_state_written_by_an_earlier_build() {
+    use apache_avro::types::Value;
+    let env = env();
+    let flag = &env.policy.flags[0];
+    assert_eq!(flag.key, FLAG);
+    let eval = WindowEvaluation {
+        flag_key: FLAG.into(),
+        cohort: COHORT.into(),
+        window_start: env.start,
+        window_end: env.start + env.window_ms,
+        decision: Some(Action::Pause),
+        evidence: vec![],
+        late_events: 0,
+        evaluated_at: env.start + env.window_ms,
+        rollout_percent: Some(20.0),
+        state: Some("paused".into()),
+        healthy_windows: 0,
+        policy_version: Some(flag.legacy_policy_version.clone()),
+        command_id: Some("c".into()),
+        band: vec![],
+        input_positions: vec![],
+    };
+    let v1 = schema_file("history/window_evaluation.v1.avsc");
+    let mut value = apache_avro::to_value(&eval).unwrap();
+    if let Value::Record(fields) = &mut value {
+        fields.retain(|(name, _)| name != "input_positions");
+    }
+    let value = value.resolve(&v1).unwrap();
+    let mut writer = apache_avro::GenericSingleObjectWriter::new_with_capacity(&v1, 1024).unwrap();
+    let mut bytes = Vec::new();
+    writer.write_value_ref(&value, &mut bytes).unwrap();
+    env.producer()
+        .send(
+            FutureRecord::to(&env.config.topics.evaluations)
+                .key(FLAG)
+                .payload(&bytes),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+
+    let run = start_engine(&env).await;
+    run.wait_ready().await;
+    let (_, body) = http_get(run.addr, &format!("/api/flags/{FLAG}")).await;
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["cohorts"][COHORT]["state"], "paused", "{body}");
+    assert_eq!(view["state_resets"].as_array().unwrap().len(), 0, "{body}");
+    run.stop().await;
     drop(env);
 }
