@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -170,15 +171,34 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let app = router(shared);
     let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping.send(());
+        });
+        // Graceful shutdown waits for every connection; a client that never finishes
+        // its request (slow loris) must not hold the process's exit.
+        let deadline = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_WAIT).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = graceful => if let Err(e) = r {
+                tracing::error!(error = %e, "HTTP server failed");
+            },
+            () = deadline => tracing::warn!(
+                "HTTP connections still open {SHUTDOWN_WAIT:?} after shutdown; closing them"
+            ),
         }
     });
     Ok((addr, handle))
 }
+
+/// How long shutdown waits for open HTTP connections.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     (
@@ -287,4 +307,53 @@ async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
     }
     h.push_str("</body></html>");
     Html(h)
+}
+
+#[cfg(test)]
+mod slow_client_tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A client that sends half a request and waits (slow loris) neither blocks
+    /// `/metrics` for others nor the server's shutdown.
+    #[tokio::test]
+    async fn a_slow_client_blocks_neither_metrics_nor_shutdown() {
+        let text = include_str!("../config/guardrail.toml");
+        let policy = Policy::compile(&Config::parse(text).unwrap()).unwrap();
+        let served = start("127.0.0.1:0", &policy).await.unwrap();
+        crate::telemetry::Metrics::register(&served.registry).unwrap();
+        let mut loris = TcpStream::connect(served.addr).await.unwrap();
+        loris
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+
+        let mut other = TcpStream::connect(served.addr).await.unwrap();
+        other
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), other.read_to_end(&mut response))
+            .await
+            .expect("/metrics answers beside the slow client")
+            .unwrap();
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+        assert!(response.contains("guardrail_events_total"));
+
+        let t = Instant::now();
+        served.stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), served.server)
+            .await
+            .expect("shutdown does not wait for the slow client")
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+        drop(loris);
+    }
 }
