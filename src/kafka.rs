@@ -24,7 +24,7 @@ use crate::http::StateReset;
 use crate::ingest::decode::SchemaRegistry;
 use crate::ingest::decode::{
     FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_HISTORY, WINDOW_EVALUATION_SCHEMA, describe_fingerprint,
-    fingerprint, legacy_fingerprint,
+    legacy_fingerprint,
 };
 use crate::model::Source;
 use crate::records::{FlagCommand, InputPosition, WindowEvaluation};
@@ -364,13 +364,14 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// The fingerprints come from the schema texts, as the registry's and the output
+    /// reader's do (apache-avro's re-serialised `Schema` can lose a null namespace).
     pub fn new(format: OutputFormat) -> Result<Encoder, KafkaError> {
-        let parse = |s: &str| Schema::parse_str(s).map_err(|e| KafkaError::Schema(e.to_string()));
+        let fp = |text| crate::avro::canonical::fingerprint_str(text).map_err(KafkaError::Schema);
         Ok(Encoder {
             format,
-            command_fp: fingerprint(&parse(FLAG_COMMAND_SCHEMA)?).map_err(KafkaError::Schema)?,
-            evaluation_fp: fingerprint(&parse(WINDOW_EVALUATION_SCHEMA)?)
-                .map_err(KafkaError::Schema)?,
+            command_fp: fp(FLAG_COMMAND_SCHEMA)?,
+            evaluation_fp: fp(WINDOW_EVALUATION_SCHEMA)?,
         })
     }
 
@@ -738,7 +739,10 @@ mod tests {
             partition: 3,
             read_until: 12_345,
         }];
-        let current = fingerprint(&Schema::parse_str(WINDOW_EVALUATION_SCHEMA).unwrap()).unwrap();
+        let current = crate::ingest::decode::fingerprint(
+            &Schema::parse_str(WINDOW_EVALUATION_SCHEMA).unwrap(),
+        )
+        .unwrap();
         let back: WindowEvaluation = reader.decode(&now.to_avro(current)).unwrap();
         assert_eq!(back, now);
         let mut unknown = now.to_avro(current);

@@ -176,6 +176,55 @@ async fn python_producer_and_consumer_interoperate_with_run_and_replay() {
         "the mobile-web regression is paused once: {from_run:?}"
     );
 
+    // Python decodes the evaluations (schema v2, with the closes' read positions) and the
+    // state changelog (the same records, keyed flag + NUL + cohort) with fastavro.
+    let mut decoded = Vec::new();
+    for (topic, changelog) in [(&t.evaluations, false), (&t.state, true)] {
+        let lines = client(&[
+            "consume",
+            "--brokers",
+            &brokers,
+            "--topic",
+            topic,
+            "--schema",
+            "window_evaluation.avsc",
+        ]);
+        let records: Vec<serde_json::Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        for v in &records {
+            let r = &v["record"];
+            let flag = r["flag_key"].as_str().unwrap();
+            let key = if changelog {
+                format!("{flag}\0{}", r["cohort"].as_str().unwrap())
+            } else {
+                flag.to_string()
+            };
+            assert_eq!(v["key"].as_str(), Some(key.as_str()), "{topic} key");
+        }
+        let positions: Vec<&serde_json::Value> = records
+            .iter()
+            .flat_map(|v| v["record"]["input_positions"].as_array().unwrap())
+            .collect();
+        assert!(
+            !positions.is_empty(),
+            "{topic}: the closes carry read positions"
+        );
+        for p in positions {
+            assert!(
+                p["topic"] == t.product_events.as_str() || p["topic"] == t.error_events.as_str()
+            );
+            assert!(p["read_until"].as_i64().unwrap() > 0, "{p}");
+        }
+        decoded.push(records.len());
+    }
+    assert!(decoded[0] > 0);
+    assert_eq!(
+        decoded[0], decoded[1],
+        "every evaluation is on the changelog too"
+    );
+
     // Replay over container files written by fastavro, with the same events.
     let dir = tempfile::tempdir().unwrap();
     let written = client(&[

@@ -291,6 +291,49 @@ fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
     );
 }
 
+/// Waits until the evaluations of `n` windows are on their topic: a window counts as
+/// closed when it is judged, its outputs are acknowledged a moment later.
+async fn wait_evaluated(env: &Env, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let windows: BTreeSet<i64> = read_evaluations(env)
+            .iter()
+            .map(|e| e.window_start)
+            .collect();
+        if windows.len() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} windows' evaluations published",
+            windows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `replay` over the simulator's events (the same the test produced) as container files;
+/// every command it issues.
+fn replay_simulated(env: &Env, produced: u64) -> Vec<FlagCommand> {
+    let dir = tempfile::tempdir().unwrap();
+    let written = guardrail::sim::write_ocf_files(&mut env.simulator(), dir.path()).unwrap();
+    assert_eq!(written, produced, "the same events");
+    let files = vec![
+        (Source::Product, dir.path().join("product-events.avro")),
+        (Source::Errors, dir.path().join("error-events.avro")),
+        (Source::Support, dir.path().join("support-signals.avro")),
+    ];
+    let mut replayed = Vec::new();
+    let (summary, _) = guardrail::replay::replay(env.policy.clone(), &files, wall_ms(), |j| {
+        replayed.extend(j.command);
+        Ok(())
+    })
+    .expect("replay");
+    assert_eq!(summary.events, produced);
+    assert_eq!(summary.rejected, 0);
+    replayed
+}
+
 fn schema_file(name: &str) -> Schema {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("schemas")
@@ -433,6 +476,7 @@ async fn events_in_commands_out_and_replay_agrees() {
     // A live stream cannot close its newest window: the watermark never passes it.
     run.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(60))
         .await;
+    wait_evaluated(&env, (WINDOWS - 1) as usize).await;
     println!("windows closed after {:.1}s", t0.elapsed().as_secs_f64());
 
     let commands = read_commands(&env);
@@ -486,24 +530,7 @@ async fn events_in_commands_out_and_replay_agrees() {
     run.stop().await;
 
     // Replay over the same events as container files.
-    let dir = tempfile::tempdir().unwrap();
-    let written = guardrail::sim::write_ocf_files(&mut env.simulator(), dir.path()).unwrap();
-    assert_eq!(written, produced, "the same events");
-    let files = vec![
-        (Source::Product, dir.path().join("product-events.avro")),
-        (Source::Errors, dir.path().join("error-events.avro")),
-        (Source::Support, dir.path().join("support-signals.avro")),
-    ];
-    let mut replayed = Vec::new();
-    let (summary, _) = guardrail::replay::replay(env.policy.clone(), &files, wall_ms(), |j| {
-        if let Some(c) = j.command {
-            replayed.push(c);
-        }
-        Ok(())
-    })
-    .expect("replay");
-    assert_eq!(summary.events, produced);
-    assert_eq!(summary.rejected, 0);
+    let replayed = replay_simulated(&env, produced);
     let key = |c: &FlagCommand| (c.command_id.clone(), c.action.as_str(), c.cohort.clone());
     let from_replay: BTreeSet<_> = replayed
         .iter()
@@ -552,6 +579,7 @@ async fn http_endpoints_and_metrics() {
     produce_malformed(&env, &producer).await;
     run.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(60))
         .await;
+    wait_evaluated(&env, (WINDOWS - 1) as usize).await;
     // The DLQ counter is published on the next tick after the record is read.
     let deadline = Instant::now() + Duration::from_secs(10);
     while run.counter("guardrail_dlq_total") < 1 {
@@ -1025,25 +1053,12 @@ async fn kill_9_while_streaming_decides_each_window_once() {
     );
 
     // The reference: replay over the same events.
-    let ocf = tempfile::tempdir().unwrap();
-    let written = guardrail::sim::write_ocf_files(&mut env.simulator(), ocf.path()).unwrap();
-    assert_eq!(written, produced, "the same events");
-    let files = vec![
-        (Source::Product, ocf.path().join("product-events.avro")),
-        (Source::Errors, ocf.path().join("error-events.avro")),
-        (Source::Support, ocf.path().join("support-signals.avro")),
-    ];
     let last_closed_end = env.start + i64::from(WINDOWS - 1) * env.window_ms;
-    let mut reference = BTreeSet::new();
-    guardrail::replay::replay(env.policy.clone(), &files, wall_ms(), |j| {
-        if let Some(c) = j.command
-            && c.window_end <= last_closed_end
-        {
-            reference.insert(c.command_id);
-        }
-        Ok(())
-    })
-    .expect("replay");
+    let reference: BTreeSet<String> = replay_simulated(&env, produced)
+        .into_iter()
+        .filter(|c| c.window_end <= last_closed_end)
+        .map(|c| c.command_id)
+        .collect();
     let from_run: BTreeSet<String> = commands.iter().map(|c| c.command_id.clone()).collect();
     assert_eq!(
         from_run, reference,
@@ -1178,6 +1193,7 @@ async fn a_huge_cohort_attribute_is_dead_lettered_not_a_crash_loop() {
     produce(&env, &producer, &mut sim, WINDOWS - 1).await;
     run.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(60))
         .await;
+    wait_evaluated(&env, (WINDOWS - 1) as usize).await;
     assert!(!run.engine.is_finished(), "the engine goes on");
     let dlq = read_topic(&env.brokers, &env.config.topics.dlq);
     assert_eq!(dlq.len(), 1, "only the cohort attribute is refused");
@@ -1226,6 +1242,7 @@ async fn a_30_second_broker_outage_loses_and_repeats_nothing() {
     produce(&env, &producer, &mut sim, WINDOWS).await;
     run.wait_closed(u64::from(WINDOWS - 1), Duration::from_secs(90))
         .await;
+    wait_evaluated(&env, (WINDOWS - 1) as usize).await;
     let evaluations = read_evaluations(&env);
     assert_each_window_once(&env, &evaluations, WINDOWS - 1);
     assert_commands_unique(&read_commands(&env));
