@@ -514,6 +514,15 @@ impl Shell {
         self.metrics.publish_counters(self.engine.counters());
         self.metrics
             .publish_overflow(self.engine.windows().cohort_overflows());
+        let flags: Vec<&str> = self
+            .engine
+            .policy()
+            .flags
+            .iter()
+            .map(|f| f.key.as_str())
+            .collect();
+        self.metrics
+            .publish_without_unit(&flags, self.engine.windows().without_unit());
         self.metrics
             .active_cells
             .set(self.engine.windows().active_cells() as i64);

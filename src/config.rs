@@ -263,6 +263,13 @@ pub struct FlagConfig {
     #[serde(default)]
     pub success: Vec<SuccessConfig>,
     pub description: Option<String>,
+    /// The randomisation unit: `user_id` (the default) or `attributes.NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Cohorts judged besides `*` at most (the rest fold into `other`); also the size
+    /// of the family the stop budget is split over. Default `window.max_cohorts_per_flag`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cohorts: Option<usize>,
 }
 
 fn default_approval() -> String {

@@ -117,6 +117,10 @@ pub struct Flag {
     pub treatment: String,
     pub control: Option<String>,
     pub cohort_by: Vec<String>,
+    /// The randomisation unit every test's variance is computed over.
+    pub unit: FieldRef,
+    /// Cohorts besides `*` (else `window.max_cohorts_per_flag`).
+    pub max_cohorts: Option<usize>,
     pub ramp: Vec<f64>,
     pub start_percent: f64,
     pub manual_approval: bool,
@@ -462,6 +466,21 @@ fn compile_flag(
             );
         }
     }
+    let unit = match f.unit.as_deref() {
+        None | Some("user_id") => FieldRef::UserId,
+        Some(u) => match u.strip_prefix("attributes.").filter(|a| !a.is_empty()) {
+            Some(a) => FieldRef::Attribute(a.to_string()),
+            None => c
+                .err(
+                    format!("{path}.unit"),
+                    format!("{u:?} is not a unit field (user_id or attributes.NAME)"),
+                )
+                .unwrap_or(FieldRef::UserId),
+        },
+    };
+    if f.max_cohorts == Some(0) {
+        c.err::<()>(format!("{path}.max_cohorts"), "must be at least 1");
+    }
     if f.ramp.is_empty() {
         c.err::<()>(format!("{path}.ramp"), "must list at least one percent");
     }
@@ -652,6 +671,8 @@ fn compile_flag(
         treatment: f.treatment.clone(),
         control: f.control.clone(),
         cohort_by: f.cohort_by.clone(),
+        unit,
+        max_cohorts: f.max_cohorts,
         ramp: f.ramp.clone(),
         start_percent: f.start_percent,
         manual_approval,

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::app::CommandSink;
 use crate::http::Shared;
 use crate::kafka::Encoder;
-use crate::records::FlagCommand;
+use crate::records::{FlagCommand, WindowEvaluation};
 use crate::rules::Judged;
 use crate::telemetry::Metrics;
 
@@ -102,19 +102,27 @@ impl Publisher {
             .filter_map(|j| j.command.as_ref())
             .map(|c| (c.flag_key.clone(), self.encoder.command(c)))
             .collect();
+        // The state record carries everything restore needs, the sampled units of the
+        // sample-ratio test included; the evaluation leaves those keys out (analysts
+        // do not need them, and they are most of a record's size).
         let evaluations: Vec<(String, Vec<u8>)> = judged
             .iter()
             .map(|j| {
                 let e = &j.evaluation;
-                (e.flag_key.clone(), self.encoder.evaluation(e))
+                (
+                    e.flag_key.clone(),
+                    self.encoder.evaluation(&without_sample(e)),
+                )
             })
             .collect();
         let state = judged
             .iter()
-            .zip(&evaluations)
-            .map(|(j, (_, bytes))| {
+            .map(|j| {
                 let e = &j.evaluation;
-                (state_key(&e.flag_key, &e.cohort), bytes.clone())
+                (
+                    state_key(&e.flag_key, &e.cohort),
+                    self.encoder.evaluation(e),
+                )
             })
             .collect();
         let batch = Batch {
@@ -278,4 +286,22 @@ pub fn key_evidence(c: &FlagCommand) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// An evaluation without the sample-ratio test's sampled units (see [`Publisher::submit`]).
+pub fn without_sample(e: &WindowEvaluation) -> std::borrow::Cow<'_, WindowEvaluation> {
+    if !e
+        .band
+        .iter()
+        .any(|b| b.metric == crate::rules::srm::BAND_NAME && !b.control.is_empty())
+    {
+        return std::borrow::Cow::Borrowed(e);
+    }
+    let mut e = e.clone();
+    for b in &mut e.band {
+        if b.metric == crate::rules::srm::BAND_NAME {
+            b.control.clear();
+        }
+    }
+    std::borrow::Cow::Owned(e)
 }

@@ -5,7 +5,7 @@ use crate::model::Role;
 use crate::policy::{Direction, Guardrail, MetricKind, Policy, SuccessMetric};
 use crate::records::MetricEvidence;
 use crate::rules::stats::{self, Detector, Tail, TestResult};
-use crate::window::aggregate::{Agg, HIST_SCALE, quantile};
+use crate::window::aggregate::{Agg, quantile};
 use crate::window::{CONTROL, Cell, TREATMENT};
 
 /// Outcome of judging a metric in a window.
@@ -33,7 +33,7 @@ impl Status {
 /// Point value and sample count of one arm's aggregate.
 pub fn value(agg: &Agg, kind: &MetricKind) -> (f64, u64) {
     match (agg, kind) {
-        (Agg::Rate { num, den }, _) => {
+        (Agg::Rate { num, den, .. }, _) => {
             let v = if *den > 0 {
                 *num as f64 / *den as f64
             } else {
@@ -42,71 +42,56 @@ pub fn value(agg: &Agg, kind: &MetricKind) -> (f64, u64) {
             (v, *den)
         }
         (Agg::Mean { n, sum, .. }, _) => (if *n > 0 { sum / *n as f64 } else { 0.0 }, *n),
-        (Agg::Quantile { hist: Some(h) }, MetricKind::Quantile { quantile: q, .. }) => {
+        (Agg::Quantile { hist: Some(h), .. }, MetricKind::Quantile { quantile: q, .. }) => {
             (quantile(h, *q), h.len())
         }
         (Agg::Quantile { .. }, _) => (0.0, 0),
     }
 }
 
-/// The one-sided test of H1: treatment `tail` control × (1 + margin), chosen by metric type.
-fn test(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(TestResult, &'static str)> {
-    match (t, c) {
-        (Agg::Rate { num: xt, den: nt }, Agg::Rate { num: xc, den: nc }) => {
-            // A rate whose numerator comes from another source can exceed 1; the
-            // proportion test needs x <= n, so it is capped (documented in the README).
-            let r = stats::two_proportion((*xt).min(*nt), *nt, (*xc).min(*nc), *nc, margin, tail)?;
-            Some((r, "two-proportion z-test"))
+/// The one-sided test of H1: treatment `tail` control × (1 + margin), chosen by metric
+/// type; every variance is over units (unit buckets), not events.
+fn test(
+    t: &Agg,
+    c: &Agg,
+    kind: &MetricKind,
+    margin: f64,
+    tail: Tail,
+) -> Option<(TestResult, &'static str)> {
+    match (t, c, kind) {
+        (Agg::Quantile { .. }, Agg::Quantile { .. }, MetricKind::Quantile { quantile: q, .. }) => {
+            let (et, ec) = (t.quantile_estimate(*q)?, c.quantile_estimate(*q)?);
+            let r = stats::quantile_test((et.value, et.se), (ec.value, ec.se), margin, tail)?;
+            Some((
+                r,
+                "quantile z-test (Woodruff interval, variance clustered by unit)",
+            ))
         }
-        (
-            Agg::Mean {
-                n: nt,
-                sum: st,
-                sumsq: qt,
-            },
-            Agg::Mean {
-                n: nc,
-                sum: sc,
-                sumsq: qc,
-            },
-        ) => {
-            let r = stats::welch_t(*nt, *st, *qt, *nc, *sc, *qc, margin, tail)?;
-            Some((r, "Welch t-test"))
+        _ => {
+            let (et, ec) = (ratio(t)?, ratio(c)?);
+            let r = stats::ratio_test(&et, &ec, margin, tail)?;
+            Some((r, "delta-method z-test on unit sums"))
         }
-        (Agg::Quantile { hist: Some(ht) }, Agg::Quantile { hist: Some(hc) }) => {
-            // Mann-Whitney on the two histograms, control values scaled by (1 + margin):
-            // a test of "treatment is stochastically larger than control shifted by the margin".
-            let scale = 1.0 + margin;
-            let mut bins: Vec<(f64, u64, u64)> = Vec::new();
-            for v in ht.iter_recorded() {
-                bins.push((
-                    v.value_iterated_to() as f64 / HIST_SCALE,
-                    v.count_at_value() as u64,
-                    0,
-                ));
-            }
-            for v in hc.iter_recorded() {
-                bins.push((
-                    v.value_iterated_to() as f64 / HIST_SCALE * scale,
-                    0,
-                    v.count_at_value() as u64,
-                ));
-            }
-            bins.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mut merged: Vec<(f64, u64, u64)> = Vec::with_capacity(bins.len());
-            for b in bins {
-                match merged.last_mut() {
-                    Some(last) if last.0 == b.0 => {
-                        last.1 += b.1;
-                        last.2 += b.2;
-                    }
-                    _ => merged.push(b),
-                }
-            }
-            let r = stats::mann_whitney_binned(&merged, tail)?;
-            Some((r, "Mann-Whitney U (tie-corrected, HDR buckets)"))
+    }
+}
+
+/// The per-unit ratio estimate of a rate or mean aggregate.
+pub fn ratio(a: &Agg) -> Option<stats::RatioEstimate> {
+    let (x, y) = a.ratio()?;
+    stats::ratio_estimate(x, y)
+}
+
+/// One-sided test of treatment against an absolute bound (H1: value `tail` bound).
+fn bound(t: &Agg, kind: &MetricKind, bound: f64, tail: Tail) -> Option<TestResult> {
+    match (t, kind) {
+        (Agg::Quantile { .. }, MetricKind::Quantile { quantile: q, .. }) => {
+            let e = t.quantile_estimate(*q)?;
+            stats::bound_test(e.value, e.se, bound, tail)
         }
-        _ => None,
+        _ => {
+            let e = ratio(t)?;
+            stats::bound_test(e.ratio, e.variance.sqrt(), bound, tail)
+        }
     }
 }
 
@@ -115,7 +100,7 @@ fn test(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(TestResult, &'stat
 pub const TAU_RELATIVE: f64 = 0.25;
 
 /// Sequential test on the aggregates accumulated over the ramp band (rates and means):
-/// the effect δ = treatment − R·control (R = 1 + margin) with its plug-in variance, and
+/// the effect δ = treatment − R·control (R = 1 + margin) with its per-unit variance, and
 /// the one-sided mixture-SPRT p-value against H0: δ ≤ 0 (`Greater`) or δ ≥ 0 (`Less`).
 /// 1/Λ is a valid p-value at any data-dependent look (Ville's inequality), so judging
 /// every window does not inflate the error rate. `None` for quantiles or no variance.
@@ -125,7 +110,7 @@ pub fn sequential(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(f64, Str
     Some((
         p,
         format!(
-            "mSPRT always-valid p (normal mixture, tau {tau:.3e}) on the band's cumulative effect"
+            "mSPRT always-valid p (normal mixture, tau {tau:.3e}) on the band's cumulative effect, per-unit variance"
         ),
     ))
 }
@@ -133,36 +118,13 @@ pub fn sequential(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(f64, Str
 /// ln Λ₁ of the band's one-sided mSPRT (`None` inside: the estimate is on the null
 /// side, Λ₁ < 1) and the mixing scale τ; `None` for quantiles or no variance.
 fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>, f64)> {
+    let (et, ec) = (ratio(t)?, ratio(c)?);
     let r = 1.0 + margin;
-    let (delta, variance, baseline) = match (t, c) {
-        (Agg::Rate { num: xt, den: nt }, Agg::Rate { num: xc, den: nc }) if *nt > 0 && *nc > 0 => {
-            let pt = (*xt).min(*nt) as f64 / *nt as f64;
-            let pc = (*xc).min(*nc) as f64 / *nc as f64;
-            (
-                pt - r * pc,
-                pt * (1.0 - pt) / *nt as f64 + r * r * pc * (1.0 - pc) / *nc as f64,
-                r * pc,
-            )
-        }
-        (
-            Agg::Mean {
-                n: nt,
-                sum: st,
-                sumsq: qt,
-            },
-            Agg::Mean {
-                n: nc,
-                sum: sc,
-                sumsq: qc,
-            },
-        ) if *nt > 1 && *nc > 1 => {
-            let var = stats::sample_variance;
-            let (mt, mc) = (st / *nt as f64, sc / *nc as f64);
-            let v = var(*nt, *st, *qt) / *nt as f64 + r * r * var(*nc, *sc, *qc) / *nc as f64;
-            (mt - r * mc, v, (r * mc).abs())
-        }
-        _ => return None,
-    };
+    let (delta, variance, baseline) = (
+        et.ratio - r * ec.ratio,
+        et.variance + r * r * ec.variance,
+        (r * ec.ratio).abs(),
+    );
     if variance.is_nan() || variance <= 0.0 {
         return None;
     }
@@ -178,22 +140,17 @@ fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>,
     ))
 }
 
-/// The change-point detector's share of a guardrail's e-value where the metric also has
-/// a band mSPRT. Tuned with `benches/decision_quality.rs`: 1/3 kept A/A false pauses at
-/// 0.7% (1/2: 1.2%) with the same 98% detection of a mid-band regression.
+/// The change-point detector's share of a sequential bound's e-value where the metric
+/// also has a band mSPRT. Tuned with `benches/decision_quality.rs`: 1/3 kept A/A false
+/// pauses at 0.7% (1/2: 1.2%) with the same 98% detection of a mid-band regression.
 pub const DETECTOR_WEIGHT: f64 = 1.0 / 3.0;
 
-/// A guardrail's sequential test: the e-value E = ⅔·Λ₁ + ⅓·M, Λ₁ the band's mSPRT
-/// (strong when the regression spans the band) and M the change-point detector (strong
-/// when it starts mid-band); E = M for quantiles, which have no band aggregate. Both are
-/// nonnegative supermartingales starting at 1, so a weighted average is too and
-/// p = min(1, 1/E) stays valid at every look. The detector must be updated with this window first.
-fn guardrail_sequential(
-    band: Option<&[Agg; 2]>,
-    detector: &Detector,
-    margin: f64,
-    tail: Tail,
-) -> (f64, String) {
+/// One bound's sequential e-value in log: ⅔·Λ₁ + ⅓·M, Λ₁ the band's mSPRT (strong when
+/// the regression spans the band) and M the change-point detector (strong when it starts
+/// mid-band); M alone for quantiles, which have no band aggregate. Both are nonnegative
+/// supermartingales starting at 1, so a weighted average is too. The detector must be
+/// updated with this window first.
+fn bound_log_e(band: Option<(Option<f64>, f64)>, detector: &Detector) -> (f64, String) {
     let log_m = detector.log_e();
     let drifts = stats::DETECTOR_DRIFTS
         .iter()
@@ -204,39 +161,49 @@ fn guardrail_sequential(
         "change-point e-detector over {} window(s) (drifts {drifts} sd)",
         detector.windows
     );
-    let band = band.and_then(|b| band_log_e(&b[TREATMENT], &b[CONTROL], margin, tail));
-    let (log_e, name) = match band {
+    match band {
         Some((log_l, tau)) => {
             let (w_band, w_detector) = (1.0 - DETECTOR_WEIGHT, DETECTOR_WEIGHT);
             let log_e = match log_l {
                 Some(l) => stats::log_add_exp(w_band.ln() + l, w_detector.ln() + log_m),
                 None => w_detector.ln() + log_m,
             };
-            let name = format!(
-                "always-valid p = 1/E, E = 2/3 the band's mSPRT (tau {tau:.3e}) + 1/3 a {detector_name}"
-            );
-            (log_e, name)
+            (
+                log_e,
+                format!("2/3 the band's mSPRT (tau {tau:.3e}) + 1/3 a {detector_name}"),
+            )
         }
-        None => (log_m, format!("always-valid p = 1/E of a {detector_name}")),
-    };
-    ((-log_e).exp().min(1.0), name)
+        None => (log_m, format!("a {detector_name}")),
+    }
 }
 
 fn relative_change(t: f64, c: Option<f64>) -> Option<f64> {
     c.filter(|c| *c != 0.0).map(|c| (t - c) / c)
 }
 
-/// Judges a guardrail: absolute bound on treatment, and a one-sided relative test.
-/// `detector` is `Some` for a sequential guardrail (updated here with this window), with
-/// `band` the treatment and control aggregates accumulated over the current ramp band
-/// (rates and means); `None` judges this window alone.
+/// A guardrail's detectors: one for the relative bound, one for the absolute bound(s).
+#[derive(Debug)]
+pub struct GuardrailDetectors<'a> {
+    pub relative: &'a mut Detector,
+    pub absolute: &'a mut Detector,
+}
+
+/// Judges a guardrail at level `alpha` (the family's share for this guardrail and
+/// cohort). Every bound is a one-sided test over units: the relative bound against
+/// control, the absolute `max`/`min` against the treatment's own uncertainty (a small
+/// cohort's point estimate past `max` is often noise). `detectors` is `Some` for a
+/// sequential guardrail (updated here with this window): its p-value is 1/E, E the mean
+/// of the bounds' e-values, valid at every look; `band` holds the treatment and control
+/// aggregates accumulated over the ramp band (rates and means). `None` judges this
+/// window alone (p = the smallest bound's p-value times the number of bounds).
 pub fn guardrail(
     policy: &Policy,
     g: &Guardrail,
     cell: &Cell,
     band: Option<&[Agg; 2]>,
-    detector: Option<&mut Detector>,
+    detectors: Option<GuardrailDetectors<'_>>,
     has_control: bool,
+    alpha: f64,
 ) -> (MetricEvidence, Status) {
     let metric = &policy.metrics[g.metric];
     let (t, c) = (&cell[TREATMENT].aggs[g.slot], &cell[CONTROL].aggs[g.slot]);
@@ -246,53 +213,137 @@ pub fn guardrail(
     let relative = g
         .max_relative_increase
         .map(|m| (m, Tail::Greater))
-        .or(g.max_relative_decrease.map(|m| (-m, Tail::Less)));
-    let mut methods = Vec::new();
-    let mut breached = false;
+        .or(g.max_relative_decrease.map(|m| (-m, Tail::Less)))
+        .filter(|_| has_control);
+    let absolute: Vec<(f64, Tail)> = g
+        .max
+        .map(|m| (m, Tail::Greater))
+        .into_iter()
+        .chain(g.min.map(|m| (m, Tail::Less)))
+        .collect();
     let mut threshold: Option<f64> = None;
-    let mut p_value = None;
     let tighter = |cur: Option<f64>, new: f64, upper: bool| match cur {
         Some(x) if upper => Some(x.min(new)),
         Some(x) => Some(x.max(new)),
         None => Some(new),
     };
-    if let Some(max) = g.max {
-        methods.push(format!("absolute max {max}"));
-        breached |= tv > max;
-        threshold = tighter(threshold, max, true);
-    }
-    if let Some(min) = g.min {
-        methods.push(format!("absolute min {min}"));
-        breached |= tv < min;
-        threshold = tighter(threshold, min, false);
+    for (b, tail) in &absolute {
+        threshold = tighter(threshold, *b, *tail == Tail::Greater);
     }
     let mut insufficient = tn < g.min_samples;
-    if let (Some((margin, tail)), true) = (relative, has_control) {
+    if let Some((margin, tail)) = relative {
         insufficient |= cn < g.min_samples;
         threshold = tighter(threshold, cv * (1.0 + margin), tail == Tail::Greater);
-        let window = test(t, c, margin, tail);
-        let result = match detector {
-            // Sequential: this window's own p-value feeds the detector (unless the
-            // window is insufficient), then the band and the detector are judged.
-            Some(d) => {
-                if let (false, Some((r, _))) = (insufficient, &window) {
-                    d.update(r.p_value);
+    }
+    // This window's p-value per bound: relative first, then the absolute bounds.
+    let rel_window = relative.and_then(|(m, tail)| test(t, c, &metric.kind, m, tail));
+    let abs_window: Vec<Option<TestResult>> = absolute
+        .iter()
+        .map(|(b, tail)| bound(t, &metric.kind, *b, *tail))
+        .collect();
+    let mut bounds_named = Vec::new();
+    if let Some((m, _)) = relative {
+        bounds_named.push(format!("relative {m:+} vs control"));
+    }
+    for (b, tail) in &absolute {
+        let word = if *tail == Tail::Greater { "max" } else { "min" };
+        bounds_named.push(format!("absolute {word} {b}"));
+    }
+    let result: Option<(f64, String)> = match detectors {
+        Some(d) => {
+            // Sequential: this window's p-values feed the detectors (unless the window
+            // is insufficient), then each bound's e-value; the guardrail's is their mean.
+            let mut parts: Vec<(f64, String)> = Vec::new();
+            if let Some((margin, tail)) = relative {
+                if let (false, Some((r, _))) = (insufficient, &rel_window) {
+                    d.relative.update(r.p_value);
                 }
-                Some(guardrail_sequential(band, d, margin, tail))
+                let band = band.and_then(|b| band_log_e(&b[TREATMENT], &b[CONTROL], margin, tail));
+                parts.push(bound_log_e(band, d.relative));
             }
-            None => window.map(|(r, name)| (r.p_value, name.to_string())),
-        };
-        match result {
-            Some((p, name)) => {
-                methods.push(format!(
-                    "{name}, one-sided, margin {margin:+}, alpha {}",
-                    g.alpha
-                ));
-                p_value = Some(p);
-                breached |= p < g.alpha;
+            if !absolute.is_empty() {
+                // Several absolute bounds (max and min) share one detector on the
+                // smallest p-value times their number (Bonferroni, still a p-value).
+                let k = abs_window.len() as f64;
+                let p_abs = abs_window
+                    .iter()
+                    .flatten()
+                    .map(|r| r.p_value)
+                    .fold(f64::INFINITY, f64::min);
+                if !insufficient && p_abs.is_finite() {
+                    d.absolute.update((p_abs * k).min(1.0));
+                }
+                // The change-point detector alone: it forgets a breach that is over (a
+                // band-wide average would keep a recovered cohort breached).
+                parts.push(bound_log_e(None, d.absolute));
             }
-            None => methods.push("relative test undefined (no variance or no data)".into()),
+            if parts.is_empty() {
+                None
+            } else {
+                let n = parts.len() as f64;
+                let log_e = parts
+                    .iter()
+                    .map(|(l, _)| l - n.ln())
+                    .fold(f64::NEG_INFINITY, stats::log_add_exp);
+                let names: Vec<String> = parts
+                    .into_iter()
+                    .zip(&bounds_named)
+                    .map(|((_, name), b)| format!("{b}: {name}"))
+                    .collect();
+                let name = if names.len() > 1 {
+                    format!("always-valid p = 1/E, E the mean of [{}]", names.join("; "))
+                } else {
+                    format!("always-valid p = 1/E, E = {}", names.join(""))
+                };
+                Some(((-log_e).exp().min(1.0), name))
+            }
         }
+        None => {
+            let ps: Vec<(f64, &'static str)> = rel_window
+                .iter()
+                .map(|(r, name)| (r.p_value, *name))
+                .chain(
+                    abs_window
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.p_value, "one-sample z-test")),
+                )
+                .collect();
+            let k = (usize::from(relative.is_some()) + absolute.len()) as f64;
+            ps.iter()
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(p, name)| {
+                    let bonferroni = if k > 1.0 {
+                        format!(" (smallest of {k} bounds x {k})")
+                    } else {
+                        String::new()
+                    };
+                    ((p * k).min(1.0), format!("{name} this window{bonferroni}"))
+                })
+        }
+    };
+    let mut methods = bounds_named;
+    let mut p_value = None;
+    let mut breached = false;
+    match result {
+        Some((p, name)) => {
+            methods.push(format!("{name}, one-sided, alpha {alpha:.3e}"));
+            p_value = Some(p);
+            // Evidence over the band, and this window still on the harmful side of a
+            // bound: a recovered metric ends a breach at once (the e-value, which
+            // remembers, only decides whether the breach is real).
+            let past = |value: f64, bound: f64, tail: Tail| match tail {
+                Tail::Greater => value > bound,
+                Tail::Less => value < bound,
+            };
+            let harmful_now = relative.is_some_and(|(m, tail)| past(tv, cv * (1.0 + m), tail))
+                || absolute.iter().any(|(b, tail)| past(tv, *b, *tail));
+            breached = p < alpha && harmful_now;
+        }
+        None if relative.is_some() || !absolute.is_empty() => {
+            methods.push("test undefined (no variance or no data)".into())
+        }
+        None => {}
     }
     let status = if insufficient {
         Status::Insufficient
@@ -323,6 +374,7 @@ pub fn guardrail(
 fn relative_test(
     t: &Agg,
     c: &Agg,
+    kind: &MetricKind,
     band: Option<&[Agg; 2]>,
     margin: f64,
     tail: Tail,
@@ -330,7 +382,7 @@ fn relative_test(
     if let Some(r) = band.and_then(|b| sequential(&b[TREATMENT], &b[CONTROL], margin, tail)) {
         return Some(r);
     }
-    test(t, c, margin, tail).map(|(r, name)| (r.p_value, name.to_string()))
+    test(t, c, kind, margin, tail).map(|(r, name)| (r.p_value, name.to_string()))
 }
 
 /// Judges a success metric: one-sided test of improvement beyond the margin. The status
@@ -355,7 +407,7 @@ pub fn success(
     let status = if tn < s.min_samples || cn < s.min_samples {
         Status::Insufficient
     } else {
-        match relative_test(t, c, band, margin, tail) {
+        match relative_test(t, c, &metric.kind, band, margin, tail) {
             Some((p, name)) => {
                 method = format!(
                     "{name}, one-sided, margin {margin:+}, Benjamini-Hochberg at q {}",
@@ -386,40 +438,4 @@ pub fn success(
         status: status.as_str().into(),
     };
     (ev, status)
-}
-
-/// Sample ratio mismatch: the cell's treatment vs control exposures against the split
-/// the current percent implies (chi-square, 1 df). `None` below `min_exposures` or when
-/// the percent implies no control (0% or 100%). The bool is "mismatch" (p < `alpha`).
-pub fn srm(
-    cell: &Cell,
-    percent: f64,
-    min_exposures: u64,
-    alpha: f64,
-) -> Option<(MetricEvidence, bool)> {
-    let (nt, nc) = (cell[TREATMENT].exposures, cell[CONTROL].exposures);
-    let share = percent / 100.0;
-    if nt + nc < min_exposures || !(share > 0.0 && share < 1.0) {
-        return None;
-    }
-    let r = stats::srm_chi_square(nt, nc, share)?;
-    let observed = nt as f64 / (nt + nc) as f64;
-    let mismatch = r.p_value < alpha;
-    let status = if mismatch { "breached" } else { "healthy" };
-    let ev = MetricEvidence {
-        metric: "sample_ratio".into(),
-        role: Role::Srm,
-        treatment_value: observed,
-        control_value: Some(1.0 - observed),
-        threshold: Some(share),
-        relative_change: Some((observed - share) / share),
-        p_value: Some(r.p_value),
-        treatment_samples: nt as i64,
-        control_samples: nc as i64,
-        method: format!("chi-square goodness of fit vs {percent}% treatment, alpha {alpha}"),
-        breached: mismatch,
-        consecutive_windows: i32::from(mismatch),
-        status: status.into(),
-    };
-    Some((ev, mismatch))
 }

@@ -7,6 +7,7 @@
 
 pub mod judge;
 mod reason;
+pub mod srm;
 pub mod stats;
 
 use std::collections::HashMap;
@@ -14,12 +15,14 @@ use std::sync::Arc;
 
 use crate::ids::command_id;
 use crate::model::{Action, Role, Severity};
-use crate::policy::{AdvanceWhen, Flag, MetricKind, Policy};
+use crate::policy::{AdvanceWhen, Flag, Guardrail, MetricKind, Policy};
 use crate::records::{BandState, FlagCommand, MetricEvidence, WindowEvaluation};
 use crate::window::aggregate::Agg;
+use crate::window::aggregate::{CELL_SAMPLE, joint_sample};
 use crate::window::{CONTROL, Cell, ClosedWindow, TREATMENT};
 use judge::Status;
 use reason::{advance_reason, describe, fmt_pct, pct_if_pause, srm_reason};
+use srm::SrmState;
 use stats::Detector;
 
 /// Where a cohort's rollout stands.
@@ -72,8 +75,12 @@ pub struct CohortState {
     /// Per metric slot, treatment and control accumulated over the current ramp band
     /// (rates and means, for the sequential tests; `None` for quantiles).
     pub band: Vec<Option<[Agg; 2]>>,
-    /// Per guardrail, the change-point detector of its sequential test over the band.
+    /// Per guardrail, the change-point detector of its sequential relative test.
     pub detectors: Vec<Detector>,
+    /// Per guardrail, the change-point detector of its absolute bound(s).
+    pub abs_detectors: Vec<Detector>,
+    /// The sample-ratio test of the band, on distinct units.
+    pub srm: SrmState,
 }
 
 impl CohortState {
@@ -86,6 +93,8 @@ impl CohortState {
             healthy_windows: 0,
             band: empty_band(policy, flag),
             detectors: vec![Detector::default(); flag.guardrails.len()],
+            abs_detectors: vec![Detector::default(); flag.guardrails.len()],
+            srm: SrmState::default(),
         }
     }
 
@@ -112,10 +121,110 @@ fn empty_band(policy: &Policy, flag: &Flag) -> Vec<Option<[Agg; 2]>> {
         .collect()
 }
 
-/// SRM: below this many exposures in a cohort's window the split is not tested.
-pub const SRM_MIN_EXPOSURES: u64 = 100;
-/// SRM alert level (the industry convention: LaunchDarkly, Statsig, GrowthBook).
-pub const SRM_ALPHA: f64 = 0.001;
+pub use srm::SRM_ALPHA;
+
+/// The level at which guardrail `g` is judged in `cohort`, and how it was derived.
+///
+/// A sequential guardrail's `alpha` is its share of the flag's stop budget for the whole
+/// rollout: split over the ramp bands the rollout can pass through (each band's tests
+/// restart) and over the cohorts — half for `*`, half shared by the flag's other cohorts
+/// (at most `max_cohorts` plus `other`). Its tests are valid at every look, so by the
+/// union bound an unchanged flag is stopped by this guardrail anywhere in the rollout
+/// with probability at most `alpha`, and by any guardrail at most the sum of the alphas.
+/// A `per_window` guardrail is judged at its `alpha` every window, outside that guarantee.
+pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -> (f64, String) {
+    if !g.sequential {
+        return (g.alpha, format!("per-window test at alpha {}", g.alpha));
+    }
+    let bands = 1 + flag
+        .ramp
+        .iter()
+        .filter(|&&p| p > flag.start_percent)
+        .count();
+    let cohorts = flag
+        .max_cohorts
+        .unwrap_or(policy.window.max_cohorts_per_flag)
+        + 1;
+    let share = match (flag.cohort_by.is_empty(), cohort == "*") {
+        (true, _) => 1.0,
+        (false, true) => 0.5,
+        (false, false) => 0.5 / cohorts as f64,
+    };
+    let alpha = g.alpha * share / bands as f64;
+    let family = if flag.cohort_by.is_empty() {
+        format!("{bands} band(s)")
+    } else if cohort == "*" {
+        format!("half to cohort *, {bands} band(s)")
+    } else {
+        format!("half over {cohorts} cohorts, {bands} band(s)")
+    };
+    (
+        alpha,
+        format!("rollout budget alpha {} split: {family}", g.alpha),
+    )
+}
+
+/// The band's sample-ratio test with this window's exposed units: evidence, and whether
+/// the cohort is to be held (a mismatch found and not yet cleared by a fresh test).
+fn srm_judge(cell: &Cell, state: &mut CohortState) -> Option<(MetricEvidence, bool)> {
+    let share = state.percent / 100.0;
+    if !(share > 0.0 && share < 1.0) {
+        return None;
+    }
+    let (sample, tau) = joint_sample(&cell[TREATMENT].units, &cell[CONTROL].units, CELL_SAMPLE);
+    let w = state.srm.observe(&sample, tau, state.percent);
+    let s = &state.srm;
+    if w.n_t + w.n_c == 0 && !s.holding {
+        return None;
+    }
+    let (nt, nc) = (w.n_t, w.n_c);
+    let observed = if nt + nc > 0 {
+        nt as f64 / (nt + nc) as f64
+    } else {
+        share
+    };
+    let expected = (w.lo + w.hi) / 2.0;
+    let null = if w.lo == w.hi {
+        format!("{}% treatment", fmt_pct(state.percent))
+    } else {
+        format!(
+            "a treatment share in [{}%, {}%] until the platform applies the ADVANCE",
+            fmt_pct(w.lo * 100.0),
+            fmt_pct(w.hi * 100.0)
+        )
+    };
+    let mut method = format!(
+        "sequential sample-ratio test on distinct units (predictable plug-in e-process, anytime-valid) vs {null}, alpha {SRM_ALPHA}; {} units sampled (1 in {:.0}), {} seen in both arms",
+        nt + nc,
+        1.0 / s.sampling_rate(),
+        w.crossover
+    );
+    if w.applied {
+        method.push_str("; the new split is now in effect: test restarted");
+    }
+    let mismatch = s.holding;
+    if w.fired {
+        method.push_str(
+            "; mismatch found: test restarted, the hold lasts until as many units show none",
+        );
+    }
+    let ev = MetricEvidence {
+        metric: "sample_ratio".into(),
+        role: Role::Srm,
+        treatment_value: observed,
+        control_value: Some(1.0 - observed),
+        threshold: Some(expected),
+        relative_change: Some((observed - expected) / expected),
+        p_value: Some((-w.log_e).exp().min(1.0)),
+        treatment_samples: nt as i64,
+        control_samples: nc as i64,
+        method,
+        breached: mismatch,
+        consecutive_windows: i32::from(mismatch),
+        status: if mismatch { "breached" } else { "healthy" }.into(),
+    };
+    Some((ev, mismatch))
+}
 
 /// Everything judged for one cohort before the state machine runs.
 struct CohortJudgement {
@@ -153,28 +262,41 @@ impl Rules {
                     .or_insert_with(|| CohortState::new(policy, flag));
                 state.accumulate(cell);
                 let CohortState {
-                    band, detectors, ..
+                    band,
+                    detectors,
+                    abs_detectors,
+                    ..
                 } = &mut *state;
                 let guardrails = flag
                     .guardrails
                     .iter()
-                    .zip(detectors.iter_mut())
-                    .map(|(g, d)| {
-                        let (band, detector) = match g.sequential {
-                            true => (band[g.slot].as_ref(), Some(d)),
+                    .zip(detectors.iter_mut().zip(abs_detectors.iter_mut()))
+                    .map(|(g, (relative, absolute))| {
+                        let (band, detectors) = match g.sequential {
+                            true => (
+                                band[g.slot].as_ref(),
+                                Some(judge::GuardrailDetectors { relative, absolute }),
+                            ),
                             false => (None, None),
                         };
-                        judge::guardrail(policy, g, cell, band, detector, has_control)
+                        let (alpha, family) = family_alpha(policy, flag, g, cohort);
+                        let (mut ev, status) =
+                            judge::guardrail(policy, g, cell, band, detectors, has_control, alpha);
+                        ev.method.push_str("; ");
+                        ev.method.push_str(&family);
+                        (ev, status)
                     })
                     .collect();
+                let success = flag
+                    .success
+                    .iter()
+                    .map(|sm| judge::success(policy, sm, cell, band[sm.slot].as_ref()))
+                    .collect();
+                let srm = srm_judge(cell, state);
                 judged.push(CohortJudgement {
                     guardrails,
-                    success: flag
-                        .success
-                        .iter()
-                        .map(|sm| judge::success(policy, sm, cell, band[sm.slot].as_ref()))
-                        .collect(),
-                    srm: judge::srm(cell, state.percent, SRM_MIN_EXPOSURES, SRM_ALPHA),
+                    success,
+                    srm,
                 });
             }
             control_fdr(flag, &mut judged);
@@ -239,6 +361,12 @@ impl Rules {
             );
         }
         for b in &eval.band {
+            if b.metric == srm::BAND_NAME {
+                if let Some(s) = SrmState::from_band_state(b) {
+                    state.srm = s;
+                }
+                continue;
+            }
             let slot = flag
                 .metric_ids
                 .iter()
@@ -254,13 +382,20 @@ impl Rules {
             // Detector groups: [guardrail index, windows, ln S...] per guardrail.
             let group = stats::DETECTOR_DRIFTS.len() + 2;
             for chunk in b.detector.chunks_exact(group) {
-                let i = chunk[0] as usize;
+                let (absolute, i) = match chunk[0] {
+                    x if x >= 0.0 => (false, x as usize),
+                    x => (true, (-x - 1.0) as usize),
+                };
                 let fits = flag
                     .guardrails
                     .get(i)
                     .is_some_and(|g| self.policy.metrics[g.metric].name == b.metric);
                 if let (true, Some(d)) = (fits, Detector::from_values(&chunk[1..])) {
-                    state.detectors[i] = d;
+                    if absolute {
+                        state.abs_detectors[i] = d;
+                    } else {
+                        state.detectors[i] = d;
+                    }
                 }
             }
         }
@@ -291,9 +426,12 @@ fn bump(streak: &mut u32, status: Status) {
 
 /// The band evidence to publish with an evaluation (restored by [`Rules::restore`]):
 /// per metric, its band aggregates (rates and means) and the detectors of the
-/// guardrails on it, as `[guardrail index, windows, ln S...]` groups.
+/// guardrails on it, as `[guardrail index, windows, ln S...]` groups (index −(i+1) for
+/// guardrail i's absolute-bound detector); then the sample-ratio test, with its sampled
+/// units (the publisher leaves them out of the evaluations topic: they are state).
 fn band_states(policy: &Policy, flag: &Flag, state: &CohortState) -> Vec<BandState> {
-    flag.metric_ids
+    let mut out: Vec<BandState> = flag
+        .metric_ids
         .iter()
         .zip(&state.band)
         .filter_map(|(&m, band)| {
@@ -302,8 +440,16 @@ fn band_states(policy: &Policy, flag: &Flag, state: &CohortState) -> Vec<BandSta
                 .iter()
                 .zip(&state.detectors)
                 .enumerate()
-                .filter(|(_, (g, d))| g.metric == m && d.windows > 0)
-                .flat_map(|(i, (_, d))| std::iter::once(i as f64).chain(d.values()))
+                .map(|(i, (g, d))| (i as f64, g, d))
+                .chain(
+                    flag.guardrails
+                        .iter()
+                        .zip(&state.abs_detectors)
+                        .enumerate()
+                        .map(|(i, (g, d))| (-(i as f64) - 1.0, g, d)),
+                )
+                .filter(|(_, g, d)| g.metric == m && d.windows > 0)
+                .flat_map(|(i, _, d)| std::iter::once(i).chain(d.values()))
                 .collect();
             let (treatment, control) = match band {
                 Some(b) => (b[TREATMENT].values()?, b[CONTROL].values()?),
@@ -317,7 +463,11 @@ fn band_states(policy: &Policy, flag: &Flag, state: &CohortState) -> Vec<BandSta
                 detector,
             })
         })
-        .collect()
+        .collect();
+    if state.srm != SrmState::default() {
+        out.push(state.srm.band_state(true));
+    }
+    out
 }
 
 /// Benjamini–Hochberg over every tested success p-value of a flag in this window (all
@@ -494,7 +644,9 @@ fn choose_action(
     state
         .detectors
         .iter_mut()
+        .chain(state.abs_detectors.iter_mut())
         .for_each(|d| *d = Detector::default());
+    state.srm.advance(from);
     if next >= 100.0 || flag.ramp.last() == Some(&next) {
         state.status = CohortStatus::Complete;
     }
@@ -584,3 +736,5 @@ pub struct Judged {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unit_vectors;

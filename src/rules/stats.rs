@@ -398,6 +398,150 @@ fn msprt_log_lambda(delta_hat: f64, delta0: f64, variance: f64, tau2: f64) -> Op
     (!log_lambda.is_nan()).then_some(log_lambda)
 }
 
+/// A ratio of unit sums R = Σx/Σy with its delta-method variance (per-unit statistics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RatioEstimate {
+    pub ratio: f64,
+    pub variance: f64,
+    /// Non-empty unit buckets.
+    pub groups: usize,
+    /// Σy: the denominator count (events, started checkouts...).
+    pub denominator: f64,
+}
+
+/// The ratio of two sums over units and its variance, from per-bucket totals.
+///
+/// Every unit lies in exactly one bucket (by its hash), so the bucket totals
+/// (x_b, y_b) are independent and identically distributed whatever the correlation
+/// between one unit's events. The linearised (delta-method) variance of R = X/Y is
+/// V = G/(G−1) · Σ_b (x_b − R·y_b)² / Y², G the number of non-empty buckets: the
+/// cluster-robust variance with buckets as clusters, which estimates the per-unit
+/// delta-method variance n/(n−1) · Σ_u (x_u − R·y_u)² / Y² (Deng, Knoblich & Lu 2018)
+/// with G − 1 degrees of freedom. A rate (errors per started checkout) and a mean
+/// (x = value, y = 1) are both such ratios. `None` if Y ≤ 0, G < 2 or non-finite input.
+pub fn ratio_estimate(x: &[f64], y: &[f64]) -> Option<RatioEstimate> {
+    let (sx, sy): (f64, f64) = (x.iter().sum(), y.iter().sum());
+    if sy.is_nan() || sy <= 0.0 || !sx.is_finite() || !sy.is_finite() {
+        return None;
+    }
+    let r = sx / sy;
+    let mut g = 0usize;
+    let mut ss = 0.0;
+    for (xb, yb) in x.iter().zip(y) {
+        if *xb != 0.0 || *yb != 0.0 {
+            g += 1;
+            let d = xb - r * yb;
+            ss += d * d;
+        }
+    }
+    if g < 2 {
+        return None;
+    }
+    let gf = g as f64;
+    Some(RatioEstimate {
+        ratio: r,
+        variance: gf / (gf - 1.0) * ss / (sy * sy),
+        groups: g,
+        denominator: sy,
+    })
+}
+
+/// One-sided z-test of two ratio estimates with a relative margin: H1 R_T > (1+m)·R_C
+/// (`Greater`) or R_T < (1+m)·R_C (`Less`); z = (R_T − r·R_C)/sqrt(V_T + r²·V_C),
+/// r = 1 + margin. `None` for an invalid margin or zero variance.
+pub fn ratio_test(
+    t: &RatioEstimate,
+    c: &RatioEstimate,
+    margin: f64,
+    tail: Tail,
+) -> Option<TestResult> {
+    if !valid_margin(margin) {
+        return None;
+    }
+    let r = 1.0 + margin;
+    let var = t.variance + r * r * c.variance;
+    if !(var > 0.0 && var.is_finite()) {
+        return None;
+    }
+    let z = (t.ratio - r * c.ratio) / var.sqrt();
+    Some(TestResult {
+        statistic: z,
+        p_value: normal_p(z, tail),
+    })
+}
+
+/// One-sided z-test of an estimate against a fixed bound (absolute guardrails):
+/// H1 value > bound (`Greater`) or value < bound (`Less`), z = (value − bound)/se.
+pub fn bound_test(value: f64, se: f64, bound: f64, tail: Tail) -> Option<TestResult> {
+    if !(se > 0.0 && se.is_finite() && value.is_finite() && bound.is_finite()) {
+        return None;
+    }
+    let z = (value - bound) / se;
+    Some(TestResult {
+        statistic: z,
+        p_value: normal_p(z, tail),
+    })
+}
+
+/// Two-sample z-test of quantile estimates with their standard errors and a margin:
+/// z = (q_T − r·q_C)/sqrt(se_T² + r²·se_C²), r = 1 + margin.
+pub fn quantile_test(
+    (qt, se_t): (f64, f64),
+    (qc, se_c): (f64, f64),
+    margin: f64,
+    tail: Tail,
+) -> Option<TestResult> {
+    if !valid_margin(margin) {
+        return None;
+    }
+    let r = 1.0 + margin;
+    let var = se_t * se_t + r * r * se_c * se_c;
+    if !(var > 0.0 && var.is_finite()) {
+        return None;
+    }
+    let z = (qt - r * qc) / var.sqrt();
+    Some(TestResult {
+        statistic: z,
+        p_value: normal_p(z, tail),
+    })
+}
+
+/// Design effect of an indicator from per-bucket counts: the clustered variance of
+/// F = Σbelow/Σtotal ([`ratio_estimate`]) over the binomial F(1−F)/n. `None` where F
+/// is 0 or 1 or the variance is undefined.
+pub fn indicator_deff(below: &[f64], total: &[f64]) -> Option<f64> {
+    let e = ratio_estimate(below, total)?;
+    let f = e.ratio;
+    if !(f > 0.0 && f < 1.0) {
+        return None;
+    }
+    Some(e.variance / (f * (1.0 - f) / e.denominator))
+}
+
+/// Units of prior weight in the sample-ratio e-process's running estimate.
+pub const SRM_PRIOR_UNITS: f64 = 10.0;
+
+/// One unit's factor (in log) of the sample-ratio e-process, an anytime-valid test of
+/// H0: every unit is in treatment with a probability in [lo, hi] (lo = hi: the split
+/// in effect; lo < hi while an ADVANCE awaits the platform). Predictable plug-in
+/// likelihood ratio: with q the running share of the units before this one (shrunk
+/// toward the middle of the interval by [`SRM_PRIOR_UNITS`]) and m = q clamped into
+/// [lo, hi], the factor is q/m for a treatment unit and (1−q)/(1−m) for a control one.
+/// For any true probability p in [lo, hi] its expectation p·q/m + (1−p)(1−q)/(1−m) is
+/// at most 1 (linear in p, 1 at p = m, and q lies on the far side of m), so the
+/// running product is a nonnegative supermartingale and P(ever ≥ 1/α) ≤ α (Ville).
+pub fn srm_log_factor(n_t: u64, n_c: u64, treated: bool, lo: f64, hi: f64) -> f64 {
+    let mid = (lo + hi) / 2.0;
+    let q = ((n_t as f64 + SRM_PRIOR_UNITS * mid) / ((n_t + n_c) as f64 + SRM_PRIOR_UNITS))
+        .clamp(1e-6, 1.0 - 1e-6);
+    let m = q.clamp(lo, hi);
+    if treated {
+        (q / m).ln()
+    } else {
+        ((1.0 - q) / (1.0 - m)).ln()
+    }
+}
+
 /// Two-sided mixture-SPRT always-valid p-value (Johari et al. 2017, "Always valid
 /// inference"; the normal-mixture form used by Optimizely).
 ///

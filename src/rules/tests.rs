@@ -6,7 +6,7 @@
 use super::*;
 use crate::config::Config;
 use crate::model::Role;
-use crate::window::aggregate::{Agg, Arm};
+use crate::window::aggregate::{Agg, Arm, CELL_SAMPLE, UnitSample, sample_key, unit_hash};
 use crate::window::{ClosedFlag, ClosedWindow};
 
 const SIZE: i64 = 15 * 60_000;
@@ -154,22 +154,12 @@ fn arm(policy: &Policy, flag: usize, t: &Traffic, a: usize) -> Arm {
         .metric_ids
         .iter()
         .map(|&m| match policy.metrics[m].name.as_str() {
-            "err" => Agg::Rate {
-                num: t.err[a].0,
-                den: t.err[a].1,
-            },
-            "conv" => Agg::Rate {
-                num: t.conv[a].0,
-                den: t.conv[a].1,
-            },
+            "err" => Agg::rate_of_units(t.err[a].0, t.err[a].1, 1 + a as u64),
+            "conv" => Agg::rate_of_units(t.conv[a].0, t.conv[a].1, 3 + a as u64),
             "lat" => {
                 let (n, mean) = t.lat[a];
                 // Spread ±10% around the mean so the variance is not zero.
-                Agg::Mean {
-                    n,
-                    sum: mean * n as f64,
-                    sumsq: n as f64 * mean * mean * 1.01,
-                }
+                Agg::mean_of_units(n, mean, 0.1 * mean, 5 + a as u64)
             }
             other => panic!("{other}"),
         })
@@ -179,6 +169,7 @@ fn arm(policy: &Policy, flag: usize, t: &Traffic, a: usize) -> Arm {
         exposures: 0,
         events: t.err[a].1 * 2,
         aggs,
+        units: UnitSample::new(CELL_SAMPLE),
     }
 }
 
@@ -708,11 +699,17 @@ fn late_events_are_reported_on_the_evaluation() {
 // ---- Issue 4: SRM, false discovery rate, sequential validity -----------------------
 
 /// A window of flag `p` (start 5%) whose exposures split `t` / `c`.
+/// Each exposure is a distinct unit, new in every window.
 fn with_exposures(policy: &Policy, k: i64, t: Traffic, exposures: [u64; 2]) -> ClosedWindow {
     let mut w = window(policy, k, &[(0, "*", t)]);
     let cell = &mut w.flags[0].cohorts[0].1;
-    cell[0].exposures = exposures[0];
-    cell[1].exposures = exposures[1];
+    for (arm, n) in exposures.into_iter().enumerate() {
+        cell[arm].exposures = n;
+        for i in 0..n {
+            let id = format!("w{k}-a{arm}-u{i}");
+            cell[arm].units.insert(sample_key(unit_hash(id.as_bytes())));
+        }
+    }
     w
 }
 
@@ -749,18 +746,28 @@ fn sample_ratio_mismatch_holds_and_blocks_advance_until_the_split_recovers() {
 }
 
 #[test]
-fn srm_is_not_tested_on_few_exposures_or_without_control() {
-    let cell_of = |t: u64, c: u64| {
-        let p = policy();
-        let mut w = with_exposures(&p, 0, HEALTHY, [t, c]);
-        w.flags[0].cohorts.remove(0).1
-    };
-    assert!(judge::srm(&cell_of(30, 60), 5.0, SRM_MIN_EXPOSURES, SRM_ALPHA).is_none());
-    assert!(judge::srm(&cell_of(500, 0), 100.0, SRM_MIN_EXPOSURES, SRM_ALPHA).is_none());
-    let (ev, mismatch) =
-        judge::srm(&cell_of(250, 250), 50.0, SRM_MIN_EXPOSURES, SRM_ALPHA).unwrap();
+fn srm_is_not_tested_without_exposed_units_or_without_control() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let no_units = rules.decide(&with_exposures(&policy, 0, HEALTHY, [0, 0]), T0 + SIZE + 1);
+    assert!(
+        no_units[0]
+            .evaluation
+            .evidence
+            .iter()
+            .all(|e| e.role != Role::Srm)
+    );
+    // A balanced split at 50%: evidence, no mismatch.
+    let mut state = CohortState::new(&policy, &policy.flags[0]);
+    state.percent = 50.0;
+    let w = with_exposures(&policy, 1, HEALTHY, [250, 250]);
+    let (ev, mismatch) = srm_judge(&w.flags[0].cohorts[0].1, &mut state).unwrap();
     assert!(!mismatch);
-    assert_eq!(ev.p_value, Some(1.0));
+    assert!(ev.p_value.unwrap() > 0.5, "{ev:?}");
+    assert_eq!((ev.treatment_samples, ev.control_samples), (250, 250));
+    // At 100% there is no control to compare with.
+    state.percent = 100.0;
+    assert!(srm_judge(&w.flags[0].cohorts[0].1, &mut state).is_none());
 }
 
 #[test]
@@ -819,14 +826,22 @@ fn sequential_test_keeps_its_error_rate_over_repeated_looks() {
     let (runs, looks, n, p) = (400, 40, 400u64, 0.05);
     let (mut sequential_false, mut naive_false) = (0, 0);
     for _ in 0..runs {
-        let (mut t, mut c) = (Agg::Rate { num: 0, den: 0 }, Agg::Rate { num: 0, den: 0 });
+        let (mut t, mut c) = (Agg::rate_of_units(0, 0, 0), Agg::rate_of_units(0, 0, 0));
         let (mut seq_hit, mut naive_hit) = (false, false);
         for _ in 0..looks {
             let xt = (0..n).filter(|_| rng.random_bool(p)).count() as u64;
             let xc = (0..n).filter(|_| rng.random_bool(p)).count() as u64;
-            t.merge(&Agg::Rate { num: xt, den: n });
-            c.merge(&Agg::Rate { num: xc, den: n });
-            let (Agg::Rate { num: tx, den: tn }, Agg::Rate { num: cx, den: cn }) = (&t, &c) else {
+            t.merge(&Agg::rate_of_units(xt, n, rng.random()));
+            c.merge(&Agg::rate_of_units(xc, n, rng.random()));
+            let (
+                Agg::Rate {
+                    num: tx, den: tn, ..
+                },
+                Agg::Rate {
+                    num: cx, den: cn, ..
+                },
+            ) = (&t, &c)
+            else {
                 unreachable!()
             };
             if let Some((pv, _)) = judge::sequential(&t, &c, 0.0, stats::Tail::Greater) {

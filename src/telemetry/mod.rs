@@ -37,8 +37,10 @@ pub struct Metrics {
     pub unknown_fingerprint: IntCounterVec,
     pub watermark_clamped: IntCounter,
     pub watermark_excluded: IntGauge,
+    pub without_unit: IntCounterVec,
     published: Counters,
     published_overflow: u64,
+    published_without_unit: Vec<u64>,
     /// Every metric family name registered (dashboards and alerts are checked against it).
     pub names: Vec<String>,
 }
@@ -78,7 +80,7 @@ impl Metrics {
             cohort_state: reg!(IntGaugeVec::new(Opts::new("guardrail_cohort_state", "1 for the cohort's current state"), &["flag", "cohort", "state"])),
             active_cells: reg!(IntGauge::new("guardrail_active_cells", "Aggregation cells (per variant) in open windows")),
             dlq: reg!(IntCounterVec::new(Opts::new("guardrail_dlq_total", "Records sent to the dead-letter topic, by reason"), &["reason"])),
-            srm_p_value: reg!(GaugeVec::new(Opts::new("guardrail_srm_p_value", "Sample ratio mismatch chi-square p-value, last window"), &["flag", "cohort"])),
+            srm_p_value: reg!(GaugeVec::new(Opts::new("guardrail_srm_p_value", "Sample-ratio test on distinct units: always-valid p-value (1/e-value) of the current ramp band"), &["flag", "cohort"])),
             ready: reg!(IntGauge::new("guardrail_ready", "1 when partitions are assigned and the producer is connected")),
             partitions_assigned: reg!(IntGauge::new("guardrail_partitions_assigned", "Input partitions assigned to this instance")),
             consumer_lag: reg!(IntGaugeVec::new(Opts::new("guardrail_consumer_lag_messages", "High watermark minus position, per input partition"), &["topic", "partition"])),
@@ -106,8 +108,13 @@ impl Metrics {
                 "guardrail_watermark_excluded_partitions",
                 "Input partitions not holding the watermark back because their event time trails by more than window.max_partition_delay without catching up"
             )),
+            without_unit: reg!(IntCounterVec::new(
+                Opts::new("guardrail_events_without_unit_total", "Events without a value for the flag's randomisation unit (each is counted as its own unit), by flag"),
+                &["flag"]
+            )),
             published: Counters::default(),
             published_overflow: 0,
+            published_without_unit: Vec::new(),
             names: Vec::new(),
         };
         m.names = names;
@@ -171,6 +178,21 @@ impl Metrics {
         self.cohort_overflow
             .inc_by(total.saturating_sub(self.published_overflow));
         self.published_overflow = total;
+    }
+
+    /// Publishes the per-flag count of events without a unit (cumulative in the engine).
+    pub fn publish_without_unit(&mut self, flags: &[&str], totals: &[u64]) {
+        self.published_without_unit.resize(totals.len(), 0);
+        for ((flag, total), seen) in flags
+            .iter()
+            .zip(totals)
+            .zip(&mut self.published_without_unit)
+        {
+            self.without_unit
+                .with_label_values(&[*flag])
+                .inc_by(total.saturating_sub(*seen));
+            *seen = *total;
+        }
     }
 
     /// Publishes the gauges of one evaluation.

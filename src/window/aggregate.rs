@@ -1,13 +1,22 @@
 //! Per-cell aggregates: what one (window, flag, cohort, variant) remembers.
 //!
-//! Memory per cell: 48 bytes of arm header, 32 bytes per rate or mean metric, and for
-//! each quantile metric a histogram allocated on its first value: HDR, 2 significant
-//! digits (1% relative error), values in thousandths of the field's unit (µs for
-//! `latency_ms`) from 1 to 3.6e9 (one hour), u32 counts: 13.3 KiB.
+//! Every event is attributed to its randomisation unit (the flag's `unit`, by default
+//! the envelope's `user_id`) through a stable 64-bit hash ([`unit_hash`]). Units, not
+//! events, are independent, so the variances of the tests come from per-unit-bucket
+//! sums: every unit falls in exactly one of [`BUCKETS`] buckets, bucket totals are
+//! i.i.d. across buckets, and the delta method over them accounts for any correlation
+//! within a unit (docs/STATISTICS.md).
+//!
+//! Memory per cell arm: 48 bytes of header; per rate or mean metric 32 bytes plus
+//! 1 KiB of bucket sums (allocated on the first value); per quantile metric an HDR
+//! histogram (2 significant digits, values in thousandths of the field's unit from 1 to
+//! 3.6e9, u32 counts: 13.3 KiB) and a 12 KiB table of coarse per-bucket counts; and a
+//! sample of exposed units for the sample-ratio test (at most 12 KiB).
 
 use hdrhistogram::Histogram;
 
 use crate::policy::{Metric, MetricKind};
+use crate::rules::stats;
 
 /// Histogram bounds, in thousandths of the field's unit.
 pub const HIST_LOW: u64 = 1;
@@ -16,101 +25,361 @@ pub const HIST_SIGFIG: u8 = 2;
 /// Values are recorded as `round(value * SCALE)`, clamped into the histogram's range.
 pub const HIST_SCALE: f64 = 1000.0;
 
+/// Unit buckets of rate and mean metrics.
+pub const BUCKETS: usize = 64;
+/// Unit buckets of quantile metrics (a coarse histogram each; 32 underestimated a
+/// design effect of 13 by 45% against the reference vectors, 64 by 4%).
+pub const Q_BUCKETS: usize = 64;
+/// Coarse bins of a quantile bucket: two per octave, [2^-4, 2^20) of the field's unit.
+pub const Q_BINS: usize = 48;
+/// Exposed units a cell arm keeps for the sample-ratio test (the smallest keys).
+pub const CELL_SAMPLE: usize = 1024;
+/// Sample keys are the top 52 bits of the unit hash: exact as an f64 in the state record.
+pub const KEY_MAX: u64 = (1 << 52) - 1;
+
+/// The stable hash of a unit id: FNV-1a 64 finished with MurmurHash3's fmix64, so
+/// that every bit is mixed (bucket = low bits, sample key = high bits).
+pub fn unit_hash(id: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The unit's sample key for the sample-ratio test.
+pub fn sample_key(hash: u64) -> u64 {
+    hash >> 12
+}
+
+/// The coarse bin of a value: `floor(2·log2(v)) + 8`, clamped to the table.
+pub fn q_bin(v: f64) -> usize {
+    if v.is_nan() || v <= 0.0 {
+        return 0;
+    }
+    // v = m·2^e with m in [1, 2): 2·log2(v) = 2e + 2·log2(m), and 2·log2(m) >= 1 iff m >= √2.
+    let bits = v.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    if e < -1022 {
+        return 0;
+    }
+    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+    let k = 2 * e + i64::from(m >= std::f64::consts::SQRT_2) + 8;
+    k.clamp(0, Q_BINS as i64 - 1) as usize
+}
+
+/// The lower edge of coarse bin `k`: 2^(k/2 − 4).
+pub fn q_edge(k: usize) -> f64 {
+    (k as f64 / 2.0 - 4.0).exp2()
+}
+
+/// Per-bucket totals of a ratio metric: x (numerator or values) and y (denominator or count).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets {
+    pub x: [f64; BUCKETS],
+    pub y: [f64; BUCKETS],
+}
+
+impl Buckets {
+    fn new() -> Box<Buckets> {
+        Box::new(Buckets {
+            x: [0.0; BUCKETS],
+            y: [0.0; BUCKETS],
+        })
+    }
+
+    fn add(&mut self, o: &Buckets) {
+        for b in 0..BUCKETS {
+            self.x[b] += o.x[b];
+            self.y[b] += o.y[b];
+        }
+    }
+}
+
+/// Per-bucket coarse histograms of a quantile metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantileBuckets {
+    pub counts: [[u32; Q_BINS]; Q_BUCKETS],
+}
+
+impl QuantileBuckets {
+    fn new() -> Box<QuantileBuckets> {
+        Box::new(QuantileBuckets {
+            counts: [[0; Q_BINS]; Q_BUCKETS],
+        })
+    }
+
+    /// Per bucket, the count below `edge` (bins wholly below it) and the total.
+    pub fn below(&self, edge: usize) -> ([f64; Q_BUCKETS], [f64; Q_BUCKETS]) {
+        let mut below = [0.0; Q_BUCKETS];
+        let mut total = [0.0; Q_BUCKETS];
+        for (b, row) in self.counts.iter().enumerate() {
+            below[b] = row[..edge.min(Q_BINS)].iter().map(|&c| f64::from(c)).sum();
+            total[b] = row.iter().map(|&c| f64::from(c)).sum();
+        }
+        (below, total)
+    }
+}
+
 /// Aggregate state of one metric in one cell.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Agg {
-    Rate { num: u64, den: u64 },
-    Mean { n: u64, sum: f64, sumsq: f64 },
-    Quantile { hist: Option<Box<Histogram<u32>>> },
+    Rate {
+        num: u64,
+        den: u64,
+        units: Option<Box<Buckets>>,
+    },
+    Mean {
+        n: u64,
+        sum: f64,
+        sumsq: f64,
+        units: Option<Box<Buckets>>,
+    },
+    Quantile {
+        hist: Option<Box<Histogram<u32>>>,
+        units: Option<Box<QuantileBuckets>>,
+    },
 }
+
+/// A quantile's estimate with its standard error (clustered Woodruff interval).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantileEstimate {
+    pub value: f64,
+    pub se: f64,
+    /// Design effect of the indicator `value <= estimate` (>= 1).
+    pub deff: f64,
+    pub n: u64,
+}
+
+/// Normal quantile of the Woodruff interval used to read the density off the histogram.
+pub const WOODRUFF_Z: f64 = 1.96;
 
 impl Agg {
     pub fn new(metric: &Metric) -> Agg {
         match metric.kind {
-            MetricKind::Rate { .. } => Agg::Rate { num: 0, den: 0 },
+            MetricKind::Rate { .. } => Agg::Rate {
+                num: 0,
+                den: 0,
+                units: None,
+            },
             MetricKind::Mean { .. } => Agg::Mean {
                 n: 0,
                 sum: 0.0,
                 sumsq: 0.0,
+                units: None,
             },
-            MetricKind::Quantile { .. } => Agg::Quantile { hist: None },
+            MetricKind::Quantile { .. } => Agg::Quantile {
+                hist: None,
+                units: None,
+            },
         }
     }
 
-    /// Applies one event's contribution.
-    pub fn apply(&mut self, c: Contribution) {
+    /// Applies one event's contribution, made by the unit with hash `unit`.
+    pub fn apply(&mut self, c: Contribution, unit: u64) {
+        let b = (unit as usize) % BUCKETS;
         match (self, c) {
-            (Agg::Rate { num, den }, Contribution::Rate { num: dn, den: dd }) => {
+            (Agg::Rate { num, den, units }, Contribution::Rate { num: dn, den: dd }) => {
                 *num += u64::from(dn);
                 *den += u64::from(dd);
+                let u = units.get_or_insert_with(Buckets::new);
+                u.x[b] += f64::from(dn);
+                u.y[b] += f64::from(dd);
             }
-            (Agg::Mean { n, sum, sumsq }, Contribution::Value(v)) => {
+            (
+                Agg::Mean {
+                    n,
+                    sum,
+                    sumsq,
+                    units,
+                },
+                Contribution::Value(v),
+            ) => {
                 *n += 1;
                 *sum += v;
                 *sumsq += v * v;
+                let u = units.get_or_insert_with(Buckets::new);
+                u.x[b] += v;
+                u.y[b] += 1.0;
             }
-            (Agg::Quantile { hist }, Contribution::Value(v)) => {
+            (Agg::Quantile { hist, units }, Contribution::Value(v)) => {
                 let h = hist.get_or_insert_with(new_histogram);
                 h.saturating_record(scaled(v));
+                let u = units.get_or_insert_with(QuantileBuckets::new);
+                let cell = &mut u.counts[(unit as usize) % Q_BUCKETS][q_bin(v)];
+                *cell = cell.saturating_add(1);
             }
             _ => {}
         }
     }
 
-    /// Adds another cell's aggregate of the same metric (cohort roll-ups, tests).
+    /// Adds another cell's aggregate of the same metric (cohort roll-ups, bands).
     pub fn merge(&mut self, other: &Agg) {
+        fn add_units<T: Clone>(
+            a: &mut Option<Box<T>>,
+            b: &Option<Box<T>>,
+            add: impl Fn(&mut T, &T),
+        ) {
+            match (a.as_mut(), b) {
+                (Some(a), Some(b)) => add(a, b),
+                (None, Some(b)) => *a = Some(b.clone()),
+                _ => {}
+            }
+        }
         match (self, other) {
-            (Agg::Rate { num, den }, Agg::Rate { num: n2, den: d2 }) => {
+            (
+                Agg::Rate { num, den, units },
+                Agg::Rate {
+                    num: n2,
+                    den: d2,
+                    units: u2,
+                },
+            ) => {
                 *num += n2;
                 *den += d2;
+                add_units(units, u2, Buckets::add);
             }
             (
-                Agg::Mean { n, sum, sumsq },
+                Agg::Mean {
+                    n,
+                    sum,
+                    sumsq,
+                    units,
+                },
                 Agg::Mean {
                     n: n2,
                     sum: s2,
                     sumsq: q2,
+                    units: u2,
                 },
             ) => {
                 *n += n2;
                 *sum += s2;
                 *sumsq += q2;
+                add_units(units, u2, Buckets::add);
             }
-            (Agg::Quantile { hist }, Agg::Quantile { hist: Some(h2) }) => {
-                let h = hist.get_or_insert_with(new_histogram);
-                // Same bounds on both sides, so `add` cannot fail; saturate on overflow.
-                if h.add(h2.as_ref()).is_err() {
-                    for v in h2.iter_recorded() {
-                        h.saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            (
+                Agg::Quantile { hist, units },
+                Agg::Quantile {
+                    hist: h2,
+                    units: u2,
+                },
+            ) => {
+                if let Some(h2) = h2 {
+                    let h = hist.get_or_insert_with(new_histogram);
+                    // Same bounds on both sides, so `add` cannot fail; saturate on overflow.
+                    if h.add(h2.as_ref()).is_err() {
+                        for v in h2.iter_recorded() {
+                            h.saturating_record_n(v.value_iterated_to(), v.count_at_value());
+                        }
                     }
                 }
+                add_units(units, u2, |a: &mut QuantileBuckets, b: &QuantileBuckets| {
+                    for (ra, rb) in a.counts.iter_mut().zip(&b.counts) {
+                        for (x, y) in ra.iter_mut().zip(rb) {
+                            *x = x.saturating_add(*y);
+                        }
+                    }
+                });
             }
             _ => {}
         }
     }
 
-    /// The counts of a rate or mean as numbers (`[num, den]`, `[n, sum, sumsq]`);
-    /// `None` for quantiles. Inverse of [`Agg::with_values`].
-    pub fn values(&self) -> Option<Vec<f64>> {
+    /// The ratio and its per-bucket totals (rates and means): what the tests use.
+    pub fn ratio(&self) -> Option<(&[f64; BUCKETS], &[f64; BUCKETS])> {
         match self {
-            Agg::Rate { num, den } => Some(vec![*num as f64, *den as f64]),
-            Agg::Mean { n, sum, sumsq } => Some(vec![*n as f64, *sum, *sumsq]),
-            Agg::Quantile { .. } => None,
+            Agg::Rate { units: Some(u), .. } | Agg::Mean { units: Some(u), .. } => {
+                Some((&u.x, &u.y))
+            }
+            _ => None,
         }
     }
 
-    /// This aggregate's kind filled from [`Agg::values`]; `None` if the shape differs.
+    /// The quantile `q` with its clustered standard error (Woodruff's interval: the
+    /// indicator's variance, times its design effect from the unit buckets, mapped
+    /// through the histogram's quantile function). `None` without data.
+    pub fn quantile_estimate(&self, q: f64) -> Option<QuantileEstimate> {
+        let Agg::Quantile {
+            hist: Some(h),
+            units,
+        } = self
+        else {
+            return None;
+        };
+        let n = h.len();
+        if n == 0 || !(q > 0.0 && q < 1.0) {
+            return None;
+        }
+        let value = quantile(h, q);
+        let deff = units.as_ref().map_or(1.0, |u| quantile_deff(u, value));
+        let se_f = (deff * q * (1.0 - q) / n as f64).sqrt();
+        let lo = quantile(h, (q - WOODRUFF_Z * se_f).max(0.0));
+        let hi = quantile(h, (q + WOODRUFF_Z * se_f).min(1.0));
+        Some(QuantileEstimate {
+            value,
+            se: (hi - lo) / (2.0 * WOODRUFF_Z),
+            deff,
+            n,
+        })
+    }
+
+    /// The counts of a rate or mean as numbers (`[num, den, x_0..x_63, y_0..y_63]`,
+    /// `[n, sum, sumsq, x.., y..]`); `None` for quantiles. Inverse of [`Agg::with_values`].
+    pub fn values(&self) -> Option<Vec<f64>> {
+        let (head, units) = match self {
+            Agg::Rate { num, den, units } => (vec![*num as f64, *den as f64], units),
+            Agg::Mean {
+                n,
+                sum,
+                sumsq,
+                units,
+            } => (vec![*n as f64, *sum, *sumsq], units),
+            Agg::Quantile { .. } => return None,
+        };
+        let mut v = head;
+        match units {
+            Some(u) => {
+                v.extend_from_slice(&u.x);
+                v.extend_from_slice(&u.y);
+            }
+            None => v.resize(v.len() + 2 * BUCKETS, 0.0),
+        }
+        Some(v)
+    }
+
+    /// This aggregate's kind filled from [`Agg::values`]; `None` if the shape differs
+    /// (including the unit-less shape of builds before per-unit statistics).
     pub fn with_values(&self, v: &[f64]) -> Option<Agg> {
         let count = |x: f64| (x >= 0.0 && x.fract() == 0.0).then_some(x as u64);
+        let units = |rest: &[f64]| -> Option<Option<Box<Buckets>>> {
+            if rest.len() != 2 * BUCKETS || rest.iter().any(|x| !x.is_finite()) {
+                return None;
+            }
+            if rest.iter().all(|x| *x == 0.0) {
+                return Some(None);
+            }
+            let mut b = Buckets::new();
+            b.x.copy_from_slice(&rest[..BUCKETS]);
+            b.y.copy_from_slice(&rest[BUCKETS..]);
+            Some(Some(b))
+        };
         match (self, v) {
-            (Agg::Rate { .. }, [num, den]) => Some(Agg::Rate {
+            (Agg::Rate { .. }, [num, den, rest @ ..]) => Some(Agg::Rate {
                 num: count(*num)?,
                 den: count(*den)?,
+                units: units(rest)?,
             }),
-            (Agg::Mean { .. }, [n, sum, sumsq]) => Some(Agg::Mean {
+            (Agg::Mean { .. }, [n, sum, sumsq, rest @ ..]) => Some(Agg::Mean {
                 n: count(*n)?,
                 sum: *sum,
                 sumsq: *sumsq,
+                units: units(rest)?,
             }),
             _ => None,
         }
@@ -119,12 +388,94 @@ impl Agg {
     /// Heap bytes held beyond the enum itself.
     pub fn heap_bytes(&self) -> usize {
         match self {
-            Agg::Quantile { hist: Some(h) } => {
-                h.distinct_values() * std::mem::size_of::<u32>() + 128
+            Agg::Quantile { hist, units } => {
+                hist.as_ref().map_or(0, |h| {
+                    h.distinct_values() * std::mem::size_of::<u32>() + 128
+                }) + units
+                    .as_ref()
+                    .map_or(0, |_| std::mem::size_of::<QuantileBuckets>())
             }
-            _ => 0,
+            Agg::Rate { units, .. } | Agg::Mean { units, .. } => {
+                units.as_ref().map_or(0, |_| std::mem::size_of::<Buckets>())
+            }
         }
     }
+}
+
+/// Deterministic pseudo-random unit hashes for synthetic aggregates (tests, benches).
+fn synthetic_unit(seed: u64, i: u64) -> u64 {
+    let mut z = seed
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(i.wrapping_mul(0xbf58_476d_1ce4_e5b9))
+        .wrapping_add(1);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Agg {
+    /// A rate aggregate of `den` independent units with one denominator event each,
+    /// `num` numerator events spread over them (the i.i.d. case; tests and benches).
+    pub fn rate_of_units(num: u64, den: u64, seed: u64) -> Agg {
+        let mut a = Agg::Rate {
+            num: 0,
+            den: 0,
+            units: None,
+        };
+        let units = den.max(1);
+        for i in 0..den {
+            a.apply(
+                Contribution::Rate { num: 0, den: 1 },
+                synthetic_unit(seed, i),
+            );
+        }
+        for i in 0..num {
+            a.apply(
+                Contribution::Rate { num: 1, den: 0 },
+                synthetic_unit(seed, i % units),
+            );
+        }
+        a
+    }
+
+    /// A mean aggregate of `n` independent units with one value each, alternately
+    /// `mean − sd` and `mean + sd` (tests and benches).
+    pub fn mean_of_units(n: u64, mean: f64, sd: f64, seed: u64) -> Agg {
+        let mut a = Agg::Mean {
+            n: 0,
+            sum: 0.0,
+            sumsq: 0.0,
+            units: None,
+        };
+        for i in 0..n {
+            let v = if i % 2 == 0 { mean - sd } else { mean + sd };
+            a.apply(Contribution::Value(v), synthetic_unit(seed, i));
+        }
+        a
+    }
+}
+
+/// Design effect of the indicator `x <= value` from the coarse per-bucket counts: at
+/// the two bin edges around `value` (exact counts there), interpolated in log2, at
+/// least 1; 1 where neither edge has a defined design effect.
+fn quantile_deff(u: &QuantileBuckets, value: f64) -> f64 {
+    let k = q_bin(value);
+    let at = |edge: usize| {
+        let (below, total) = u.below(edge);
+        stats::indicator_deff(&below, &total)
+    };
+    let (lo, hi) = (at(k), at(k + 1));
+    let w = if value > 0.0 {
+        ((value.log2() + 4.0) * 2.0 - k as f64).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let d = match (lo, hi) {
+        (Some(a), Some(b)) => (1.0 - w) * a + w * b,
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => 1.0,
+    };
+    d.max(1.0)
 }
 
 /// What one event adds to one metric of one cell.
@@ -164,6 +515,8 @@ pub struct Arm {
     pub exposures: u64,
     pub events: u64,
     pub aggs: Vec<Agg>,
+    /// The exposed units with the smallest sample keys (sample-ratio test).
+    pub units: UnitSample,
 }
 
 impl Arm {
@@ -172,6 +525,7 @@ impl Arm {
             exposures: 0,
             events: 0,
             aggs: template.to_vec(),
+            units: UnitSample::new(CELL_SAMPLE),
         }
     }
 
@@ -181,13 +535,126 @@ impl Arm {
         for (a, b) in self.aggs.iter_mut().zip(&other.aggs) {
             a.merge(b);
         }
+        self.units.merge(&other.units);
     }
 
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Arm>()
             + self.aggs.len() * std::mem::size_of::<Agg>()
             + self.aggs.iter().map(Agg::heap_bytes).sum::<usize>()
+            + self.units.heap_bytes()
     }
+}
+
+/// A bottom-k sample of distinct units: the `cap` smallest sample keys seen. Mergeable
+/// (the union's smallest keys are among each part's), so the sample of a cohort over a
+/// window, or of `*` over its cohorts, is exact. Inserting is O(1) once the sample is
+/// full and a key is above the threshold; otherwise keys are buffered and compacted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitSample {
+    cap: usize,
+    keys: Vec<u64>,
+    /// Keys above this are not in the sample: `KEY_MAX` until more than `cap` units were seen.
+    tau: u64,
+    /// More than `cap` distinct units were seen (the sample is a strict subset).
+    full: bool,
+}
+
+impl UnitSample {
+    pub fn new(cap: usize) -> UnitSample {
+        UnitSample {
+            cap,
+            keys: Vec::new(),
+            tau: KEY_MAX,
+            full: false,
+        }
+    }
+
+    #[inline]
+    pub fn insert(&mut self, key: u64) {
+        if key > self.tau {
+            return;
+        }
+        self.keys.push(key);
+        if self.keys.len() >= self.cap + self.cap / 2 {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        if self.keys.len() > self.cap {
+            self.keys.truncate(self.cap);
+            self.full = true;
+        }
+        if self.full {
+            self.tau = self.keys[self.cap - 1];
+        }
+    }
+
+    pub fn merge(&mut self, other: &UnitSample) {
+        self.full |= other.full;
+        self.tau = self.tau.min(other.tau);
+        let tau = self.tau;
+        self.keys.extend(other.keys.iter().filter(|&&k| k <= tau));
+        self.compact();
+    }
+
+    /// The sorted distinct keys and the threshold: every unit seen with a key at or
+    /// below it is in the keys.
+    pub fn sorted(&self) -> (Vec<u64>, u64) {
+        let mut s = self.clone();
+        s.compact();
+        (s.keys, s.tau)
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.keys.capacity() * std::mem::size_of::<u64>()
+    }
+}
+
+/// The window sample of a cell's two arms for the sample-ratio test: `(key, mask)`
+/// sorted by key (mask 1 = treatment, 2 = control, 3 = both) and the threshold, per
+/// [`UnitSample`] over the union of the arms, at most `cap` entries.
+pub fn joint_sample(t: &UnitSample, c: &UnitSample, cap: usize) -> (Vec<(u64, u8)>, u64) {
+    let (kt, tt) = t.sorted();
+    let (kc, tc) = c.sorted();
+    let tau = tt.min(tc);
+    let mut out: Vec<(u64, u8)> = Vec::with_capacity(kt.len() + kc.len());
+    let (mut i, mut j) = (0, 0);
+    while i < kt.len() || j < kc.len() {
+        let (a, b) = (kt.get(i).copied(), kc.get(j).copied());
+        let entry = match (a, b) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+                (x, 3)
+            }
+            (Some(x), Some(y)) if x < y => {
+                i += 1;
+                (x, 1)
+            }
+            (Some(x), None) => {
+                i += 1;
+                (x, 1)
+            }
+            (_, Some(y)) => {
+                j += 1;
+                (y, 2)
+            }
+            (None, None) => break,
+        };
+        if entry.0 <= tau {
+            out.push(entry);
+        }
+    }
+    let mut tau = tau;
+    if out.len() > cap {
+        out.truncate(cap);
+        tau = out[cap - 1].0;
+    }
+    (out, tau)
 }
 
 #[cfg(test)]
@@ -218,10 +685,11 @@ mod tests {
                 matcher: crate::policy::Matcher { source: crate::model::Source::Product, conditions: vec![] },
                 field: crate::policy::NumField::LatencyMs, quantile: 0.95 } };
             let (mut x, mut y, mut all) = (Agg::new(&metric), Agg::new(&metric), Agg::new(&metric));
-            for v in &a { x.apply(Contribution::Value(*v)); all.apply(Contribution::Value(*v)); }
-            for v in &b { y.apply(Contribution::Value(*v)); all.apply(Contribution::Value(*v)); }
+            for (i, v) in a.iter().enumerate() { x.apply(Contribution::Value(*v), i as u64); all.apply(Contribution::Value(*v), i as u64); }
+            for (i, v) in b.iter().enumerate() { y.apply(Contribution::Value(*v), 7 * i as u64); all.apply(Contribution::Value(*v), 7 * i as u64); }
             x.merge(&y);
-            let (Agg::Quantile { hist: hx }, Agg::Quantile { hist: hall }) = (&x, &all) else { unreachable!() };
+            let (Agg::Quantile { hist: hx, units: ux }, Agg::Quantile { hist: hall, units: uall }) = (&x, &all) else { unreachable!() };
+            prop_assert_eq!(ux, uall);
             match (hx, hall) {
                 (Some(hx), Some(hall)) => {
                     prop_assert_eq!(hx.len(), hall.len());
@@ -236,10 +704,10 @@ mod tests {
 
         #[test]
         fn mean_merge_is_additive(a in prop::collection::vec(-1e3f64..1e3, 0..100), b in prop::collection::vec(-1e3f64..1e3, 0..100)) {
-            let mut x = Agg::Mean { n: 0, sum: 0.0, sumsq: 0.0 };
+            let mut x = Agg::Mean { n: 0, sum: 0.0, sumsq: 0.0, units: None };
             let mut y = x.clone();
-            for v in &a { x.apply(Contribution::Value(*v)); }
-            for v in &b { y.apply(Contribution::Value(*v)); }
+            for (i, v) in a.iter().enumerate() { x.apply(Contribution::Value(*v), i as u64); }
+            for (i, v) in b.iter().enumerate() { y.apply(Contribution::Value(*v), i as u64); }
             x.merge(&y);
             let Agg::Mean { n, sum, .. } = x else { unreachable!() };
             prop_assert_eq!(n as usize, a.len() + b.len());

@@ -19,7 +19,7 @@ use smallvec::SmallVec;
 
 use crate::model::{Body, EventRef, Outcome};
 use crate::policy::{FieldRef, Flag, Matcher, MetricKind, NumField, Policy};
-use aggregate::{Agg, Arm, Contribution};
+use aggregate::{Agg, Arm, Contribution, sample_key, unit_hash};
 use cohort::CohortTable;
 use watermark::PartitionKey;
 
@@ -74,6 +74,8 @@ pub struct Windows {
     /// Every window ending at or before this is closed.
     closed_before: i64,
     late: Vec<u64>,
+    /// Per flag, events without the flag's unit field (each counted as its own unit).
+    without_unit: Vec<u64>,
     cells: usize,
 }
 
@@ -87,7 +89,7 @@ impl Windows {
         let cohorts = policy
             .flags
             .iter()
-            .map(|f| CohortTable::new(&f.cohort_by, cap))
+            .map(|f| CohortTable::new(&f.cohort_by, f.max_cohorts.unwrap_or(cap)))
             .collect();
         let templates = policy
             .flags
@@ -108,6 +110,7 @@ impl Windows {
         Windows {
             size: policy.window.size_ms,
             late: vec![0; policy.flags.len()],
+            without_unit: vec![0; policy.flags.len()],
             policy,
             open: BTreeMap::new(),
             cohorts,
@@ -161,6 +164,14 @@ impl Windows {
         for (fi, arm) in targets {
             let flag = &self.policy.flags[fi];
             let contributions = contributions(&self.policy, flag, ev);
+            // The randomisation unit; an event without one is its own unit (counted).
+            let unit = match field_str(ev, &flag.unit) {
+                Some(u) => unit_hash(u.as_bytes()),
+                None => {
+                    self.without_unit[fi] += 1;
+                    unit_hash(ev.event_id.as_bytes())
+                }
+            };
             let exposure = matches!(
                 ev.body,
                 Body::Product {
@@ -187,8 +198,11 @@ impl Windows {
                 let a = &mut cell[arm];
                 a.events += 1;
                 a.exposures += u64::from(exposure);
+                if exposure {
+                    a.units.insert(sample_key(unit));
+                }
                 for (slot, c) in &contributions {
-                    a.aggs[*slot].apply(*c);
+                    a.aggs[*slot].apply(*c, unit);
                 }
             }
         }
@@ -323,6 +337,11 @@ impl Windows {
             .flat_map(|w| w.flags.iter().flatten().flatten())
             .map(|c| c.iter().map(Arm::bytes).sum::<usize>())
             .sum()
+    }
+
+    /// Per flag (policy order), events that had no value for the flag's unit field.
+    pub fn without_unit(&self) -> &[u64] {
+        &self.without_unit
     }
 
     pub fn cohort_overflows(&self) -> u64 {

@@ -240,7 +240,7 @@ fn observed(policy: &Policy, flag: usize, arm: &Arm) -> Expect {
     };
     for (slot, &m) in f.metric_ids.iter().enumerate() {
         match (policy.metrics[m].name.as_str(), &arm.aggs[slot]) {
-            ("err", Agg::Rate { num, den }) => out.err = (*num, *den),
+            ("err", Agg::Rate { num, den, .. }) => out.err = (*num, *den),
             ("lat", Agg::Mean { n, sum, .. }) => (out.lat_n, out.lat_sum) = (*n, *sum),
             ("csat", Agg::Mean { n, sum, .. }) => (out.csat_n, out.csat_sum) = (*n, *sum),
             (name, agg) => panic!("unexpected {name}: {agg:?}"),
