@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod model;
 pub mod policy;
+pub mod population;
 pub mod publisher;
 pub mod records;
 pub mod replay;
