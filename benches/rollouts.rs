@@ -11,7 +11,9 @@
 //! Options: `--rollouts N` (per scenario), `--threads N` (default 2), `--scenario NAME`
 //! (run the scenarios whose name contains NAME; repeatable), `--describe` (print the
 //! traffic model's realised properties for one day and exit), `--trace` (print every
-//! command of each scenario's first rollout to stderr), `--list`.
+//! command of each scenario's first rollout to stderr), `--list`; policy settings
+//! `--error-margin M` (default 0), `--error-windows N` (1), `--alpha A` (0.01, every
+//! guardrail).
 //!
 //! The flag platform: a treatment percent per cohort (12 targeting rules) and a default
 //! rule. An ADVANCE with `requires_approval = false` on cohort `*` sets the default
@@ -82,6 +84,7 @@ owner = "bench"
 treatment = "on"
 control = "off"
 cohort_by = ["platform", "region"]
+max_cohorts = 12                        # 4 platforms x 3 regions: the family the stop budget is split over
 ramp = [5, 25, 50, 100]
 start_percent = @START@
 approval = "@APPROVAL@"
@@ -89,9 +92,9 @@ advance_when = "@ADVANCE_WHEN@"
 
   [[flags.guardrails]]
   metric = "checkout_error_rate"
-  max_relative_increase = 0.10
-  alpha = 0.01
-  windows = 2
+  max_relative_increase = @ERR_MARGIN@
+  alpha = @ALPHA@
+  windows = @ERR_WINDOWS@
   min_samples = 200
   severity = "critical"
   action = "pause"
@@ -99,7 +102,7 @@ advance_when = "@ADVANCE_WHEN@"
   [[flags.guardrails]]
   metric = "checkout_latency_p95"
   max_relative_increase = 0.25
-  alpha = 0.01
+  alpha = @ALPHA@
   windows = 2
   min_samples = 200
   severity = "critical"
@@ -108,7 +111,7 @@ advance_when = "@ADVANCE_WHEN@"
   [[flags.guardrails]]
   metric = "support_contact_rate"
   max_relative_increase = 0.25
-  alpha = 0.01
+  alpha = @ALPHA@
   windows = 2
   min_samples = 200
   severity = "critical"
@@ -232,8 +235,16 @@ fn scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Policy settings the command line may change (`--error-margin`, `--error-windows`,
+/// `--alpha`): the trade-offs the README reports.
+static SETTINGS: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+
 fn policy(sc: &Scenario) -> Arc<Policy> {
+    let (margin, windows, alpha) = SETTINGS.get_or_init(|| ("0".into(), "1".into(), "0.01".into()));
     let text = POLICY
+        .replace("@ERR_MARGIN@", margin)
+        .replace("@ERR_WINDOWS@", windows)
+        .replace("@ALPHA@", alpha)
         .replace("@START@", &sc.start.to_string())
         .replace("@APPROVAL@", sc.approval)
         .replace("@ADVANCE_WHEN@", sc.advance_when);
@@ -587,6 +598,21 @@ fn main() {
         .filter(|w| w[0] == "--scenario")
         .map(|w| w[1].as_str())
         .collect();
+    let setting = |name: &str, default: &str| {
+        args.windows(2)
+            .find(|w| w[0] == name)
+            .map_or(default.to_string(), |w| w[1].clone())
+    };
+    let settings = (
+        setting("--error-margin", "0"),
+        setting("--error-windows", "1"),
+        setting("--alpha", "0.01"),
+    );
+    println!(
+        "policy: error-rate margin {}, windows {}; every guardrail's alpha {}",
+        settings.0, settings.1, settings.2
+    );
+    let _ = SETTINGS.set(settings);
     let model = TrafficModel::default();
     let all = scenarios();
     if args.iter().any(|a| a == "--list") {

@@ -99,6 +99,8 @@ pub struct Engine {
     scratch: Vec<u8>,
     /// Unknown fingerprints already logged at WARN.
     unknown_logged: HashSet<u64>,
+    /// Decisions carry their watermark lag (replay has no wall clock to measure it by).
+    live: bool,
 }
 
 impl Engine {
@@ -120,6 +122,7 @@ impl Engine {
             counters: Counters::default(),
             scratch: Vec::new(),
             unknown_logged: Default::default(),
+            live,
             policy,
         })
     }
@@ -197,7 +200,17 @@ impl Engine {
         let wm = self.watermark.advance(now);
         self.counters.watermark_clamped = self.watermark.clamped();
         let closed = self.windows.close_until(wm);
-        self.decide(closed, now)
+        let mut judged = self.decide(closed, now);
+        if self.live && wm > i64::MIN {
+            // Freshness of the data behind each decision (replay has no wall clock).
+            for j in &mut judged {
+                j.evaluation.watermark_lag_ms = Some(now.saturating_sub(wm));
+                if let Some(c) = &mut j.command {
+                    c.watermark_lag_ms = Some(now.saturating_sub(wm));
+                }
+            }
+        }
+        judged
     }
 
     /// End of input (replay): every open window closes.

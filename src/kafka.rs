@@ -23,8 +23,8 @@ use crate::engine::Engine;
 use crate::http::StateReset;
 use crate::ingest::decode::SchemaRegistry;
 use crate::ingest::decode::{
-    FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_HISTORY, WINDOW_EVALUATION_SCHEMA, describe_fingerprint,
-    legacy_fingerprint,
+    FLAG_COMMAND_HISTORY, FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_HISTORY, WINDOW_EVALUATION_SCHEMA,
+    describe_fingerprint, legacy_fingerprint,
 };
 use crate::model::Source;
 use crate::records::{FlagCommand, InputPosition, WindowEvaluation};
@@ -436,6 +436,11 @@ impl OutputReader {
         OutputReader::new(WINDOW_EVALUATION_SCHEMA, &WINDOW_EVALUATION_HISTORY)
     }
 
+    /// `FlagCommand`, every version this build shipped.
+    pub fn commands() -> Result<OutputReader, KafkaError> {
+        OutputReader::new(FLAG_COMMAND_SCHEMA, &FLAG_COMMAND_HISTORY)
+    }
+
     pub fn decode<T: serde::de::DeserializeOwned>(
         &self,
         bytes: &[u8],
@@ -710,11 +715,12 @@ mod tests {
             command_id: None,
             band: vec![],
             input_positions: vec![],
+            watermark_lag_ms: None,
         };
-        // The v1 record: every field of the current one but the last.
+        // The v1 record: every field of the current one but the last two.
         let mut value = apache_avro::to_value(&eval).unwrap();
         if let Value::Record(fields) = &mut value {
-            fields.retain(|(name, _)| name != "input_positions");
+            fields.retain(|(name, _)| name != "input_positions" && name != "watermark_lag_ms");
         }
         let value = value.resolve(&v1).unwrap();
         let mut w = apache_avro::GenericSingleObjectWriter::new_with_capacity(&v1, 1024).unwrap();

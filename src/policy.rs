@@ -752,7 +752,18 @@ mod version_tests {
     /// before this change: state published under them is still restored.
     #[test]
     fn legacy_versions_are_the_ones_earlier_builds_published() {
-        let v = versions(EXAMPLE);
+        // The example as 0.1 shipped it: no `max_cohorts`/`unit`, the error-rate
+        // guardrail per window.
+        let old: String = EXAMPLE
+            .lines()
+            .filter(|l| !l.starts_with("max_cohorts =") && !l.starts_with("unit ="))
+            .map(|l| match l.trim_start().starts_with("action = \"pause\"") {
+                true => format!("{l}\n  test = \"per_window\""),
+                false => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let v = versions(&old);
         assert_eq!(v[0].1, "dd646e63266a");
         assert_eq!(v[1].1, "d5f73581b4b1");
     }

@@ -25,6 +25,61 @@ pub struct MetricEvidence {
     /// breached | healthy | insufficient | significant | not_significant
     #[serde(default)]
     pub status: String,
+    /// 95% interval of the relative change (of the treatment value without control).
+    #[serde(default)]
+    pub ci_lower: Option<f64>,
+    #[serde(default)]
+    pub ci_upper: Option<f64>,
+    /// Estimates and sample sizes over the current ramp band (rates and means).
+    #[serde(default)]
+    pub band_treatment_value: Option<f64>,
+    #[serde(default)]
+    pub band_control_value: Option<f64>,
+    #[serde(default)]
+    pub band_treatment_samples: Option<i64>,
+    #[serde(default)]
+    pub band_control_samples: Option<i64>,
+    /// Distinct exposed units per arm over the band (estimated from the unit sample).
+    #[serde(default)]
+    pub treatment_units: Option<i64>,
+    #[serde(default)]
+    pub control_units: Option<i64>,
+    /// The level the test was judged at, and its family: the alpha / this level.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    #[serde(default)]
+    pub family_size: Option<i32>,
+}
+
+impl MetricEvidence {
+    /// Evidence with every field empty (a base for `..`).
+    pub fn empty() -> MetricEvidence {
+        MetricEvidence {
+            metric: String::new(),
+            role: Role::Guardrail,
+            treatment_value: 0.0,
+            control_value: None,
+            threshold: None,
+            relative_change: None,
+            p_value: None,
+            treatment_samples: 0,
+            control_samples: 0,
+            method: String::new(),
+            breached: false,
+            consecutive_windows: 0,
+            status: String::new(),
+            ci_lower: None,
+            ci_upper: None,
+            band_treatment_value: None,
+            band_control_value: None,
+            band_treatment_samples: None,
+            band_control_samples: None,
+            treatment_units: None,
+            control_units: None,
+            alpha: None,
+            family_size: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +99,9 @@ pub struct FlagCommand {
     pub issued_at: i64,
     pub policy_version: String,
     pub evidence: Vec<MetricEvidence>,
+    /// Wall clock minus the watermark when decided (data freshness).
+    #[serde(default)]
+    pub watermark_lag_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +131,9 @@ pub struct WindowEvaluation {
     /// evaluation of a close only): restore recognises re-read records by it.
     #[serde(default)]
     pub input_positions: Vec<InputPosition>,
+    /// Wall clock minus the watermark when decided (data freshness).
+    #[serde(default)]
+    pub watermark_lag_ms: Option<i64>,
 }
 
 /// An input partition's read position: every record below `read_until` was consumed.
@@ -113,6 +174,16 @@ fn evidence(w: &mut AvroWriter, ev: &[MetricEvidence]) {
         w.boolean(e.breached);
         w.long(i64::from(e.consecutive_windows));
         w.string(&e.status);
+        w.opt(e.ci_lower, AvroWriter::double);
+        w.opt(e.ci_upper, AvroWriter::double);
+        w.opt(e.band_treatment_value, AvroWriter::double);
+        w.opt(e.band_control_value, AvroWriter::double);
+        w.opt(e.band_treatment_samples, AvroWriter::long);
+        w.opt(e.band_control_samples, AvroWriter::long);
+        w.opt(e.treatment_units, AvroWriter::long);
+        w.opt(e.control_units, AvroWriter::long);
+        w.opt(e.alpha, AvroWriter::double);
+        w.opt(e.family_size, |w, v| w.long(i64::from(v)));
     });
 }
 
@@ -143,6 +214,7 @@ impl FlagCommand {
             w.long(self.issued_at);
             w.string(&self.policy_version);
             evidence(w, &self.evidence);
+            w.opt(self.watermark_lag_ms, AvroWriter::long);
         })
     }
 }
@@ -175,6 +247,7 @@ impl WindowEvaluation {
                 w.long(i64::from(p.partition));
                 w.long(p.read_until);
             });
+            w.opt(self.watermark_lag_ms, AvroWriter::long);
         })
     }
 }

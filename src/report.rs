@@ -239,6 +239,7 @@ mod tests {
                 breached: t > 0.011,
                 consecutive_windows: 0,
                 status: "healthy".into(),
+                ..MetricEvidence::empty()
             }],
             late_events: 0,
             evaluated_at: 0,
@@ -249,6 +250,7 @@ mod tests {
             command_id: None,
             band: Vec::new(),
             input_positions: Vec::new(),
+            watermark_lag_ms: None,
         }
     }
 
@@ -283,6 +285,7 @@ mod tests {
             issued_at: 0,
             policy_version: "v".into(),
             evidence: vec![],
+            watermark_lag_ms: None,
         };
         r.add(&eval(1, 0.03, Some(Action::Pause)), Some(&cmd));
         let html = r.render("t");

@@ -91,10 +91,16 @@ pub const SHIPPED: [(Source, &str, &str, bool); 4] = [
 
 pub const FLAG_COMMAND_SCHEMA: &str = include_str!("../../schemas/flag_command.avsc");
 pub const WINDOW_EVALUATION_SCHEMA: &str = include_str!("../../schemas/window_evaluation.avsc");
-/// Older `WindowEvaluation` versions, still read at restore (before `input_positions`).
-pub const WINDOW_EVALUATION_HISTORY: [&str; 1] = [include_str!(
-    "../../schemas/history/window_evaluation.v1.avsc"
-)];
+/// Older `WindowEvaluation` versions, still read at restore: v1 (before
+/// `input_positions`), v2 (before the evidence's intervals, units, alpha and freshness).
+pub const WINDOW_EVALUATION_HISTORY: [&str; 2] = [
+    include_str!("../../schemas/history/window_evaluation.v1.avsc"),
+    include_str!("../../schemas/history/window_evaluation.v2.avsc"),
+];
+/// Older `FlagCommand` versions (v1: before the evidence's intervals, units, alpha and
+/// freshness), read by [`crate::kafka::OutputReader::commands`].
+pub const FLAG_COMMAND_HISTORY: [&str; 1] =
+    [include_str!("../../schemas/history/flag_command.v1.avsc")];
 
 /// The CRC-64-AVRO fingerprint of a schema's Parsing Canonical Form as the Avro
 /// specification defines it: the value Java's `SchemaNormalization.parsingFingerprint64`

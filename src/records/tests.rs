@@ -27,6 +27,16 @@ fn evidence(i: usize, full: bool) -> MetricEvidence {
         breached: full,
         consecutive_windows: i as i32,
         status: if full { "breached" } else { "" }.into(),
+        ci_lower: full.then_some(-0.031),
+        ci_upper: full.then_some(0.25),
+        band_treatment_value: full.then_some(0.0125),
+        band_control_value: full.then_some(0.0111),
+        band_treatment_samples: full.then_some(40_000),
+        band_control_samples: full.then_some(-1),
+        treatment_units: full.then_some(12_345),
+        control_units: full.then_some(i64::MAX),
+        alpha: full.then_some(1.25e-3),
+        family_size: full.then_some(i32::MIN),
     }
 }
 
@@ -47,6 +57,7 @@ fn command(action: Action, evidence: Vec<MetricEvidence>) -> FlagCommand {
         issued_at: -1,
         policy_version: "abcdef012345".into(),
         evidence,
+        watermark_lag_ms: Some(125_000),
     }
 }
 
@@ -65,6 +76,7 @@ fn evaluation(full: bool, evidence: Vec<MetricEvidence>) -> WindowEvaluation {
         healthy_windows: 3,
         policy_version: full.then(|| "0123456789ab".to_string()),
         command_id: full.then(|| "id".to_string()),
+        watermark_lag_ms: full.then_some(-3),
         band: if full {
             vec![
                 crate::records::BandState {
@@ -223,9 +235,25 @@ fn any_evidence() -> impl Strategy<Value = MetricEvidence> {
             any::<i32>(),
         ),
         "[a-z_]{0,15}",
+        (opt_f64(), opt_f64(), opt_f64(), opt_f64()),
+        (
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(any::<i64>()),
+            opt_f64(),
+            proptest::option::of(any::<i32>()),
+        ),
     )
         .prop_map(
-            |((metric, role, tv), (cv, th, rc, p), (tn, cn, method, breached, streak), status)| {
+            |(
+                (metric, role, tv),
+                (cv, th, rc, p),
+                (tn, cn, method, breached, streak),
+                status,
+                (ci_lower, ci_upper, band_t, band_c),
+                (band_tn, band_cn, tu, cu, alpha, family),
+            )| {
                 MetricEvidence {
                     metric,
                     role: [Role::Guardrail, Role::Success, Role::Srm][role],
@@ -240,6 +268,16 @@ fn any_evidence() -> impl Strategy<Value = MetricEvidence> {
                     breached,
                     consecutive_windows: streak,
                     status,
+                    ci_lower,
+                    ci_upper,
+                    band_treatment_value: band_t,
+                    band_control_value: band_c,
+                    band_treatment_samples: band_tn,
+                    band_control_samples: band_cn,
+                    treatment_units: tu,
+                    control_units: cu,
+                    alpha,
+                    family_size: family,
                 }
             },
         )

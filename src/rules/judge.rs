@@ -143,7 +143,7 @@ fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>,
 /// The change-point detector's share of a sequential bound's e-value where the metric
 /// also has a band mSPRT. Tuned with `benches/decision_quality.rs`: 1/3 kept A/A false
 /// pauses at 0.7% (1/2: 1.2%) with the same 98% detection of a mid-band regression.
-pub const DETECTOR_WEIGHT: f64 = 1.0 / 3.0;
+pub const DETECTOR_WEIGHT: f64 = 1.0 / 2.0;
 
 /// One bound's sequential e-value in log: ⅔·Λ₁ + ⅓·M, Λ₁ the band's mSPRT (strong when
 /// the regression spans the band) and M the change-point detector (strong when it starts
@@ -352,7 +352,18 @@ pub fn guardrail(
     } else {
         Status::Healthy
     };
-    let ev = MetricEvidence {
+    // The interval on the data the decision used: the band for a sequential relative
+    // test (rates and means), else this window.
+    let data = match (band, relative.is_some() && g.sequential) {
+        (Some(b), true) => [&b[TREATMENT], &b[CONTROL]],
+        _ => [t, c],
+    };
+    let ci = if has_control {
+        relative_ci(data[0], data[1], &metric.kind)
+    } else {
+        value_ci(t, &metric.kind)
+    };
+    let mut ev = MetricEvidence {
         metric: metric.name.clone(),
         role: Role::Guardrail,
         treatment_value: tv,
@@ -366,8 +377,55 @@ pub fn guardrail(
         breached: status == Status::Breached,
         consecutive_windows: 0,
         status: status.as_str().into(),
+        ci_lower: ci.map(|c| c.0),
+        ci_upper: ci.map(|c| c.1),
+        alpha: Some(alpha),
+        family_size: Some((g.alpha / alpha).round() as i32),
+        ..MetricEvidence::empty()
     };
+    band_fields(&mut ev, band, &metric.kind);
     (ev, status)
+}
+
+/// 95% normal quantile.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// An aggregate's estimate with its clustered standard error.
+fn estimate(a: &Agg, kind: &MetricKind) -> Option<(f64, f64)> {
+    match (a, kind) {
+        (Agg::Quantile { .. }, MetricKind::Quantile { quantile: q, .. }) => {
+            a.quantile_estimate(*q).map(|e| (e.value, e.se))
+        }
+        _ => ratio(a).map(|e| (e.ratio, e.variance.sqrt())),
+    }
+}
+
+/// 95% interval of the relative change T/C − 1 (delta method), clustered by unit.
+pub fn relative_ci(t: &Agg, c: &Agg, kind: &MetricKind) -> Option<(f64, f64)> {
+    let ((vt, st), (vc, sc)) = (estimate(t, kind)?, estimate(c, kind)?);
+    if vc == 0.0 {
+        return None;
+    }
+    let rel = vt / vc - 1.0;
+    let se = ((st / vc).powi(2) + (vt * sc / (vc * vc)).powi(2)).sqrt();
+    se.is_finite().then_some((rel - Z95 * se, rel + Z95 * se))
+}
+
+/// 95% interval of an arm's value, clustered by unit.
+fn value_ci(a: &Agg, kind: &MetricKind) -> Option<(f64, f64)> {
+    let (v, se) = estimate(a, kind)?;
+    se.is_finite().then_some((v - Z95 * se, v + Z95 * se))
+}
+
+/// The band's estimates and sizes (rates and means) into the evidence.
+fn band_fields(ev: &mut MetricEvidence, band: Option<&[Agg; 2]>, kind: &MetricKind) {
+    if let Some(b) = band {
+        let (t, c) = (value(&b[TREATMENT], kind), value(&b[CONTROL], kind));
+        ev.band_treatment_value = Some(t.0);
+        ev.band_control_value = Some(c.0);
+        ev.band_treatment_samples = Some(t.1 as i64);
+        ev.band_control_samples = Some(c.1 as i64);
+    }
 }
 
 /// Sequential on the band's aggregates where possible, else this window's fixed test.
@@ -422,7 +480,9 @@ pub fn success(
             }
         }
     };
-    let ev = MetricEvidence {
+    let data = band.map_or([t, c], |b| [&b[TREATMENT], &b[CONTROL]]);
+    let ci = relative_ci(data[0], data[1], &metric.kind);
+    let mut ev = MetricEvidence {
         metric: metric.name.clone(),
         role: Role::Success,
         treatment_value: tv,
@@ -436,6 +496,11 @@ pub fn success(
         breached: false,
         consecutive_windows: 0,
         status: status.as_str().into(),
+        ci_lower: ci.map(|c| c.0),
+        ci_upper: ci.map(|c| c.1),
+        alpha: Some(s.alpha),
+        ..MetricEvidence::empty()
     };
+    band_fields(&mut ev, band, &metric.kind);
     (ev, status)
 }

@@ -166,13 +166,17 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
 
 /// The band's sample-ratio test with this window's exposed units: evidence, and whether
 /// the cohort is to be held (a mismatch found and not yet cleared by a fresh test).
-fn srm_judge(cell: &Cell, state: &mut CohortState) -> Option<(MetricEvidence, bool)> {
+fn srm_judge(
+    cell: &Cell,
+    state: &mut CohortState,
+    spread: (f64, f64),
+) -> Option<(MetricEvidence, bool)> {
     let share = state.percent / 100.0;
     if !(share > 0.0 && share < 1.0) {
         return None;
     }
     let (sample, tau) = joint_sample(&cell[TREATMENT].units, &cell[CONTROL].units, CELL_SAMPLE);
-    let w = state.srm.observe(&sample, tau, state.percent);
+    let w = state.srm.observe(&sample, tau, state.percent, spread);
     let s = &state.srm;
     if w.n_t + w.n_c == 0 && !s.holding {
         return None;
@@ -184,6 +188,12 @@ fn srm_judge(cell: &Cell, state: &mut CohortState) -> Option<(MetricEvidence, bo
         share
     };
     let expected = (w.lo + w.hi) / 2.0;
+    // 95% interval of the treatment share of the counted units.
+    let n = (nt + nc) as f64;
+    let share_ci = (n > 0.0).then(|| {
+        let half = 1.959_963_984_540_054 * (observed * (1.0 - observed) / n).sqrt();
+        (observed - half, observed + half)
+    });
     let null = if w.lo == w.hi {
         format!("{}% treatment", fmt_pct(state.percent))
     } else {
@@ -222,6 +232,10 @@ fn srm_judge(cell: &Cell, state: &mut CohortState) -> Option<(MetricEvidence, bo
         breached: mismatch,
         consecutive_windows: i32::from(mismatch),
         status: if mismatch { "breached" } else { "healthy" }.into(),
+        ci_lower: share_ci.map(|c| c.0),
+        ci_upper: share_ci.map(|c| c.1),
+        alpha: Some(SRM_ALPHA),
+        ..MetricEvidence::empty()
     };
     Some((ev, mismatch))
 }
@@ -255,6 +269,15 @@ impl Rules {
             let flag = &self.policy.flags[fi];
             let has_control = flag.control.is_some();
             let mut judged: Vec<CohortJudgement> = Vec::with_capacity(closed.cohorts.len());
+            // The percents the flag's cohorts are at (not rolled back): the split of any
+            // cohort may be any of them while they differ (see `SrmState::observe`).
+            let spread = self.states[fi]
+                .values()
+                .filter(|s| s.status != CohortStatus::RolledBack)
+                .map(|s| s.percent)
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+                    (lo.min(p), hi.max(p))
+                });
             for (cohort, cell) in &closed.cohorts {
                 let policy = &self.policy;
                 let state = self.states[fi]
@@ -292,7 +315,7 @@ impl Rules {
                     .iter()
                     .map(|sm| judge::success(policy, sm, cell, band[sm.slot].as_ref()))
                     .collect();
-                let srm = srm_judge(cell, state);
+                let srm = srm_judge(cell, state, spread);
                 judged.push(CohortJudgement {
                     guardrails,
                     success,
@@ -664,7 +687,15 @@ fn judge_cohort(
     now: i64,
 ) -> Judged {
     let from = state.percent;
-    let sig = update_streaks(flag, judged, state);
+    let mut sig = update_streaks(flag, judged, state);
+    // Distinct exposed units per arm over the band, estimated from the unit sample.
+    let rate = state.srm.sampling_rate();
+    let units = |n: u64| (n > 0).then(|| (n as f64 / rate).round() as i64);
+    let (tu, cu) = (units(state.srm.n_t), units(state.srm.n_c));
+    for ev in &mut sig.evidence {
+        ev.treatment_units = tu;
+        ev.control_units = cu;
+    }
     let decision = choose_action(policy, flag, &sig, state);
     let evidence = sig.evidence;
     let cmd = decision.map(|(action, to, severity, reason)| FlagCommand {
@@ -689,6 +720,7 @@ fn judge_cohort(
         issued_at: now,
         policy_version: flag.policy_version.clone(),
         evidence: evidence.clone(),
+        watermark_lag_ms: None,
     });
     let evaluation = WindowEvaluation {
         flag_key: flag.key.clone(),
@@ -706,6 +738,7 @@ fn judge_cohort(
         command_id: cmd.as_ref().map(|c| c.command_id.clone()),
         band: band_states(policy, flag, state),
         input_positions: Vec::new(),
+        watermark_lag_ms: None,
     };
     Judged {
         evaluation,
@@ -738,3 +771,5 @@ pub struct Judged {
 mod tests;
 #[cfg(test)]
 mod unit_vectors;
+#[cfg(test)]
+mod validity;

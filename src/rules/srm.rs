@@ -12,8 +12,8 @@ use crate::records::BandState;
 use crate::rules::stats;
 use crate::window::aggregate::KEY_MAX;
 
-/// Sampled units a band remembers at most (16 KiB); the state record carries them.
-pub const BAND_SAMPLE: usize = 2048;
+/// Sampled units a band remembers at most (32 KiB); the state record carries them.
+pub const BAND_SAMPLE: usize = 8192;
 /// Level of the sample-ratio test (the industry convention: LaunchDarkly, Statsig,
 /// GrowthBook); also of the test that the platform applied a new split.
 pub const SRM_ALPHA: f64 = 0.001;
@@ -27,8 +27,8 @@ pub const BAND_NAME: &str = "sample_ratio";
 pub struct SrmState {
     cap: usize,
     /// Sorted keys of the units counted since the test (re)started.
-    keys: Vec<u64>,
-    tau: u64,
+    keys: Vec<u32>,
+    tau: u32,
     pub n_t: u64,
     pub n_c: u64,
     /// Units seen in both arms (not tested; an assignment that is not sticky).
@@ -89,7 +89,7 @@ impl SrmState {
 
     /// The fraction of units the sample keeps (1 until it first filled).
     pub fn sampling_rate(&self) -> f64 {
-        (self.tau as f64 + 1.0) / (KEY_MAX as f64 + 1.0)
+        (f64::from(self.tau) + 1.0) / (f64::from(KEY_MAX) + 1.0)
     }
 
     /// Starts the test afresh (keeps the hold and the pending split).
@@ -113,8 +113,16 @@ impl SrmState {
 
     /// Adds a window's sample (`(key, mask)` sorted by key, mask 1 treatment, 2 control,
     /// 3 both; every unit with a key at or below `tau_w` is in it) with the split in
-    /// effect `percent`.
-    pub fn observe(&mut self, sample: &[(u64, u8)], tau_w: u64, percent: f64) -> SrmWindow {
+    /// effect `percent`; `spread` widens the null to the percents the flag's cohorts are
+    /// at (a platform may apply a cohort's command as an override or through the
+    /// default rule, so while they differ any of them, or a mix, may be in effect).
+    pub fn observe(
+        &mut self,
+        sample: &[(u32, u8)],
+        tau_w: u32,
+        percent: f64,
+        spread: (f64, f64),
+    ) -> SrmWindow {
         let to = percent / 100.0;
         let (lo, hi) = match self.pending_from {
             Some(from) => {
@@ -123,6 +131,7 @@ impl SrmState {
             }
             None => (to, to),
         };
+        let (lo, hi) = (lo.min(spread.0 / 100.0), hi.max(spread.1 / 100.0));
         // The applied test: H0 the split is still `from` (or on its far side from `to`).
         let applied_null = self.pending_from.map(|from| {
             let from = from / 100.0;
@@ -171,15 +180,15 @@ impl SrmState {
     /// reached 1/α. Halves the sample when it holds more than its capacity.
     pub fn count(
         &mut self,
-        sample: &[(u64, u8)],
-        tau_w: u64,
+        sample: &[(u32, u8)],
+        tau_w: u32,
         (lo, hi): (f64, f64),
         applied_null: Option<(f64, f64)>,
     ) -> bool {
         self.tau = self.tau.min(tau_w);
         let tau = self.tau;
         self.keys.retain(|&k| k <= tau);
-        let mut fresh: Vec<u64> = Vec::new();
+        let mut fresh: Vec<u32> = Vec::new();
         let mut fired = false;
         for &(key, mask) in sample {
             if key > tau || self.keys.binary_search(&key).is_ok() {
@@ -215,7 +224,7 @@ impl SrmState {
     }
 
     /// The threshold and the number of remembered keys (tests).
-    pub fn sample(&self) -> (u64, usize) {
+    pub fn sample(&self) -> (u32, usize) {
         (self.tau, self.keys.len())
     }
 
@@ -230,13 +239,13 @@ impl SrmState {
                 self.crossover as f64,
                 self.log_e,
                 self.applied_log_e,
-                self.tau as f64,
+                f64::from(self.tau),
                 self.pending_from.unwrap_or(-1.0),
                 f64::from(u8::from(self.holding)),
                 self.fired_units as f64,
             ],
             control: if keys {
-                self.keys.iter().map(|&k| k as f64).collect()
+                self.keys.iter().map(|&k| f64::from(k)).collect()
             } else {
                 Vec::new()
             },
@@ -250,6 +259,11 @@ impl SrmState {
     /// a pending split are kept.
     pub fn from_band_state(b: &BandState) -> Option<SrmState> {
         let count = |x: f64| (x >= 0.0 && x.fract() == 0.0 && x < 9e15).then_some(x as u64);
+        let key = |x: f64| {
+            count(x)
+                .filter(|&k| k <= u64::from(KEY_MAX))
+                .map(|k| k as u32)
+        };
         let [
             n_t,
             n_c,
@@ -265,13 +279,13 @@ impl SrmState {
             return None;
         };
         let mut s = SrmState::new(BAND_SAMPLE);
-        s.tau = count(*tau)?.min(KEY_MAX);
+        s.tau = key(*tau)?;
         s.log_e = *log_e;
         s.applied_log_e = *applied_log_e;
         s.pending_from = (*pending >= 0.0).then_some(*pending);
         s.holding = *holding != 0.0;
         s.fired_units = count(*fired)?;
-        let keys: Option<Vec<u64>> = b.control.iter().map(|&k| count(k)).collect();
+        let keys: Option<Vec<u32>> = b.control.iter().map(|&k| key(k)).collect();
         let mut keys = keys?;
         keys.sort_unstable();
         keys.dedup();

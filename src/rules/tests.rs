@@ -761,13 +761,25 @@ fn srm_is_not_tested_without_exposed_units_or_without_control() {
     let mut state = CohortState::new(&policy, &policy.flags[0]);
     state.percent = 50.0;
     let w = with_exposures(&policy, 1, HEALTHY, [250, 250]);
-    let (ev, mismatch) = srm_judge(&w.flags[0].cohorts[0].1, &mut state).unwrap();
+    let (ev, mismatch) = srm_judge(
+        &w.flags[0].cohorts[0].1,
+        &mut state,
+        (f64::INFINITY, f64::NEG_INFINITY),
+    )
+    .unwrap();
     assert!(!mismatch);
     assert!(ev.p_value.unwrap() > 0.5, "{ev:?}");
     assert_eq!((ev.treatment_samples, ev.control_samples), (250, 250));
     // At 100% there is no control to compare with.
     state.percent = 100.0;
-    assert!(srm_judge(&w.flags[0].cohorts[0].1, &mut state).is_none());
+    assert!(
+        srm_judge(
+            &w.flags[0].cohorts[0].1,
+            &mut state,
+            (f64::INFINITY, f64::NEG_INFINITY)
+        )
+        .is_none()
+    );
 }
 
 #[test]
@@ -791,6 +803,7 @@ fn benjamini_hochberg_decides_which_success_tests_count() {
                 breached: false,
                 consecutive_windows: 0,
                 status: "not_significant".into(),
+                ..MetricEvidence::empty()
             },
             Status::NotSignificant,
         )],

@@ -11,7 +11,7 @@
 //! 1 KiB of bucket sums (allocated on the first value); per quantile metric an HDR
 //! histogram (2 significant digits, values in thousandths of the field's unit from 1 to
 //! 3.6e9, u32 counts: 13.3 KiB) and a 12 KiB table of coarse per-bucket counts; and a
-//! sample of exposed units for the sample-ratio test (at most 12 KiB).
+//! sample of exposed units for the sample-ratio test (at most 12 KiB: 3,072 keys of 4 bytes).
 
 use hdrhistogram::Histogram;
 
@@ -33,9 +33,11 @@ pub const Q_BUCKETS: usize = 64;
 /// Coarse bins of a quantile bucket: two per octave, [2^-4, 2^20) of the field's unit.
 pub const Q_BINS: usize = 48;
 /// Exposed units a cell arm keeps for the sample-ratio test (the smallest keys).
-pub const CELL_SAMPLE: usize = 1024;
-/// Sample keys are the top 52 bits of the unit hash: exact as an f64 in the state record.
-pub const KEY_MAX: u64 = (1 << 52) - 1;
+pub const CELL_SAMPLE: usize = 2048;
+/// Sample keys are the top 32 bits of the unit hash (two units sharing one are rare,
+/// ~n²/2³³, and merely counted once: which units are counted still depends on the
+/// hash alone).
+pub const KEY_MAX: u32 = u32::MAX;
 
 /// The stable hash of a unit id: FNV-1a 64 finished with MurmurHash3's fmix64, so
 /// that every bit is mixed (bucket = low bits, sample key = high bits).
@@ -53,8 +55,8 @@ pub fn unit_hash(id: &[u8]) -> u64 {
 }
 
 /// The unit's sample key for the sample-ratio test.
-pub fn sample_key(hash: u64) -> u64 {
-    hash >> 12
+pub fn sample_key(hash: u64) -> u32 {
+    (hash >> 32) as u32
 }
 
 /// The coarse bin of a value: `floor(2·log2(v)) + 8`, clamped to the table.
@@ -553,9 +555,9 @@ impl Arm {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnitSample {
     cap: usize,
-    keys: Vec<u64>,
+    keys: Vec<u32>,
     /// Keys above this are not in the sample: `KEY_MAX` until more than `cap` units were seen.
-    tau: u64,
+    tau: u32,
     /// More than `cap` distinct units were seen (the sample is a strict subset).
     full: bool,
 }
@@ -571,7 +573,7 @@ impl UnitSample {
     }
 
     #[inline]
-    pub fn insert(&mut self, key: u64) {
+    pub fn insert(&mut self, key: u32) {
         if key > self.tau {
             return;
         }
@@ -603,25 +605,25 @@ impl UnitSample {
 
     /// The sorted distinct keys and the threshold: every unit seen with a key at or
     /// below it is in the keys.
-    pub fn sorted(&self) -> (Vec<u64>, u64) {
+    pub fn sorted(&self) -> (Vec<u32>, u32) {
         let mut s = self.clone();
         s.compact();
         (s.keys, s.tau)
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.keys.capacity() * std::mem::size_of::<u64>()
+        self.keys.capacity() * std::mem::size_of::<u32>()
     }
 }
 
 /// The window sample of a cell's two arms for the sample-ratio test: `(key, mask)`
 /// sorted by key (mask 1 = treatment, 2 = control, 3 = both) and the threshold, per
 /// [`UnitSample`] over the union of the arms, at most `cap` entries.
-pub fn joint_sample(t: &UnitSample, c: &UnitSample, cap: usize) -> (Vec<(u64, u8)>, u64) {
+pub fn joint_sample(t: &UnitSample, c: &UnitSample, cap: usize) -> (Vec<(u32, u8)>, u32) {
     let (kt, tt) = t.sorted();
     let (kc, tc) = c.sorted();
     let tau = tt.min(tc);
-    let mut out: Vec<(u64, u8)> = Vec::with_capacity(kt.len() + kc.len());
+    let mut out: Vec<(u32, u8)> = Vec::with_capacity(kt.len() + kc.len());
     let (mut i, mut j) = (0, 0);
     while i < kt.len() || j < kc.len() {
         let (a, b) = (kt.get(i).copied(), kc.get(j).copied());

@@ -1,0 +1,264 @@
+//! Error-rate checks of the per-unit tests on clustered A/A traffic (seeded): users
+//! with heavy-tailed activity, persistent propensities and retries after errors. The
+//! per-unit tests keep their nominal level where the per-event tests used before do
+//! not; the sample-ratio e-process stays below its level over every look.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::rules::srm::{BAND_SAMPLE, SrmState};
+use crate::rules::stats::{self, Tail};
+use crate::window::aggregate::{
+    Agg, CELL_SAMPLE, Contribution, UnitSample, joint_sample, sample_key,
+};
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut SmallRng) -> f64 {
+    let (u, v): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// A Poisson draw (Knuth; small means only).
+fn poisson(rng: &mut SmallRng, mean: f64) -> u32 {
+    let l = (-mean).exp();
+    let (mut k, mut p) = (0, 1.0);
+    loop {
+        p *= rng.random::<f64>();
+        if p <= l {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// One persistent user: unit hash, activity (checkouts per window, lognormal σ 1),
+/// error propensity (lognormal around 2%), latency multiplier (lognormal σ 0.5).
+struct User {
+    hash: u64,
+    activity: f64,
+    error: f64,
+    slow: f64,
+}
+
+fn population(rng: &mut SmallRng, n: usize) -> Vec<User> {
+    (0..n)
+        .map(|_| User {
+            hash: rng.random(),
+            activity: (normal(rng) - 0.5).exp() * 1.2,
+            // 3% of users fail half of the time (a broken device, an expired card).
+            error: if rng.random::<f64>() < 0.03 {
+                0.5
+            } else {
+                (0.015 * (normal(rng) * 0.8 - 0.32).exp()).min(0.5)
+            },
+            slow: (normal(rng) * 0.5).exp(),
+        })
+        .collect()
+}
+
+/// One window of one arm: errors per started checkout (retries after an error), and
+/// checkout latencies.
+fn window(rng: &mut SmallRng, users: &[User]) -> (Agg, Agg) {
+    let mut rate = Agg::Rate {
+        num: 0,
+        den: 0,
+        units: None,
+    };
+    let mut lat = Agg::Quantile {
+        hist: None,
+        units: None,
+    };
+    for u in users {
+        for _ in 0..poisson(rng, u.activity) {
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                rate.apply(Contribution::Rate { num: 0, den: 1 }, u.hash);
+                let v = 120.0 * u.slow * (normal(rng) * 0.4).exp();
+                lat.apply(Contribution::Value(v), u.hash);
+                if rng.random::<f64>() >= u.error || attempts == 5 {
+                    break;
+                }
+                rate.apply(Contribution::Rate { num: 1, den: 0 }, u.hash);
+            }
+        }
+    }
+    (rate, lat)
+}
+
+#[test]
+fn per_unit_tests_keep_their_level_on_clustered_traffic() {
+    let mut rng = SmallRng::seed_from_u64(7);
+    let windows = 400;
+    let (mut unit_rate, mut event_rate, mut unit_q, mut event_q) = (0, 0, 0, 0);
+    for _ in 0..windows {
+        // Independent trials: users are drawn afresh (one population judged many times
+        // would make the trials depend on that draw).
+        let (t_users, c_users) = (population(&mut rng, 1500), population(&mut rng, 1500));
+        let (rt, lt) = window(&mut rng, &t_users);
+        let (rc, lc) = window(&mut rng, &c_users);
+        let (et, ec) = (
+            crate::rules::judge::ratio(&rt).unwrap(),
+            crate::rules::judge::ratio(&rc).unwrap(),
+        );
+        let p = stats::ratio_test(&et, &ec, 0.0, Tail::Greater)
+            .unwrap()
+            .p_value;
+        unit_rate += usize::from(p < 0.05);
+        let (
+            Agg::Rate {
+                num: xt, den: nt, ..
+            },
+            Agg::Rate {
+                num: xc, den: nc, ..
+            },
+        ) = (&rt, &rc)
+        else {
+            unreachable!()
+        };
+        let naive = stats::two_proportion(*xt, *nt, *xc, *nc, 0.0, Tail::Greater).unwrap();
+        event_rate += usize::from(naive.p_value < 0.05);
+        let q = |a: &Agg| a.quantile_estimate(0.95).unwrap();
+        let r = stats::quantile_test(
+            (q(&lt).value, q(&lt).se),
+            (q(&lc).value, q(&lc).se),
+            0.0,
+            Tail::Greater,
+        )
+        .unwrap();
+        unit_q += usize::from(r.p_value < 0.05);
+        // The same Woodruff test as if every event were its own unit (design effect 1).
+        let iid = |a: &Agg| match a {
+            Agg::Quantile { hist, .. } => Agg::Quantile {
+                hist: hist.clone(),
+                units: None,
+            }
+            .quantile_estimate(0.95)
+            .unwrap(),
+            _ => unreachable!(),
+        };
+        let r = stats::quantile_test(
+            (iid(&lt).value, iid(&lt).se),
+            (iid(&lc).value, iid(&lc).se),
+            0.0,
+            Tail::Greater,
+        )
+        .unwrap();
+        event_q += usize::from(r.p_value < 0.05);
+    }
+    let share = |k: usize| k as f64 / windows as f64;
+    println!(
+        "false alarms at 0.05 over {windows} A/A windows: rate per unit {:.3}, per event {:.3}; p95 per unit {:.3}, per event {:.3}",
+        share(unit_rate),
+        share(event_rate),
+        share(unit_q),
+        share(event_q)
+    );
+    // Nominal 5%: the binomial 99.9% band over 400 windows reaches 8.6%.
+    assert!(share(unit_rate) <= 0.086, "{}", share(unit_rate));
+    assert!(share(unit_q) <= 0.086, "{}", share(unit_q));
+    // Treating events as independent inflates both several-fold on this traffic.
+    assert!(share(event_rate) >= 0.10, "{}", share(event_rate));
+    assert!(share(event_q) >= 0.10, "{}", share(event_q));
+}
+
+/// Persistent users, heavy-tailed activity; each window's sightings of exposed units.
+fn srm_run(
+    rng: &mut SmallRng,
+    users: usize,
+    windows: usize,
+    share: impl Fn(usize) -> f64,
+    null: (f64, f64),
+    (cell, band): (usize, usize),
+) -> (Vec<f64>, SrmState) {
+    let pop: Vec<(u32, f64, f64)> = (0..users)
+        .map(|_| {
+            (
+                sample_key(rng.random()),
+                (normal(rng) - 0.5).exp() * 0.6,
+                rng.random(),
+            )
+        })
+        .collect();
+    let mut state = SrmState::new(band);
+    let mut log_e = Vec::new();
+    for w in 0..windows {
+        let (mut t, mut c) = (UnitSample::new(cell), UnitSample::new(cell));
+        let s = share(w);
+        for (key, activity, u) in &pop {
+            // Sticky assignment: the user's uniform draw against the share in effect.
+            if poisson(rng, *activity) > 0 {
+                if *u < s {
+                    t.insert(*key)
+                } else {
+                    c.insert(*key)
+                }
+            }
+        }
+        let (sample, tau) = joint_sample(&t, &c, cell);
+        state.count(&sample, tau, null, None);
+        log_e.push(state.log_e);
+    }
+    (log_e, state)
+}
+
+#[test]
+fn sample_ratio_test_is_valid_at_every_look_and_finds_a_46_54_split() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let alpha: f64 = 0.05;
+    let runs = 200;
+    let crossed = |log_e: &[f64]| log_e.iter().any(|l| *l >= (1.0 / alpha).ln());
+    // Correct 50/50 and 5% splits, and a split moving from 20% to 50% (an ADVANCE being
+    // applied) tested against [20%, 50%]: over 24 looks, at most alpha ever crosses.
+    for (name, share, null) in [
+        (
+            "50/50",
+            Box::new(|_: usize| 0.5) as Box<dyn Fn(usize) -> f64>,
+            (0.5, 0.5),
+        ),
+        ("5%", Box::new(|_: usize| 0.05), (0.05, 0.05)),
+        (
+            "20% -> 50%",
+            Box::new(|w: usize| {
+                if w < 8 {
+                    0.2
+                } else if w < 12 {
+                    0.35
+                } else {
+                    0.5
+                }
+            }),
+            (0.2, 0.5),
+        ),
+    ] {
+        let false_alarms = (0..runs)
+            .filter(|_| crossed(&srm_run(&mut rng, 3000, 24, &share, null, (256, 512)).0))
+            .count();
+        println!("SRM A/A {name}: {false_alarms} of {runs} ever crossed 1/{alpha}");
+        // Ville: at most 5%; the binomial 99.9% band over 200 runs reaches 10%.
+        assert!(
+            false_alarms as f64 / runs as f64 <= 0.10,
+            "{name}: {false_alarms}"
+        );
+    }
+    // A 46/54 split of users (treatment 46% at an expected 50%) at the engine's sizes.
+    let found = (0..20)
+        .filter(|_| {
+            let (log_e, st) = srm_run(
+                &mut rng,
+                8000,
+                24,
+                |_| 0.46,
+                (0.5, 0.5),
+                (CELL_SAMPLE, BAND_SAMPLE),
+            );
+            assert!(st.units() > 5000, "{}", st.units());
+            log_e
+                .iter()
+                .any(|l| *l >= (1.0 / crate::rules::SRM_ALPHA).ln())
+        })
+        .count();
+    // Observed 17 of 20 with ~5,400 units counted (the population is 8,000).
+    println!("SRM 46/54: {found} of 20 found at alpha 0.001 within 24 windows");
+    assert!(found >= 15, "{found}");
+}
