@@ -13,7 +13,8 @@
 //! traffic model's realised properties for one day and exit), `--trace` (print every
 //! command of each scenario's first rollout to stderr), `--list`; policy settings
 //! `--error-margin M` (default 0), `--error-windows N` (1), `--alpha A` (0.01, every
-//! guardrail).
+//! guardrail); `--first N` starts at rollout N (seeds are per rollout index, so runs
+//! `--rollouts 500` and `--first 500 --rollouts 500` together are `--rollouts 1000`).
 //!
 //! The flag platform: a treatment percent per cohort (12 targeting rules) and a default
 //! rule. An ADVANCE with `requires_approval = false` on cohort `*` sets the default
@@ -234,6 +235,9 @@ fn scenarios() -> Vec<Scenario> {
         },
     ]
 }
+
+/// The index of the first rollout (`--first N`): runs can be split and their counts added.
+static FIRST: AtomicUsize = AtomicUsize::new(0);
 
 /// Policy settings the command line may change (`--error-margin`, `--error-windows`,
 /// `--alpha`): the trade-offs the README reports.
@@ -481,7 +485,9 @@ fn run_all(
     trace: bool,
 ) -> Vec<Out> {
     let policy = policy(sc);
-    let next = AtomicUsize::new(0);
+    let first = FIRST.load(Ordering::Relaxed);
+    let next = AtomicUsize::new(first);
+    let rollouts = first + rollouts;
     let mut results: Vec<(usize, Out)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
@@ -492,7 +498,7 @@ fn run_all(
                         if i >= rollouts {
                             break mine;
                         }
-                        let t = trace && i == 0;
+                        let t = trace && i == first;
                         mine.push((i, run_rollout(&policy, sc, model, i as u64, t)));
                     }
                 })
@@ -613,6 +619,7 @@ fn main() {
         settings.0, settings.1, settings.2
     );
     let _ = SETTINGS.set(settings);
+    FIRST.store(arg(&args, "--first").unwrap_or(0usize), Ordering::Relaxed);
     let model = TrafficModel::default();
     let all = scenarios();
     if args.iter().any(|a| a == "--list") {

@@ -23,6 +23,17 @@ use crate::sim::{Scenario, Simulator};
 use crate::telemetry::counter_total;
 
 pub const EXAMPLE_CONFIG: &str = include_str!("../config/guardrail.toml");
+
+/// The example policy with its checkout error-rate guardrail judged per window (alpha
+/// 0.01 on each window alone): on the short scenarios of the end-to-end tests (8
+/// windows, the mobile-web regression from window 4) it pauses on the second regressed
+/// window, where the default sequential, family-controlled test needs a few windows
+/// more. The tests of Kafka plumbing use it; the statistics are tested in `rules`.
+pub fn example_per_window() -> String {
+    let marker = "  action = \"pause\"\n";
+    debug_assert_eq!(EXAMPLE_CONFIG.matches(marker).count(), 1);
+    EXAMPLE_CONFIG.replacen(marker, "  action = \"pause\"\n  test = \"per_window\"\n", 1)
+}
 /// The mock keeps at most 5 MiB per partition: 32 partitions hold the demo's ~870k
 /// events even if the engine falls behind the producer.
 const INPUT_PARTITIONS: i32 = 32;
@@ -40,7 +51,16 @@ pub fn demo_config(
         }
         None => EXAMPLE_CONFIG.to_string(),
     };
-    let mut config = Config::parse(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    demo_config_text(&text, brokers, listen)
+}
+
+/// [`demo_config`] from a config's text.
+pub fn demo_config_text(
+    text: &str,
+    brokers: &str,
+    listen: &str,
+) -> anyhow::Result<(Config, Policy)> {
+    let mut config = Config::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
     config.kafka = Some(KafkaConfig {
         brokers: brokers.to_string(),
         group_id: "guardrail-demo".into(),

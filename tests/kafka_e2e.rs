@@ -61,8 +61,13 @@ struct Env {
 fn env() -> Env {
     let cluster = MockCluster::new(1).expect("mock cluster");
     let brokers = cluster.bootstrap_servers();
-    let (config, policy) =
-        guardrail::demo::demo_config(None, &brokers, "127.0.0.1:0").expect("demo config");
+    // The example policy, error rate judged per window (see `example_per_window`).
+    let (config, policy) = guardrail::demo::demo_config_text(
+        &guardrail::demo::example_per_window(),
+        &brokers,
+        "127.0.0.1:0",
+    )
+    .expect("demo config");
     // The mock coordinator waits up to the session timeout for a departed member
     // before it rebalances a restarted engine in; keep restarts quick.
     let mut config = config;
@@ -885,10 +890,7 @@ async fn refused_outputs_stop_the_engine_and_lose_nothing() {
 
 /// The config file of a child `guardrail run` on this mock cluster.
 fn child_config(env: &Env, dir: &std::path::Path) -> PathBuf {
-    let example = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/guardrail.toml"),
-    )
-    .unwrap();
+    let example = guardrail::demo::example_per_window();
     let text = example
         .replace(
             "brokers = \"localhost:9092\"",
@@ -1089,12 +1091,9 @@ async fn policy_edits_keep_or_reset_state_as_documented() {
     assert!(read_commands(&env).iter().any(is_mobile_web_pause));
 
     let edited = |from: &str, to: &str| {
-        let text = guardrail::demo::EXAMPLE_CONFIG.replace(from, to);
-        assert_ne!(
-            text,
-            guardrail::demo::EXAMPLE_CONFIG,
-            "{from:?} is in the example"
-        );
+        let example = guardrail::demo::example_per_window();
+        let text = example.replace(from, to);
+        assert_ne!(text, example, "{from:?} is in the example");
         let (config, _) = guardrail::demo::demo_config(None, &env.brokers, "127.0.0.1:0").unwrap();
         let mut config = Config {
             flags: Config::parse(&text).unwrap().flags,

@@ -236,11 +236,13 @@ fn replay_report_renders_in_chromium() {
     let mut sim = guardrail::sim::Simulator::new(guardrail::sim::Scenario::demo(start, 8, 24_000));
     guardrail::sim::write_ocf_files(&mut sim, dir.path()).expect("write files");
     let report = dir.path().join("report.html");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The example policy, error rate judged per window: 8 windows show the PAUSE.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, guardrail::demo::example_per_window()).unwrap();
     let out = Command::new(BIN)
         .arg("replay")
         .arg("--config")
-        .arg(root.join("config/guardrail.toml"))
+        .arg(&policy)
         .arg("--product-events")
         .arg(dir.path().join("product-events.avro"))
         .arg("--error-events")

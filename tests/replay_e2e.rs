@@ -31,8 +31,12 @@ const ONSET: i64 = 4;
 const CHECKOUT: &str = "checkout-redesign";
 const SEARCH: &str = "search-ranking-v2";
 
+/// The example policy with the error rate judged per window (`example_per_window`):
+/// these 8-window scenarios pause on the second regressed window.
 fn config_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/guardrail.toml")
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay_e2e_policy.toml");
+    std::fs::write(&path, guardrail::demo::example_per_window()).unwrap();
+    path
 }
 
 fn policy() -> Arc<Policy> {

@@ -358,7 +358,7 @@ pub fn guardrail(
         (Some(b), true) => [&b[TREATMENT], &b[CONTROL]],
         _ => [t, c],
     };
-    let ci = if has_control {
+    let ci = if relative.is_some() {
         relative_ci(data[0], data[1], &metric.kind)
     } else {
         value_ci(t, &metric.kind)

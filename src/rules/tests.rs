@@ -962,3 +962,37 @@ fn detector_state_round_trips_and_rejects_bad_shapes() {
     assert_eq!(stats::Detector::from_values(&[2.0, 0.0]), None);
     assert!(d.log_e().is_finite());
 }
+
+/// Evidence states the level spent, the family, the interval and the band (SPEC §2).
+#[test]
+fn evidence_carries_interval_band_alpha_and_family() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let judged = run(&mut rules, &policy, 0, &[improving(), improving()]);
+    let j = &judged[1];
+    let conv = evidence(j, "conv", Role::Success);
+    let (lo, hi) = (conv.ci_lower.unwrap(), conv.ci_upper.unwrap());
+    // 60% vs 50% on the band (2 windows of 1000 each): +20% inside its interval.
+    assert!(lo < 0.2 && 0.2 < hi && lo > 0.05, "{lo} {hi}");
+    assert_eq!(conv.band_treatment_samples, Some(2000));
+    assert_eq!(conv.band_treatment_value, Some(0.6));
+    assert_eq!(conv.alpha, Some(0.05));
+    let err = evidence(j, "err", Role::Guardrail);
+    // Flag p: cohort_by set, cohort *, ramp [5, 20, 50, 100] from 5: 4 bands; alpha
+    // 0.05 (the default) x 1/2 / 4.
+    let g = &policy.flags[0].guardrails[0];
+    assert_eq!(err.alpha, Some(g.alpha / 8.0));
+    assert_eq!(err.family_size, Some(8));
+    assert!(
+        err.method.contains("half to cohort *, 4 band(s)"),
+        "{}",
+        err.method
+    );
+    // With absolute bounds only, the interval is of the treatment value (1% here).
+    let r = run(&mut Rules::new(policy.clone()), &policy, 1, &[HEALTHY]);
+    let e = evidence(&r[0], "err", Role::Guardrail);
+    let (lo, hi) = (e.ci_lower.unwrap(), e.ci_upper.unwrap());
+    assert!(0.003 < lo && lo < 0.01 && 0.01 < hi && hi < 0.017, "{e:?}");
+    // Replay-style decisions (no wall clock) carry no freshness.
+    assert_eq!(j.evaluation.watermark_lag_ms, None);
+}
