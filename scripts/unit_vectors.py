@@ -172,7 +172,15 @@ def ratio_arm(events):
     G2 = int(np.count_nonzero((nx != 0) | (ny != 0)))
     V2 = G2 / (G2 - 1) * np.sum((nx - R2 * ny) ** 2) / ny.sum() ** 2
     assert G2 == G and math.isclose(R2, R, rel_tol=1e-12) and math.isclose(V2, V, rel_tol=1e-9)
-    return dict(R=R, V=V, Vu=Vu, G=G, n=n, X=X, Y=Y, ux=ux, uy=uy)
+    return dict(R=R, V=V, Vu=Vu, G=G, n=n, X=X, Y=Y, ux=ux, uy=uy, bx=bx, by=by)
+
+
+def null_var(arm, center):
+    """The bucketed variance of an arm's ratio, centred on the null-constrained ratio
+    `center` instead of the arm's own (the score-test form: defined even when the arm
+    has no numerator events at all)."""
+    bx, by, G, Y = arm["bx"], arm["by"], arm["G"], arm["Y"]
+    return G / (G - 1) * math.fsum((bx[b] - center * by[b]) ** 2 for b in bx) / (Y * Y)
 
 
 def iid_var(kind, arm, events):
@@ -191,12 +199,17 @@ def ratio_vector(name, kind, margin, tail, treatment, control, note):
     delta = t["R"] - r * c["R"]
     zb = delta / math.sqrt(t["V"] + r * r * c["V"])
     zu = delta / math.sqrt(t["Vu"] + r * r * c["Vu"])
+    # Null-constrained centres (Poisson MLE under H0: R_T = r R_C), as the engine tests.
+    rc0 = (t["X"] + c["X"]) / (r * t["Y"] + c["Y"])
+    v0t, v0c = null_var(t, r * rc0), null_var(c, rc0)
+    z0 = delta / math.sqrt(v0t + r * r * v0c)
     vec = {
         "name": name, "kind": kind, "margin": margin, "tail": tail, "note": note,
         "treatment": [[u, x, y] for u, x, y in treatment],
         "control": [[u, x, y] for u, x, y in control],
         "bucketed": {"r_t": t["R"], "v_t": t["V"], "r_c": c["R"], "v_c": c["V"],
                      "z": zb, "p": pval(zb, tail), "g_t": t["G"], "g_c": c["G"]},
+        "bucketed_null": {"r_c0": rc0, "v_t": v0t, "v_c": v0c, "z": z0, "p": pval(z0, tail)},
         "unit_level": {"v_t": t["Vu"], "v_c": c["Vu"], "z": zu, "p": pval(zu, tail),
                        "n_t": t["n"], "n_c": c["n"]},
         "iid": {"v_t": iid_var(kind, t, treatment), "v_c": iid_var(kind, c, control)},
@@ -206,12 +219,14 @@ def ratio_vector(name, kind, margin, tail, treatment, control, note):
             if kind == "rate" and any(arm["ux"][u] > arm["uy"][u] for u in arm["ux"])]
     print(f"[ratio] {name}: kind={kind} rows t/c={len(treatment)}/{len(control)} "
           f"units t/c={t['n']}/{c['n']} G t/c={t['G']}/{c['G']} R_t={t['R']:.5g} R_c={c['R']:.5g}")
-    print(f"        V/V_unit t={t['V'] / t['Vu']:.3f} c={c['V'] / c['Vu']:.3f}   "
+    def q(a, b):
+        return a / b if b else float("nan")
+    print(f"        V/V_unit t={q(t['V'], t['Vu']):.3f} c={q(c['V'], c['Vu']):.3f}   "
           f"z bucketed={zb:.3f} unit={zu:.3f}  p bucketed={vec['bucketed']['p']:.4g}")
     it, ic = vec["iid"]["v_t"], vec["iid"]["v_c"]
     if it is not None and ic is not None:
-        print(f"        V_unit/V_iid t={t['Vu'] / it:.2f} c={c['Vu'] / ic:.2f}  "
-              f"V_bucketed/V_iid t={t['V'] / it:.2f} c={c['V'] / ic:.2f}")
+        print(f"        V_unit/V_iid t={q(t['Vu'], it):.2f} c={q(c['Vu'], ic):.2f}  "
+              f"V_bucketed/V_iid t={q(t['V'], it):.2f} c={q(c['V'], ic):.2f}")
     else:
         print(f"        iid undefined (R > 1): R_t={t['R']:.3f} R_c={c['R']:.3f}")
     if more:
@@ -371,6 +386,14 @@ def ratio_section():
     out.append(ratio_vector(
         "tiny_error_rate", "rate", 0.0, "greater", shuffled(rng, t), shuffled(rng, c),
         "23 vs 31 units; per-event rows"))
+
+    # 9. a small cohort's window: the control arm has no error at all (its own-centred
+    #    variance is 0; the null-centred one is not)
+    t = [(u, 0, 1) for u in unit_ids("za", 180)] + [("za1", 1, 0), ("za7", 1, 0), ("za7", 1, 0)]
+    c = [(u, 0, 1) for u in unit_ids("zb", 190)]
+    out.append(ratio_vector(
+        "zero_errors_in_control", "rate", 0.0, "greater", shuffled(rng, t), shuffled(rng, c),
+        "3 errors in 180 starts vs 0 in 190: the Wald variance of control is 0"))
     return out
 
 

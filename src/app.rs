@@ -146,6 +146,29 @@ pub async fn run_engine(
     let eos = k.delivery == Delivery::ExactlyOnce;
     kafka::check_assignor(&k).map_err(anyhow::Error::msg)?;
     let metrics = Metrics::register(registry).map_err(anyhow::Error::msg)?;
+    // One judging instance per group: wait, as a standby, for the lead.
+    let lead = crate::leader::Lead::join(&k, &config.topics.state)
+        .context("joining the lead group (the state topic must exist)")?;
+    let mut waited = false;
+    while !lead.leading() {
+        if !waited {
+            tracing::info!(
+                group = %crate::leader::lead_group(&k.group_id),
+                "standby: another instance leads (or the lead group is forming)"
+            );
+            waited = true;
+        }
+        shared.standby.store(true, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+    shared.standby.store(false, Ordering::Relaxed);
+    metrics.leader.set(1);
+    if waited {
+        tracing::info!("leading: restoring state and consuming");
+    }
     let producer: FutureProducer = kafka::output_producer_config(&k)
         .create()
         .context("creating the producer")?;
@@ -199,6 +222,8 @@ pub async fn run_engine(
         .subscribe(&[&t.product_events, &t.error_events, &t.support_signals])
         .context("subscribing")?;
     let mut shell = Shell {
+        lead,
+        partial: false,
         engine,
         consumer: consumer.clone(),
         producer: producer.clone(),
@@ -338,6 +363,10 @@ pub async fn run_engine(
 }
 
 struct Shell {
+    /// Membership of the lead group: losing it stops the engine.
+    lead: crate::leader::Lead,
+    /// Only part of the input partitions are assigned: consume nothing, judge nothing.
+    partial: bool,
     engine: Engine,
     consumer: Arc<kafka::InputConsumer>,
     /// For the DLQ; window outputs go through `publisher`.
@@ -405,6 +434,21 @@ impl Shell {
             self.metrics.partitions_assigned.set(assigned as i64);
             self.shared.ready.store(assigned > 0, Ordering::Relaxed);
             self.metrics.ready.set(i64::from(assigned > 0));
+            // A cohort's window mixes every input partition: with only some of them,
+            // judging would be wrong. Consume nothing until the group gives all back.
+            let total = self.input_partitions();
+            self.partial = assigned > 0 && total.is_some_and(|t| assigned < t);
+            self.shared.partial.store(self.partial, Ordering::Relaxed);
+            self.metrics.partial_assignment.set(i64::from(self.partial));
+            if self.partial {
+                tracing::error!(
+                    assigned,
+                    total = total.unwrap_or_default(),
+                    "only part of the input partitions are assigned: not judging \
+                     (another member shares this consumer group)"
+                );
+                let _ = self.consumer.pause(&assignment);
+            }
             // How far each partition was read before: from the commit metadata.
             if let Ok(committed) = self.consumer.committed(Duration::from_secs(5)) {
                 for e in committed.elements() {
@@ -422,6 +466,20 @@ impl Shell {
                 }
             }
         }
+    }
+
+    /// The number of partitions of the input topics (`None` if metadata is unavailable).
+    fn input_partitions(&self) -> Option<usize> {
+        let t = &self.config.topics;
+        let mut total = 0;
+        for topic in [&t.product_events, &t.error_events, &t.support_signals] {
+            let md = self
+                .consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()?;
+            total += md.topics().first()?.partitions().len();
+        }
+        Some(total)
     }
 
     /// Feeds one record to the engine; a rejected one is enqueued to the DLQ (waiting
@@ -504,6 +562,18 @@ impl Shell {
 
     /// Advances the watermark and hands every decision to the publisher.
     async fn tick(&mut self) -> anyhow::Result<()> {
+        if self.lead.lost() {
+            anyhow::bail!(
+                "lost the lead of the consumer group to another instance (this one's session \
+                 expired): stopping so that it restarts as a standby"
+            );
+        }
+        // Away from the lead (a session lost in an outage) or with part of the inputs:
+        // keep the state, judge nothing until the lead is back and confirmed ours.
+        self.metrics.leader.set(i64::from(self.lead.leading()));
+        if self.partial || !self.lead.leading() {
+            return Ok(());
+        }
         let now = wall_ms();
         let mut judged = self.engine.tick(now);
         if let Some(last) = judged.last_mut() {

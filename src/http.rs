@@ -28,6 +28,10 @@ const RECENT_COMMANDS: usize = 20;
 pub struct Shared {
     pub registry: Registry,
     pub ready: AtomicBool,
+    /// Another instance leads the group: this one consumes nothing and waits.
+    pub standby: AtomicBool,
+    /// Only part of the input partitions are assigned: nothing is judged.
+    pub partial: AtomicBool,
     pub flags: Mutex<BTreeMap<String, FlagView>>,
 }
 
@@ -85,6 +89,8 @@ impl Shared {
         Arc::new(Shared {
             registry,
             ready: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
+            partial: AtomicBool::new(false),
             flags: Mutex::new(flags),
         })
     }
@@ -212,6 +218,22 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    if s.standby.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "standby: another instance leads this consumer group; this one takes over, \
+             with a fresh restore, when it leaves\n",
+        )
+            .into_response();
+    }
+    if s.partial.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not judging: only part of the input partitions are assigned to this instance \
+             (another member of the consumer group holds the rest)\n",
+        )
+            .into_response();
+    }
     if s.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {

@@ -28,6 +28,7 @@ pub mod http;
 pub mod ids;
 pub mod ingest;
 pub mod kafka;
+pub mod leader;
 pub mod model;
 pub mod policy;
 pub mod population;

@@ -1367,3 +1367,182 @@ async fn restores_state_written_by_an_earlier_build() {
     run.stop().await;
     drop(env);
 }
+
+/// [`http_get`] on a child that may not listen yet: status 0 until it does.
+async fn probe(addr: SocketAddr, path: &str) -> (u16, String) {
+    match tokio::net::TcpStream::connect(addr).await {
+        Ok(_) => http_get(addr, path).await,
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// A free local port for a child's HTTP server.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// 12: one owner, a hot standby. Two `guardrail run` share one group: the second waits
+/// as a standby (`/readyz` 503 "standby", `guardrail_leader` 0) and consumes nothing.
+/// The leader is killed with SIGKILL mid-stream; the standby takes the lead when the
+/// leader's session ends, restores from the state changelog and decides what replay
+/// decides on the same events, each window once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_leader() {
+    let t0 = Instant::now();
+    let env = env();
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let config_for = |name: &str, port: u16| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let path = child_config(&env, &sub);
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (config_a, config_b) = (config_for("a", port_a), config_for("b", port_b));
+    let (log_a, log_b) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    let mut produced = produce(&env, &producer, &mut sim, WINDOWS / 2).await;
+
+    let mut a = spawn_child(&config_a, &log_a);
+    let addr_a: SocketAddr = format!("127.0.0.1:{port_a}").parse().unwrap();
+    let addr_b: SocketAddr = format!("127.0.0.1:{port_b}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while probe(addr_a, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "A never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut b = spawn_child(&config_b, &log_b);
+    // B is a standby: not ready, not leading, consuming nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = probe(addr_b, "/readyz").await;
+        if status == 503 && body.contains("standby") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B is not a standby: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, metrics) = http_get(addr_b, "/metrics").await;
+    assert_eq!(sample(&metrics, "guardrail_leader", &[]), Some(0.0));
+    let (_, metrics) = http_get(addr_a, "/metrics").await;
+    assert_eq!(sample(&metrics, "guardrail_leader", &[]), Some(1.0));
+    // A judges what was produced (every window but the newest).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (read_evaluations(&env)
+        .iter()
+        .map(|e| e.window_start)
+        .collect::<BTreeSet<_>>()
+        .len() as u32)
+        < WINDOWS / 2 - 1
+    {
+        assert!(Instant::now() < deadline, "A did not judge");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.kill().expect("SIGKILL");
+    a.wait().unwrap();
+    let killed_at = Instant::now();
+    produced += produce(&env, &producer, &mut sim, WINDOWS - WINDOWS / 2).await;
+    // B takes over and judges the rest.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while probe(addr_b, "/readyz").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "B never took over\n{}",
+            std::fs::read_to_string(&log_b).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "B took over {:.1}s after A was killed",
+        killed_at.elapsed().as_secs_f64()
+    );
+    loop {
+        let evaluated: BTreeSet<i64> = read_evaluations(&env)
+            .iter()
+            .map(|e| e.window_start)
+            .collect();
+        if evaluated.len() as u32 >= WINDOWS - 1 {
+            break;
+        }
+        assert!(b.try_wait().unwrap().is_none(), "B exited; see its log");
+        assert!(Instant::now() < deadline, "B did not judge every window");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &b.id().to_string()])
+        .status();
+    assert!(b.wait().unwrap().success(), "B stops gracefully");
+
+    let evaluations = read_evaluations(&env);
+    assert_each_window_once(&env, &evaluations, WINDOWS - 1);
+    let commands = read_commands(&env);
+    assert_commands_unique(&commands);
+    let last_closed_end = env.start + i64::from(WINDOWS - 1) * env.window_ms;
+    let reference: BTreeSet<String> = replay_simulated(&env, produced)
+        .into_iter()
+        .filter(|c| c.window_end <= last_closed_end)
+        .map(|c| c.command_id)
+        .collect();
+    let from_run: BTreeSet<String> = commands.iter().map(|c| c.command_id.clone()).collect();
+    assert_eq!(
+        from_run, reference,
+        "leader then standby decide what replay decides"
+    );
+    println!("total {:.1}s", t0.elapsed().as_secs_f64());
+    drop(env);
+}
+
+/// 13: a foreign member in the input group (an instance that did not go through the
+/// lead group, e.g. an older build) takes part of the partitions: the engine stops
+/// judging and says so (`/readyz` 503, `guardrail_partial_assignment` 1) until the
+/// group gives every partition back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_assignment_is_not_judged() {
+    let env = env();
+    let run = start_engine(&env).await;
+    run.wait_ready().await;
+    let k = env.config.kafka.as_ref().unwrap();
+    let foreign: BaseConsumer = guardrail::kafka::consumer_config(k).create().unwrap();
+    let t = &env.config.topics;
+    foreign
+        .subscribe(&[&t.product_events, &t.error_events, &t.support_signals])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let _ = foreign.poll(Duration::from_millis(100));
+        if run.gauge("guardrail_partial_assignment") == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the engine never saw the split");
+    }
+    let (status, body) = http_get(run.addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("only part of the input partitions"), "{body}");
+    // The foreign member leaves: every partition comes back, judging resumes.
+    drop(foreign);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.gauge("guardrail_partial_assignment") != 0 || run.gauge("guardrail_ready") != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the engine never got every partition back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(http_get(run.addr, "/readyz").await.0, 200);
+    run.stop().await;
+    drop(env);
+}

@@ -68,9 +68,11 @@ fn test(
             ))
         }
         _ => {
-            let (et, ec) = (ratio(t)?, ratio(c)?);
-            let r = stats::ratio_test(&et, &ec, margin, tail)?;
-            Some((r, "delta-method z-test on unit sums"))
+            let (r, _, _) = stats::ratio_test_null(t.ratio()?, c.ratio()?, margin, tail)?;
+            Some((
+                r,
+                "delta-method z-test on unit sums (variance under the null)",
+            ))
         }
     }
 }
@@ -118,13 +120,8 @@ pub fn sequential(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(f64, Str
 /// ln Λ₁ of the band's one-sided mSPRT (`None` inside: the estimate is on the null
 /// side, Λ₁ < 1) and the mixing scale τ; `None` for quantiles or no variance.
 fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>, f64)> {
-    let (et, ec) = (ratio(t)?, ratio(c)?);
-    let r = 1.0 + margin;
-    let (delta, variance, baseline) = (
-        et.ratio - r * ec.ratio,
-        et.variance + r * r * ec.variance,
-        (r * ec.ratio).abs(),
-    );
+    let (_, delta, variance) = stats::ratio_test_null(t.ratio()?, c.ratio()?, margin, tail)?;
+    let baseline = (1.0 + margin) * ratio(c)?.ratio.abs();
     if variance.is_nan() || variance <= 0.0 {
         return None;
     }

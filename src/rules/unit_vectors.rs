@@ -112,9 +112,29 @@ fn ratio_tests_match_the_bucketed_reference_and_the_per_user_delta_method() {
         let r = stats::ratio_test(&et, &ec, f(&v["margin"]), tail(&v["tail"])).unwrap();
         assert!(close(r.statistic, f(&b["z"]), 1e-9), "{name}");
         assert!(close(r.p_value, f(&b["p"]), 1e-9), "{name}");
+        // The test the engine runs: the variance under the null (score form).
+        let n = &v["bucketed_null"];
+        let (r0, _, var0) = stats::ratio_test_null(
+            t.ratio().unwrap(),
+            c.ratio().unwrap(),
+            f(&v["margin"]),
+            tail(&v["tail"]),
+        )
+        .unwrap();
+        let m = 1.0 + f(&v["margin"]);
+        assert!(
+            close(var0, f(&n["v_t"]) + m * m * f(&n["v_c"]), 1e-9),
+            "{name}"
+        );
+        assert!(close(r0.statistic, f(&n["z"]), 1e-9), "{name}");
+        assert!(close(r0.p_value, f(&n["p"]), 1e-9), "{name}");
         // 64 buckets estimate the per-user variance with 63 degrees of freedom.
         let u = &v["unit_level"];
         for (got, want) in [(et.variance, &u["v_t"]), (ec.variance, &u["v_c"])] {
+            if f(want) == 0.0 {
+                assert_eq!(got, 0.0, "{name}");
+                continue;
+            }
             let ratio = got / f(want);
             assert!(
                 (0.7..1.4).contains(&ratio),

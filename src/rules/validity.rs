@@ -97,13 +97,11 @@ fn per_unit_tests_keep_their_level_on_clustered_traffic() {
         let (t_users, c_users) = (population(&mut rng, 1500), population(&mut rng, 1500));
         let (rt, lt) = window(&mut rng, &t_users);
         let (rc, lc) = window(&mut rng, &c_users);
-        let (et, ec) = (
-            crate::rules::judge::ratio(&rt).unwrap(),
-            crate::rules::judge::ratio(&rc).unwrap(),
-        );
-        let p = stats::ratio_test(&et, &ec, 0.0, Tail::Greater)
-            .unwrap()
-            .p_value;
+        // The engine's test: per-unit variance under the null.
+        let (r, _, _) =
+            stats::ratio_test_null(rt.ratio().unwrap(), rc.ratio().unwrap(), 0.0, Tail::Greater)
+                .unwrap();
+        let p = r.p_value;
         unit_rate += usize::from(p < 0.05);
         let (
             Agg::Rate {

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub watermark_clamped: IntCounter,
     pub watermark_excluded: IntGauge,
     pub without_unit: IntCounterVec,
+    pub leader: IntGauge,
+    pub partial_assignment: IntGauge,
     published: Counters,
     published_overflow: u64,
     published_without_unit: Vec<u64>,
@@ -111,6 +113,14 @@ impl Metrics {
             without_unit: reg!(IntCounterVec::new(
                 Opts::new("guardrail_events_without_unit_total", "Events without a value for the flag's randomisation unit (each is counted as its own unit), by flag"),
                 &["flag"]
+            )),
+            leader: reg!(IntGauge::new(
+                "guardrail_leader",
+                "1 when this instance leads its consumer group (consumes and judges), 0 while it is a standby"
+            )),
+            partial_assignment: reg!(IntGauge::new(
+                "guardrail_partial_assignment",
+                "1 while only part of the input partitions are assigned to this instance (it does not judge)"
             )),
             published: Counters::default(),
             published_overflow: 0,

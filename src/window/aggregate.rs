@@ -294,10 +294,10 @@ impl Agg {
     }
 
     /// The ratio and its per-bucket totals (rates and means): what the tests use.
-    pub fn ratio(&self) -> Option<(&[f64; BUCKETS], &[f64; BUCKETS])> {
+    pub fn ratio(&self) -> Option<(&[f64], &[f64])> {
         match self {
             Agg::Rate { units: Some(u), .. } | Agg::Mean { units: Some(u), .. } => {
-                Some((&u.x, &u.y))
+                Some((&u.x[..], &u.y[..]))
             }
             _ => None,
         }
