@@ -339,6 +339,19 @@ fn replay_simulated(env: &Env, produced: u64) -> Vec<FlagCommand> {
     replayed
 }
 
+/// The run's command ids equal those `replay` decides on the same events, for every
+/// window the live run could close (all but the newest).
+fn assert_decides_like_replay(env: &Env, produced: u64, commands: &[FlagCommand], what: &str) {
+    let last_closed_end = env.start + i64::from(WINDOWS - 1) * env.window_ms;
+    let reference: BTreeSet<String> = replay_simulated(env, produced)
+        .into_iter()
+        .filter(|c| c.window_end <= last_closed_end)
+        .map(|c| c.command_id)
+        .collect();
+    let from_run: BTreeSet<String> = commands.iter().map(|c| c.command_id.clone()).collect();
+    assert_eq!(from_run, reference, "{what}");
+}
+
 fn schema_file(name: &str) -> Schema {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("schemas")
@@ -1055,16 +1068,11 @@ async fn kill_9_while_streaming_decides_each_window_once() {
     );
 
     // The reference: replay over the same events.
-    let last_closed_end = env.start + i64::from(WINDOWS - 1) * env.window_ms;
-    let reference: BTreeSet<String> = replay_simulated(&env, produced)
-        .into_iter()
-        .filter(|c| c.window_end <= last_closed_end)
-        .map(|c| c.command_id)
-        .collect();
-    let from_run: BTreeSet<String> = commands.iter().map(|c| c.command_id.clone()).collect();
-    assert_eq!(
-        from_run, reference,
-        "the killed-and-restarted run decides what replay decides"
+    assert_decides_like_replay(
+        &env,
+        produced,
+        &commands,
+        "the killed-and-restarted run decides what replay decides",
     );
     println!(
         "{} commands, {} evaluations, total {:.1}s",
@@ -1491,16 +1499,11 @@ async fn a_standby_takes_over_from_a_killed_leader() {
     assert_each_window_once(&env, &evaluations, WINDOWS - 1);
     let commands = read_commands(&env);
     assert_commands_unique(&commands);
-    let last_closed_end = env.start + i64::from(WINDOWS - 1) * env.window_ms;
-    let reference: BTreeSet<String> = replay_simulated(&env, produced)
-        .into_iter()
-        .filter(|c| c.window_end <= last_closed_end)
-        .map(|c| c.command_id)
-        .collect();
-    let from_run: BTreeSet<String> = commands.iter().map(|c| c.command_id.clone()).collect();
-    assert_eq!(
-        from_run, reference,
-        "leader then standby decide what replay decides"
+    assert_decides_like_replay(
+        &env,
+        produced,
+        &commands,
+        "leader then standby decide what replay decides",
     );
     println!("total {:.1}s", t0.elapsed().as_secs_f64());
     drop(env);

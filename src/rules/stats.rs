@@ -425,27 +425,17 @@ pub fn ratio_estimate(x: &[f64], y: &[f64]) -> Option<RatioEstimate> {
         return None;
     }
     let r = sx / sy;
-    let mut g = 0usize;
-    let mut ss = 0.0;
-    for (xb, yb) in x.iter().zip(y) {
-        if *xb != 0.0 || *yb != 0.0 {
-            g += 1;
-            let d = xb - r * yb;
-            ss += d * d;
-        }
-    }
-    if g < 2 {
-        return None;
-    }
-    let gf = g as f64;
+    let (variance, g) = bucket_variance(x, y, r)?;
     Some(RatioEstimate {
         ratio: r,
-        variance: gf / (gf - 1.0) * ss / (sy * sy),
+        variance,
         groups: g,
         denominator: sy,
     })
 }
 
+/// The Wald form of the ratio test (each arm's variance around its own ratio), kept as
+/// the reference the vectors check; the engine judges with [`ratio_test_null`].
 /// One-sided z-test of two ratio estimates with a relative margin: H1 R_T > (1+m)·R_C
 /// (`Greater`) or R_T < (1+m)·R_C (`Less`); z = (R_T − r·R_C)/sqrt(V_T + r²·V_C),
 /// r = 1 + margin. `None` for an invalid margin or zero variance.
@@ -475,6 +465,12 @@ pub fn ratio_test(
 /// [`ratio_estimate`]'s variance; at the null-constrained ratio it is the score-test
 /// form, defined (and not 0) for an arm without a single numerator event.
 pub fn centred_variance(x: &[f64], y: &[f64], center: f64) -> Option<f64> {
+    bucket_variance(x, y, center).map(|(v, _)| v)
+}
+
+/// G/(G−1) · Σ_b (x_b − center·y_b)² / Y² and G, over the non-empty buckets; `None`
+/// if G < 2 or Y ≤ 0.
+fn bucket_variance(x: &[f64], y: &[f64], center: f64) -> Option<(f64, usize)> {
     let sy: f64 = y.iter().sum();
     let mut g = 0usize;
     let mut ss = 0.0;
@@ -489,7 +485,7 @@ pub fn centred_variance(x: &[f64], y: &[f64], center: f64) -> Option<f64> {
         return None;
     }
     let gf = g as f64;
-    Some(gf / (gf - 1.0) * ss / (sy * sy))
+    Some((gf / (gf - 1.0) * ss / (sy * sy), g))
 }
 
 /// The two-sample ratio test of H1: R_T `tail` (1+m)·R_C with the variance evaluated
