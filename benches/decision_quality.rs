@@ -155,11 +155,11 @@ fn run_rollout(policy: &Arc<Policy>, sc: &Scenario, index: u64) -> Outcome1 {
     let mut rng = SmallRng::seed_from_u64(splitmix(sc.id << 40 ^ index));
     let mut engine = Engine::new(policy.clone(), false).expect("engine");
     let product = PartitionKey {
-        source: Source::Product,
+        input: Source::Product.index() as u16,
         partition: 0,
     };
     let errors = PartitionKey {
-        source: Source::Errors,
+        input: Source::Errors.index() as u16,
         partition: 0,
     };
     let mut offsets = [0i64; 2];
@@ -178,7 +178,7 @@ fn run_rollout(policy: &Arc<Policy>, sc: &Scenario, index: u64) -> Outcome1 {
     let mut generated = vec![[(0u64, 0u64); 4]; sc.windows as usize];
     let mut static_streak = [0u32; 4];
     let mut feed = |engine: &mut Engine, p: PartitionKey, ev: &EventRef<'_>, out: &mut Outcome1| {
-        let o = &mut offsets[(p.source == Source::Errors) as usize];
+        let o = &mut offsets[(p.input == Source::Errors.index() as u16) as usize];
         if engine.ingest_event(p, *o, ev, NOW) != Ingested::Accepted {
             out.not_accepted += 1;
         }

@@ -42,7 +42,7 @@ fn events(n_windows: u32, sessions: u32) -> Vec<(Source, Vec<u8>)> {
 fn ingest_all(engine: &mut Engine, input: &[(Source, Vec<u8>)], now: i64) {
     for (i, (source, bytes)) in input.iter().enumerate() {
         let p = PartitionKey {
-            source: *source,
+            input: source.index() as u16,
             partition: 0,
         };
         engine.ingest(p, i as i64, bytes, now, false);

@@ -334,7 +334,7 @@ fn run_rollout(
     };
     let mut engine = Engine::new(policy.clone(), false).expect("engine");
     let parts = Source::ALL.map(|source| PartitionKey {
-        source,
+        input: source.index() as u16,
         partition: 0,
     });
     let mut offsets = [0i64; 3];

@@ -199,9 +199,9 @@ pub async fn run_engine(
     // process died before it committed its offsets).
     let mut seen_until: HashMap<PartitionKey, i64> = HashMap::default();
     for p in &restored.positions {
-        if let Some(source) = config.topics.source_of(&p.topic) {
+        if let Some(source) = config.input_of(&p.topic) {
             let key = PartitionKey {
-                source,
+                input: source,
                 partition: p.partition,
             };
             seen_until.insert(key, p.read_until);
@@ -218,8 +218,9 @@ pub async fn run_engine(
             .context("creating the consumer")?,
     );
     let t = &config.topics;
+    let inputs = config.input_topics();
     consumer
-        .subscribe(&[&t.product_events, &t.error_events, &t.support_signals])
+        .subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())
         .context("subscribing")?;
     let mut shell = Shell {
         lead,
@@ -255,7 +256,7 @@ pub async fn run_engine(
     let poller = kafka::spawn_poller(
         consumer.clone(),
         ctx,
-        t.clone(),
+        inputs.clone(),
         tx,
         stop_polling.clone(),
         BATCH,
@@ -422,9 +423,9 @@ impl Shell {
             let assignment = self.consumer.assignment().unwrap_or_default();
             let now = wall_ms();
             for e in assignment.elements() {
-                if let Some(source) = self.config.topics.source_of(e.topic()) {
+                if let Some(source) = self.config.input_of(e.topic()) {
                     let p = PartitionKey {
-                        source,
+                        input: source,
                         partition: e.partition(),
                     };
                     self.engine.watermark_mut().register(p, now);
@@ -452,12 +453,12 @@ impl Shell {
             // How far each partition was read before: from the commit metadata.
             if let Ok(committed) = self.consumer.committed(Duration::from_secs(5)) {
                 for e in committed.elements() {
-                    let Some(source) = self.config.topics.source_of(e.topic()) else {
+                    let Some(source) = self.config.input_of(e.topic()) else {
                         continue;
                     };
                     if let Ok(until) = e.metadata().parse::<i64>() {
                         let p = PartitionKey {
-                            source,
+                            input: source,
                             partition: e.partition(),
                         };
                         let s = self.seen_until.entry(p).or_insert(until);
@@ -470,9 +471,8 @@ impl Shell {
 
     /// The number of partitions of the input topics (`None` if metadata is unavailable).
     fn input_partitions(&self) -> Option<usize> {
-        let t = &self.config.topics;
         let mut total = 0;
-        for topic in [&t.product_events, &t.error_events, &t.support_signals] {
+        for topic in &self.config.input_topics() {
             let md = self
                 .consumer
                 .fetch_metadata(Some(topic), Duration::from_secs(5))
@@ -492,7 +492,7 @@ impl Shell {
         now: i64,
     ) -> anyhow::Result<()> {
         let p = PartitionKey {
-            source: m.source,
+            input: m.input,
             partition: m.partition,
         };
         let offset = m.offset;
@@ -508,7 +508,7 @@ impl Shell {
             let headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "guardrail.source.topic",
-                    value: Some(self.config.topics.input(m.source)),
+                    value: Some(self.config.input_topic(m.input)),
                 })
                 .insert(Header {
                     key: "guardrail.source.partition",
@@ -612,7 +612,7 @@ impl Shell {
             .seen_until
             .iter()
             .map(|(p, &read_until)| InputPosition {
-                topic: self.config.topics.input(p.source).to_string(),
+                topic: self.config.input_topic(p.input).to_string(),
                 partition: p.partition,
                 read_until,
             })
@@ -732,7 +732,7 @@ impl Shell {
                 .windows()
                 .min_open_offset(*p)
                 .map_or(*next, |o| o.min(*next));
-            let topic = self.config.topics.input(p.source);
+            let topic = self.config.input_topic(p.input);
             if tpl
                 .add_partition_offset(topic, p.partition, Offset::Offset(offset))
                 .is_ok()

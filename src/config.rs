@@ -44,6 +44,9 @@ pub struct Config {
     pub output: OutputConfig,
     pub metrics: Vec<MetricConfig>,
     pub flags: Vec<FlagConfig>,
+    /// Input topics with their formats and mappings (SPEC §4.1). Empty: the three
+    /// built-in Avro inputs of `[topics]`.
+    pub inputs: Vec<InputConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,6 +200,124 @@ pub enum OutputFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     pub format: OutputFormat,
+}
+
+/// `[[inputs]]`: one input topic, its format and how its records map to events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    pub topic: String,
+    /// `avro` (single-object, guardrail's schemas) | `avro-confluent` | `json` | `otlp`.
+    pub format: String,
+    /// What a record becomes: `product` | `errors` | `support` (not for `otlp`).
+    pub record: Option<String>,
+    /// `otlp`: `traces` (default) | `logs`.
+    pub signal: Option<String>,
+    /// `otlp`: `protobuf` (default) | `json`.
+    pub encoding: Option<String>,
+    /// `avro-confluent`: the Schema Registry.
+    pub registry: Option<RegistryConfig>,
+    /// `avro-confluent`: a schema file `check` validates the mapping against when it is
+    /// run without the registry (`--offline`).
+    pub schema_file: Option<String>,
+    /// `avro-confluent` and `json`: how fields become the event.
+    pub mapping: Option<MappingConfig>,
+}
+
+/// `[inputs.registry]`: where `avro-confluent` writer schemas come from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// One URL or several separated by commas (tried in turn).
+    pub url: String,
+    pub username: Option<String>,
+    /// Read from this environment variable (secrets stay out of the file).
+    pub password_env: Option<String>,
+    pub bearer_token_env: Option<String>,
+    /// The time budget of one schema fetch, retries included.
+    #[serde(default = "default_registry_timeout")]
+    pub timeout: String,
+    /// Fetched schemas are kept here too: known ids survive a registry outage at restart.
+    pub cache_dir: Option<String>,
+    /// The subject `check` validates the mapping against; default `<topic>-value`.
+    pub subject: Option<String>,
+}
+
+fn default_registry_timeout() -> String {
+    "30s".into()
+}
+
+/// `[inputs.mapping]`: the record's fields (paths) → the event's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    pub event_id: Option<FieldConfig>,
+    pub timestamp: Option<FieldConfig>,
+    /// The randomisation unit (the event's `user_id`).
+    pub unit: Option<FieldConfig>,
+    #[serde(default)]
+    pub flags: Vec<FlagsConfig>,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, FieldConfig>,
+    /// Only records whose field at each path equals the value are read; others are
+    /// counted as unmatched (`{ type = "track" }`).
+    #[serde(default)]
+    pub when: BTreeMap<String, String>,
+    pub journey: Option<FieldConfig>,
+    pub step: Option<FieldConfig>,
+    pub outcome: Option<FieldConfig>,
+    pub latency_ms: Option<FieldConfig>,
+    pub value: Option<FieldConfig>,
+    pub service: Option<FieldConfig>,
+    pub error_class: Option<FieldConfig>,
+    pub status_code: Option<FieldConfig>,
+    pub fatal: Option<FieldConfig>,
+    pub channel: Option<FieldConfig>,
+    pub csat: Option<FieldConfig>,
+    pub sentiment: Option<FieldConfig>,
+    pub tags: Option<FieldConfig>,
+}
+
+/// A mapped field: a path (`"context.device.type"`) or a table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FieldConfig {
+    Path(String),
+    Spec(FieldSpec),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    pub path: Option<String>,
+    /// A constant instead of a path.
+    pub value: Option<String>,
+    /// Record values → event values (`{ "Order Completed" = "COMPLETED" }`).
+    #[serde(default)]
+    pub map: BTreeMap<String, String>,
+    /// Used when the path is absent or null.
+    pub default: Option<String>,
+    /// Numbers are multiplied by this (`0.001` for microseconds to milliseconds).
+    pub scale: Option<f64>,
+    /// Timestamps: `epoch-ms` | `epoch-s` | `epoch-us` | `epoch-ns` | `rfc3339`.
+    pub format: Option<String>,
+}
+
+/// One source of flag assignments (several may be given; their flags are joined).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsConfig {
+    /// An object `{flag: variant}`, or a list of objects (with `key` and `variant`).
+    pub path: Option<String>,
+    /// In a list's elements: the path of the flag key and of the variant.
+    pub key: Option<String>,
+    pub variant: Option<String>,
+    /// With an object `path`: only its keys that start with this are flags, named
+    /// without it (`prefix = "exp_"`: `exp_checkout_v2` is flag `checkout_v2`).
+    pub prefix: Option<String>,
+    /// One flag per field: flag key → path of its variant.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
 }
 
 /// A `match` value: one string, a list (any of), or a boolean for boolean fields.
@@ -374,9 +495,10 @@ impl Config {
                 "output" => set(&mut config.output, section(&key, value, &mut errors)),
                 "metrics" => config.metrics = elements(&key, value, &mut errors),
                 "flags" => config.flags = elements(&key, value, &mut errors),
+                "inputs" => config.inputs = elements(&key, value, &mut errors),
                 other => errors.push(ConfigError {
                     path: other.to_string(),
-                    message: "unknown section (expected kafka, topics, window, http, output, metrics, flags)".into(),
+                    message: "unknown section (expected kafka, topics, window, http, output, metrics, flags, inputs)".into(),
                 }),
             }
         }
@@ -384,6 +506,46 @@ impl Config {
             Ok(config)
         } else {
             Err(ConfigErrors(errors))
+        }
+    }
+}
+
+impl Config {
+    /// The input topics in input order (`PartitionKey::input`): the `[[inputs]]`, or
+    /// when there are none the three built-in inputs of `[topics]`.
+    pub fn input_topics(&self) -> Vec<String> {
+        if self.inputs.is_empty() {
+            crate::model::Source::ALL
+                .iter()
+                .map(|s| self.topics.input(*s).to_string())
+                .collect()
+        } else {
+            self.inputs.iter().map(|i| i.topic.clone()).collect()
+        }
+    }
+
+    /// The input an input topic is.
+    pub fn input_of(&self, topic: &str) -> Option<u16> {
+        if self.inputs.is_empty() {
+            self.topics.source_of(topic).map(|s| s.index() as u16)
+        } else {
+            self.inputs
+                .iter()
+                .position(|i| i.topic == topic)
+                .map(|i| i as u16)
+        }
+    }
+
+    /// The topic of an input.
+    pub fn input_topic(&self, input: u16) -> &str {
+        if self.inputs.is_empty() {
+            crate::model::Source::ALL
+                .get(usize::from(input))
+                .map_or("", |s| self.topics.input(*s))
+        } else {
+            self.inputs
+                .get(usize::from(input))
+                .map_or("", |i| i.topic.as_str())
         }
     }
 }

@@ -2,10 +2,14 @@
 //! `run`, `demo` and `replay` are shells around this one type: they feed records in,
 //! call `tick` (or `finish`), and ship what comes out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::ingest::decode::{DecodeError, SchemaRegistry};
+use crate::ingest::input::{self, Format, InputSpec};
+use crate::ingest::map::Mapping;
+use crate::ingest::map::avro::{AvroSchema, Plan};
+use crate::ingest::map::value::Val;
 use crate::model::{EventRef, Source};
 use crate::policy::Policy;
 use crate::rules::{Judged, Rules};
@@ -24,6 +28,10 @@ pub enum Ingested {
         reason: Reason,
         detail: String,
     },
+    /// An `avro-confluent` record whose writer schema id the engine has not seen: the
+    /// shell fetches it ([`Engine::add_schema`] or [`Engine::schema_unavailable`]) and
+    /// ingests the record again. Nothing was counted.
+    NeedSchema(u32),
 }
 
 /// DLQ reasons (SPEC §6), in metric label order.
@@ -89,9 +97,29 @@ pub struct Counters {
 /// are only counted (bounded memory whatever arrives).
 const UNKNOWN_FINGERPRINTS_LOGGED: usize = 64;
 
+/// How one input's records are decoded.
+enum Decoder {
+    Avro(Source),
+    Confluent {
+        mapping: Arc<Mapping>,
+        /// Per writer schema id: the mapping resolved against it, or why it cannot be.
+        plans: HashMap<u32, Result<Plan, String>>,
+    },
+    Json(Arc<Mapping>),
+    Otlp {
+        signal: input::OtlpSignal,
+        encoding: input::OtlpEncoding,
+    },
+}
+
 pub struct Engine {
     policy: Arc<Policy>,
     registry: SchemaRegistry,
+    decoders: Vec<Decoder>,
+    /// Per input: the record kind its decode failures are counted under.
+    kinds: Vec<Source>,
+    /// Text of the record being decoded that could not be borrowed from its bytes.
+    text: String,
     windows: Windows,
     watermark: Watermark,
     rules: Rules,
@@ -109,8 +137,37 @@ impl Engine {
     /// replay, which merges its inputs in event-time order under one fixed `now`. The
     /// clamp of the watermark to the wall clock applies either way.
     pub fn new(policy: Arc<Policy>, live: bool) -> Result<Engine, String> {
+        let builtin = input::builtin(&crate::config::Config::default());
+        Engine::with_inputs(policy, &builtin, live)
+    }
+
+    /// An engine reading `inputs` (in input order, `PartitionKey::input`).
+    pub fn with_inputs(
+        policy: Arc<Policy>,
+        inputs: &[InputSpec],
+        live: bool,
+    ) -> Result<Engine, String> {
         let w = policy.window;
+        let decoders = inputs
+            .iter()
+            .map(|i| match (&i.format, &i.mapping) {
+                (Format::Avro, _) => Ok(Decoder::Avro(i.record)),
+                (Format::AvroConfluent, Some(m)) => Ok(Decoder::Confluent {
+                    mapping: m.clone(),
+                    plans: HashMap::new(),
+                }),
+                (Format::Json, Some(m)) => Ok(Decoder::Json(m.clone())),
+                (Format::Otlp { signal, encoding }, _) => Ok(Decoder::Otlp {
+                    signal: *signal,
+                    encoding: *encoding,
+                }),
+                _ => Err(format!("input {}: no mapping", i.topic)),
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Engine {
+            decoders,
+            kinds: inputs.iter().map(|i| i.record).collect(),
+            text: String::new(),
             registry: SchemaRegistry::shipped()?,
             windows: Windows::new(policy.clone()),
             watermark: Watermark::new(
@@ -138,40 +195,122 @@ impl Engine {
         now: i64,
         reread: bool,
     ) -> Ingested {
-        let decoded = self.registry.decode(p.source, bytes, &mut self.scratch);
-        let error = match decoded {
-            Ok(ev) => {
-                let end = self
-                    .windows
-                    .window_start(ev.timestamp)
-                    .saturating_add(self.policy.window.size_ms);
-                if reread && end <= self.windows.closed_before() {
-                    self.counters.events[p.source.index()][5] += 1;
-                    return Ingested::Duplicate;
-                }
-                return record(
-                    &mut self.windows,
-                    &mut self.watermark,
-                    &mut self.counters,
-                    &self.policy,
-                    p,
-                    offset,
-                    &ev,
-                    now,
-                );
-            }
-            Err(e) => e,
+        let Engine {
+            decoders,
+            kinds,
+            text,
+            registry,
+            scratch,
+            windows,
+            watermark,
+            counters,
+            policy,
+            unknown_logged,
+            ..
+        } = self;
+        let input = usize::from(p.input);
+        let (Some(decoder), Some(&kind)) = (decoders.get(input), kinds.get(input)) else {
+            return invalid(
+                counters,
+                Source::Product,
+                DecodeError::Malformed("unknown input"),
+            );
         };
-        match error {
-            DecodeError::UnknownSchema(fp) => unknown_schema(
-                &self.registry,
-                &mut self.counters,
-                &mut self.unknown_logged,
-                p.source,
-                fp,
-            ),
-            e => invalid(&mut self.counters, p.source, e),
+        let mut st = Sink {
+            windows,
+            watermark,
+            counters,
+            policy,
+            p,
+            offset,
+            now,
+            reread,
+        };
+        match decoder {
+            Decoder::Avro(source) => match registry.decode(*source, bytes, scratch) {
+                Ok(ev) => st.event(&ev),
+                Err(DecodeError::UnknownSchema(fp)) => {
+                    unknown_schema(registry, st.counters, unknown_logged, *source, fp)
+                }
+                Err(e) => invalid(st.counters, *source, e),
+            },
+            Decoder::Json(mapping) => {
+                text.clear();
+                let mut slots = vec![Val::Null; mapping.slots()];
+                if let Err(e) =
+                    crate::ingest::map::json::project(bytes, mapping.trie(), &mut slots, text)
+                {
+                    return invalid_detail(st.counters, kind, Reason::Decode, e.to_string());
+                }
+                st.mapped(mapping, &slots, &[], text, kind)
+            }
+            Decoder::Confluent { mapping, plans } => {
+                let (id, datum) = match input::confluent_frame(bytes) {
+                    Ok(f) => f,
+                    Err(e) => return invalid_detail(st.counters, kind, Reason::Decode, e),
+                };
+                let plan = match plans.get(&id) {
+                    None => return Ingested::NeedSchema(id),
+                    Some(Err(e)) => {
+                        return invalid_detail(st.counters, kind, Reason::Schema, e.clone());
+                    }
+                    Some(Ok(plan)) => plan,
+                };
+                text.clear();
+                let mut slots = vec![Val::Null; mapping.slots()];
+                if let Err(e) = plan.decode(datum, &mut slots) {
+                    return invalid_detail(
+                        st.counters,
+                        kind,
+                        Reason::Decode,
+                        format!("malformed datum (schema id {id}): {e}"),
+                    );
+                }
+                st.mapped(mapping, &slots, &plan.units, text, kind)
+            }
+            Decoder::Otlp { signal, encoding } => {
+                let _ = (signal, encoding);
+                invalid_detail(
+                    st.counters,
+                    kind,
+                    Reason::Decode,
+                    "OTLP input not built".into(),
+                )
+            }
         }
+    }
+
+    /// Resolves an `avro-confluent` input's mapping against writer schema `id` (its
+    /// text as the registry returned it). A schema the mapping cannot read (a required
+    /// path missing, a parse error) is remembered too: its records are dead-lettered
+    /// with reason `schema` and this message. Returns the paths the schema lacks.
+    pub fn add_schema(&mut self, input: u16, id: u32, schema: &str) -> Result<Vec<String>, String> {
+        let Some(Decoder::Confluent { mapping, plans }) = self.decoders.get_mut(usize::from(input))
+        else {
+            return Err(format!("input {input} is not avro-confluent"));
+        };
+        let (plan, missing) = match resolve(mapping, id, schema) {
+            Ok((plan, missing)) => (Ok(plan), Ok(missing)),
+            Err(e) => (Err(e.clone()), Err(e)),
+        };
+        plans.insert(id, plan);
+        missing
+    }
+
+    /// Whether an `avro-confluent` input knows schema `id` already.
+    pub fn has_schema(&self, input: u16, id: u32) -> bool {
+        matches!(self.decoders.get(usize::from(input)),
+            Some(Decoder::Confluent { plans, .. }) if plans.contains_key(&id))
+    }
+
+    /// Counts and rejects a record whose writer schema could not be fetched.
+    pub fn schema_unavailable(&mut self, p: PartitionKey, detail: String) -> Ingested {
+        let kind = self
+            .kinds
+            .get(usize::from(p.input))
+            .copied()
+            .unwrap_or(Source::Product);
+        invalid_detail(&mut self.counters, kind, Reason::Schema, detail)
     }
 
     /// Records an already decoded event (replay decodes container files itself).
@@ -307,6 +446,17 @@ fn invalid(counters: &mut Counters, source: Source, e: DecodeError) -> Ingested 
     rejected(counters, source, &e, detail)
 }
 
+fn invalid_detail(
+    counters: &mut Counters,
+    source: Source,
+    reason: Reason,
+    detail: String,
+) -> Ingested {
+    counters.events[source.index()][2] += 1;
+    counters.dlq[reason as usize] += 1;
+    Ingested::Rejected { reason, detail }
+}
+
 /// Counts an undecodable record and rejects it with `detail` for the DLQ.
 fn rejected(counters: &mut Counters, source: Source, e: &DecodeError, detail: String) -> Ingested {
     let reason = if e.reason() == "schema" {
@@ -353,6 +503,86 @@ fn too_long(policy: &Policy, ev: &EventRef<'_>) -> Option<String> {
     None
 }
 
+/// Resolves a mapping against a writer schema: the plan, and the optional paths the
+/// schema lacks (as `config path: message`).
+pub fn resolve(mapping: &Mapping, id: u32, schema: &str) -> Result<(Plan, Vec<String>), String> {
+    let parsed = AvroSchema::parse(schema).map_err(|e| format!("writer schema id {id}: {e}"))?;
+    let name = parsed.name();
+    let plan = Plan::compile(parsed, mapping.trie(), mapping.slots());
+    let mut optional = Vec::new();
+    let mut required = Vec::new();
+    for (at, message, req) in mapping.missing(&plan.found, &format!("{name} (id {id})")) {
+        if req {
+            required.push(format!("{at}: {message}"));
+        } else {
+            optional.push(format!("{at}: {message}"));
+        }
+    }
+    if !required.is_empty() {
+        return Err(format!(
+            "the mapping cannot read writer schema id {id}: {}",
+            required.join("; ")
+        ));
+    }
+    Ok((plan, optional))
+}
+
+/// Where decoded events go: the disjoint parts of the engine one record touches.
+struct Sink<'e> {
+    windows: &'e mut Windows,
+    watermark: &'e mut Watermark,
+    counters: &'e mut Counters,
+    policy: &'e Policy,
+    p: PartitionKey,
+    offset: i64,
+    now: i64,
+    reread: bool,
+}
+
+impl Sink<'_> {
+    fn event(&mut self, ev: &EventRef<'_>) -> Ingested {
+        let end = self
+            .windows
+            .window_start(ev.timestamp)
+            .saturating_add(self.policy.window.size_ms);
+        if self.reread && end <= self.windows.closed_before() {
+            self.counters.events[ev.source().index()][5] += 1;
+            return Ingested::Duplicate;
+        }
+        record(
+            self.windows,
+            self.watermark,
+            self.counters,
+            self.policy,
+            self.p,
+            self.offset,
+            ev,
+            self.now,
+        )
+    }
+
+    /// An event through a mapping: unmatched when the mapping filters it out, invalid
+    /// when its fields are not what the mapping says.
+    fn mapped<'a>(
+        &mut self,
+        mapping: &'a Mapping,
+        slots: &[Val<'a>],
+        units: &[Option<crate::ingest::map::avro::TimeUnit>],
+        text: &'a mut String,
+        kind: Source,
+    ) -> Ingested {
+        let fallback = format!("{}@{}", self.p.partition, self.offset);
+        match mapping.apply(slots, units, text, &fallback) {
+            Ok(Some(ev)) => self.event(&ev),
+            Ok(None) => {
+                self.counters.events[kind.index()][4] += 1;
+                Ingested::Unmatched
+            }
+            Err(e) => invalid_detail(self.counters, kind, Reason::Decode, format!("mapping: {e}")),
+        }
+    }
+}
+
 /// Future-skew check, watermark observation and windowing of one decoded event.
 #[allow(clippy::too_many_arguments)] // the disjoint borrows of Engine's fields, spelled out
 fn record(
@@ -365,7 +595,7 @@ fn record(
     ev: &EventRef<'_>,
     now: i64,
 ) -> Ingested {
-    let src = p.source.index();
+    let src = ev.source().index();
     let oversized = ev.attributes.iter().any(|(_, v)| v.len() > MAX_LABEL_BYTES)
         || ev.flags.iter().any(|f| f.variant.len() > MAX_LABEL_BYTES);
     if oversized && let Some(detail) = too_long(policy, ev) {
@@ -473,7 +703,7 @@ advance_when = "healthy"
 
     fn part(n: i32) -> PartitionKey {
         PartitionKey {
-            source: Source::Product,
+            input: 0,
             partition: n,
         }
     }

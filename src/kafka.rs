@@ -26,7 +26,6 @@ use crate::ingest::decode::{
     FLAG_COMMAND_HISTORY, FLAG_COMMAND_SCHEMA, WINDOW_EVALUATION_HISTORY, WINDOW_EVALUATION_SCHEMA,
     describe_fingerprint, legacy_fingerprint,
 };
-use crate::model::Source;
 use crate::records::{FlagCommand, InputPosition, WindowEvaluation};
 use crate::rules::Restore;
 use crate::sim::SimEvent;
@@ -261,7 +260,8 @@ pub struct Polled {
 /// One input message of a [`Polled`] batch; its key and payload are ranges of `bytes`.
 #[derive(Debug, Clone)]
 pub struct PolledMessage {
-    pub source: Source,
+    /// The input, by position in [`crate::config::Config::input_topics`].
+    pub input: u16,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Range<usize>>,
@@ -286,7 +286,7 @@ impl Polled {
 pub fn spawn_poller(
     consumer: Arc<InputConsumer>,
     ctx: RebalanceContext,
-    topics: Topics,
+    topics: Vec<String>,
     tx: tokio::sync::mpsc::Sender<Polled>,
     stop: Arc<AtomicBool>,
     batch: usize,
@@ -324,7 +324,7 @@ pub fn spawn_poller(
                 }
                 let full = match message {
                     Some(Ok(m)) => {
-                        if let Some(source) = topics.source_of(m.topic()) {
+                        if let Some(input) = topics.iter().position(|t| t == m.topic()) {
                             let mut copy = |b: &[u8]| {
                                 let start = polled.bytes.len();
                                 polled.bytes.extend_from_slice(b);
@@ -333,7 +333,7 @@ pub fn spawn_poller(
                             let key = m.key().map(&mut copy);
                             let payload = copy(m.payload().unwrap_or_default());
                             polled.messages.push(PolledMessage {
-                                source,
+                                input: input as u16,
                                 partition: m.partition(),
                                 offset: m.offset(),
                                 key,

@@ -42,6 +42,7 @@ pub struct ReplaySummary {
 struct Input {
     path: String,
     part: PartitionKey,
+    source: Source,
     reader: OcfReader<File>,
     fingerprint: u64,
     max_time: i64,
@@ -86,9 +87,10 @@ pub fn replay(
         inputs.push(Input {
             path: p,
             part: PartitionKey {
-                source: *source,
+                input: source.index() as u16,
                 partition: i as i32,
             },
+            source: *source,
             reader,
             fingerprint,
             max_time: i64::MIN,
@@ -133,7 +135,7 @@ pub fn replay(
             summary.events += 1;
             input.offset += 1;
             match engine.registry_mut().decode_next(
-                input.part.source,
+                input.source,
                 input.fingerprint,
                 &mut data,
                 &mut scratch,

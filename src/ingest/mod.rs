@@ -1,5 +1,8 @@
-//! Input: Avro decoding of the three input records, container files for replay,
-//! and (in `kafka`) the consumer that feeds the engine.
+//! Input: decoding of input records — guardrail's own Avro records, and (through
+//! mappings) Confluent-framed Avro, JSON and OpenTelemetry — container files for
+//! replay, and (in `kafka`) the consumer that feeds the engine.
 
 pub mod decode;
+pub mod input;
+pub mod map;
 pub mod ocf;

@@ -175,7 +175,7 @@ fn source_of(k: Kind) -> Source {
 
 fn part(n: i32) -> PartitionKey {
     PartitionKey {
-        source: Source::Product,
+        input: 0,
         partition: n,
     }
 }

@@ -37,8 +37,6 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::model::Source;
-
 /// A behind partition must advance its event time at least `CATCH_UP_NUM / CATCH_UP_DEN`
 /// times as fast as the wall clock to count as catching up (1.5×).
 const CATCH_UP_NUM: i64 = 3;
@@ -48,7 +46,8 @@ const CATCH_UP_DEN: i64 = 2;
 /// pseudo-partition per input file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PartitionKey {
-    pub source: Source,
+    /// The input, by position in [`crate::config::Config::input_topics`].
+    pub input: u16,
     pub partition: i32,
 }
 
@@ -204,7 +203,7 @@ impl Watermark {
             if leader.saturating_sub(mine) <= bound {
                 if t.excluded {
                     tracing::info!(
-                        source = p.source.as_str(),
+                        input = p.input,
                         partition = p.partition,
                         max_event_time = mine,
                         "input partition within window.max_partition_delay of the most \
@@ -233,7 +232,7 @@ impl Watermark {
                         t.excluded = true;
                         excluded += 1;
                         tracing::warn!(
-                            source = p.source.as_str(),
+                            input = p.input,
                             partition = p.partition,
                             max_event_time = mine,
                             leader,
@@ -272,7 +271,7 @@ mod tests {
 
     fn p(n: i32) -> PartitionKey {
         PartitionKey {
-            source: Source::Product,
+            input: 0,
             partition: n,
         }
     }

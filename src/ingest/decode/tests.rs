@@ -874,7 +874,7 @@ fn engine_reports_unknown_and_counts_legacy_fingerprints() {
     let policy = std::sync::Arc::new(crate::policy::Policy::compile(&config).unwrap());
     let mut engine = Engine::new(policy, false).unwrap();
     let p = PartitionKey {
-        source: Source::Product,
+        input: 0,
         partition: 0,
     };
     let mut e = sample(Source::Product);

@@ -1,0 +1,440 @@
+//! A strict JSON reader (RFC 8259) that projects a document onto a mapping's [`Trie`]:
+//! one pass, values off the trie are validated and skipped, values at a path's end are
+//! captured with their strings borrowed from the input when they hold no escape.
+
+use super::value::{Trie, Txt, Val};
+
+/// Nesting deeper than this is refused (a record is not a parser benchmark).
+const MAX_DEPTH: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid JSON at byte {at}: {what}")]
+pub struct JsonError {
+    pub at: usize,
+    pub what: &'static str,
+}
+
+/// Reads the JSON document `input`, filling `slots[i]` with the value at the trie's
+/// capture `i` (slots stay [`Val::Null`] where the document has nothing).
+pub fn project<'a>(
+    input: &'a [u8],
+    trie: &Trie,
+    slots: &mut [Val<'a>],
+    buf: &mut String,
+) -> Result<(), JsonError> {
+    let text = std::str::from_utf8(input).map_err(|e| JsonError {
+        at: e.valid_up_to(),
+        what: "not UTF-8",
+    })?;
+    let mut p = Parser {
+        s: text,
+        b: input,
+        i: 0,
+        buf,
+    };
+    p.ws();
+    p.value(Some(trie), slots, 0)?;
+    p.ws();
+    if p.i != p.b.len() {
+        return Err(p.err("trailing characters after the document"));
+    }
+    Ok(())
+}
+
+/// Reads the whole document as a value tree (tests and `check`).
+pub fn parse<'a>(input: &'a [u8], buf: &mut String) -> Result<Val<'a>, JsonError> {
+    let trie = Trie {
+        capture: Some(0),
+        children: Vec::new(),
+    };
+    let mut slots = [Val::Null];
+    project(input, &trie, &mut slots, buf)?;
+    let [v] = slots;
+    Ok(v)
+}
+
+struct Parser<'a, 'b> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+    buf: &'b mut String,
+}
+
+impl<'a> Parser<'a, '_> {
+    fn err(&self, what: &'static str) -> JsonError {
+        JsonError { at: self.i, what }
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn expect(&mut self, c: u8, what: &'static str) -> Result<(), JsonError> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+
+    /// One value. `node`: where it sits in the trie (`None`: off the trie, skip).
+    fn value(
+        &mut self,
+        node: Option<&Trie>,
+        slots: &mut [Val<'a>],
+        depth: usize,
+    ) -> Result<(), JsonError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nested too deeply"));
+        }
+        if let Some(slot) = node.and_then(|n| n.capture) {
+            let v = self.materialise(depth)?;
+            slots[slot] = v;
+            return Ok(());
+        }
+        match self.peek() {
+            Some(b'{') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    let key = self.string()?;
+                    self.ws();
+                    self.expect(b':', "expected ':' after an object key")?;
+                    self.ws();
+                    let child = node.and_then(|n| n.child_key(key.resolve_in(self.buf)));
+                    self.value(child, slots, depth + 1)?;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.err("expected ',' or '}' in an object")),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                let indexed = node.filter(|n| n.has_index_children());
+                let mut index = 0;
+                loop {
+                    self.ws();
+                    let child = indexed.and_then(|n| n.child_index(index));
+                    self.value(child, slots, depth + 1)?;
+                    index += 1;
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.err("expected ',' or ']' in an array")),
+                    }
+                }
+            }
+            _ => self.scalar().map(|_| ()),
+        }
+    }
+
+    /// A whole value as a tree.
+    fn materialise(&mut self, depth: usize) -> Result<Val<'a>, JsonError> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nested too deeply"));
+        }
+        match self.peek() {
+            Some(b'{') => {
+                self.i += 1;
+                let mut entries = Vec::new();
+                self.ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(Val::Map(entries));
+                }
+                loop {
+                    self.ws();
+                    let key = self.string()?;
+                    self.ws();
+                    self.expect(b':', "expected ':' after an object key")?;
+                    self.ws();
+                    let v = self.materialise(depth + 1)?;
+                    entries.push((key, v));
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(Val::Map(entries));
+                        }
+                        _ => return Err(self.err("expected ',' or '}' in an object")),
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(Val::Array(items));
+                }
+                loop {
+                    self.ws();
+                    items.push(self.materialise(depth + 1)?);
+                    self.ws();
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(Val::Array(items));
+                        }
+                        _ => return Err(self.err("expected ',' or ']' in an array")),
+                    }
+                }
+            }
+            _ => self.scalar(),
+        }
+    }
+
+    fn scalar(&mut self) -> Result<Val<'a>, JsonError> {
+        match self.peek() {
+            Some(b'"') => self.string().map(Val::Str),
+            Some(b't') => self.literal("true", Val::Bool(true)),
+            Some(b'f') => self.literal("false", Val::Bool(false)),
+            Some(b'n') => self.literal("null", Val::Null),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            None => Err(self.err("unexpected end of input")),
+            Some(_) => Err(self.err("expected a value")),
+        }
+    }
+
+    fn literal(&mut self, word: &'static str, v: Val<'a>) -> Result<Val<'a>, JsonError> {
+        if self.b[self.i..].starts_with(word.as_bytes()) {
+            self.i += word.len();
+            Ok(v)
+        } else {
+            Err(self.err("expected true, false or null"))
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    fn number(&mut self) -> Result<Val<'a>, JsonError> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        match self.peek() {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => {
+                self.digits();
+            }
+            _ => return Err(self.err("expected a digit")),
+        }
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            if self.digits() == 0 {
+                return Err(self.err("expected a digit after '.'"));
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return Err(self.err("expected a digit in the exponent"));
+            }
+        }
+        Ok(Val::Num(&self.s[start..self.i]))
+    }
+
+    /// A string at the cursor (which is on its opening quote): borrowed when it holds no
+    /// escape, otherwise unescaped into the text buffer.
+    fn string(&mut self) -> Result<Txt<'a>, JsonError> {
+        self.expect(b'"', "expected a string")?;
+        let start = self.i;
+        loop {
+            match self.peek() {
+                Some(b'"') => {
+                    let s = &self.s[start..self.i];
+                    self.i += 1;
+                    return Ok(Txt::B(s));
+                }
+                Some(b'\\') => break,
+                Some(0..=0x1f) => return Err(self.err("control character in a string")),
+                Some(_) => self.i += 1,
+                None => return Err(self.err("unterminated string")),
+            }
+        }
+        // Escapes: copy what came before, then unescape the rest.
+        let from = self.buf.len();
+        self.buf.push_str(&self.s[start..self.i]);
+        loop {
+            match self.peek() {
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(Txt::Buf(from as u32, self.buf.len() as u32));
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    let c = match self.peek() {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => {
+                            self.i += 1;
+                            let hi = self.hex4()?;
+                            let c = if (0xD800..0xDC00).contains(&hi) {
+                                if !self.b[self.i..].starts_with(b"\\u") {
+                                    return Err(self.err("lone high surrogate"));
+                                }
+                                self.i += 2;
+                                let lo = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return Err(self.err("high surrogate without a low one"));
+                                }
+                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                            } else if (0xDC00..0xE000).contains(&hi) {
+                                return Err(self.err("lone low surrogate"));
+                            } else {
+                                hi
+                            };
+                            self.buf
+                                .push(char::from_u32(c).ok_or(self.err("bad code point"))?);
+                            continue;
+                        }
+                        _ => return Err(self.err("unknown escape")),
+                    };
+                    self.i += 1;
+                    self.buf.push(c);
+                }
+                Some(0..=0x1f) => return Err(self.err("control character in a string")),
+                Some(_) => {
+                    // Copy a run of plain characters (UTF-8 is already validated).
+                    let run = self.i;
+                    while let Some(b) = self.peek() {
+                        if b == b'"' || b == b'\\' || b < 0x20 {
+                            break;
+                        }
+                        self.i += 1;
+                    }
+                    self.buf.push_str(&self.s[run..self.i]);
+                }
+                None => return Err(self.err("unterminated string")),
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, JsonError> {
+        let h = self
+            .b
+            .get(self.i..self.i + 4)
+            .ok_or(self.err("truncated \\u escape"))?;
+        let mut v = 0;
+        for &c in h {
+            let d = (c as char).to_digit(16).ok_or(self.err("bad \\u escape"))?;
+            v = v * 16 + d;
+        }
+        self.i += 4;
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::value::Path;
+    use super::*;
+
+    fn slots_for<'a>(text: &'a str, paths: &[&str], buf: &mut String) -> Vec<Val<'a>> {
+        let paths: Vec<Path> = paths.iter().map(|p| Path::parse(p).unwrap()).collect();
+        let (trie, _) = Trie::build(&paths);
+        let mut slots = vec![Val::Null; paths.len()];
+        project(text.as_bytes(), &trie, &mut slots, buf).unwrap();
+        slots
+    }
+
+    #[test]
+    fn projects_paths_and_skips_the_rest() {
+        let text = r#"{"a": {"skip": [1, {"x": "y"}, null, true], "b": "v\u00fc\"", "n": -1.5e3},
+                       "list": [{"k": 1}, {"k": 2}], "a.b": "dotted"}"#;
+        let mut buf = String::new();
+        let s = slots_for(
+            text,
+            &["a.b", "a.n", "list[1].k", r#"["a.b"]"#, "missing.x"],
+            &mut buf,
+        );
+        assert!(matches!(s[0], Val::Str(t) if t.resolve_in(&buf) == "vü\""));
+        assert_eq!(s[1], Val::Num("-1.5e3"));
+        assert_eq!(s[2], Val::Num("2"));
+        assert!(matches!(s[3], Val::Str(Txt::B("dotted"))));
+        assert_eq!(s[4], Val::Null);
+    }
+
+    #[test]
+    fn refuses_what_rfc_8259_refuses() {
+        let bad: &[&[u8]] = &[
+            b"",
+            b"{",
+            b"{\"a\":1,}",
+            b"[1,]",
+            b"01",
+            b"1.",
+            b"-",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"a\nb\"",
+            b"\"\\x\"",
+            b"{\"a\" 1}",
+            b"{} x",
+            b"tru",
+            b"\"\xff\"",
+        ];
+        for text in bad {
+            let mut buf = String::new();
+            assert!(
+                parse(text, &mut buf).is_err(),
+                "{:?} should be refused",
+                String::from_utf8_lossy(text)
+            );
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(parse(deep.as_bytes(), &mut String::new()).is_err());
+    }
+
+    #[test]
+    fn surrogate_pairs_and_escaped_keys() {
+        let mut buf = String::new();
+        let s = slots_for(r#"{"k\u0065y": "\ud83d\ude00 ok"}"#, &["key"], &mut buf);
+        assert!(matches!(s[0], Val::Str(t) if t.resolve_in(&buf) == "😀 ok"));
+    }
+}

@@ -1,0 +1,333 @@
+//! The values a mapping reads: field paths, the trie of the paths one mapping needs,
+//! and the borrowed value tree a decoder captures at those paths.
+//!
+//! Decoders do not build a tree of the whole record. They walk the record once with the
+//! mapping's [`Trie`], skip every field no path needs, and *capture* the value at each
+//! path's end into a slot. Strings borrow the input where they can; a string that had
+//! to be rewritten (a JSON escape, a number read as text) lives in the record's text
+//! buffer and is referred to by its range ([`Txt::Buf`]).
+
+use std::fmt;
+
+/// A string: borrowed from the input (or the compiled plan), or a range of the
+/// record's text buffer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Txt<'a> {
+    B(&'a str),
+    Buf(u32, u32),
+}
+
+impl<'a> Txt<'a> {
+    pub fn resolve(self, buf: &'a str) -> &'a str {
+        match self {
+            Txt::B(s) => s,
+            Txt::Buf(a, b) => &buf[a as usize..b as usize],
+        }
+    }
+
+    /// Appends `s` to `buf` and returns its range.
+    pub fn push(buf: &mut String, s: &str) -> Txt<'a> {
+        let a = buf.len() as u32;
+        buf.push_str(s);
+        Txt::Buf(a, buf.len() as u32)
+    }
+}
+
+/// A captured value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// A JSON number as written (kept as text so that ids stay exact).
+    Num(&'a str),
+    Str(Txt<'a>),
+    Bytes(&'a [u8]),
+    Array(Vec<Val<'a>>),
+    /// JSON objects, Avro records and maps, in input order.
+    Map(Vec<(Txt<'a>, Val<'a>)>),
+}
+
+impl<'a> Val<'a> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Val::Null => "null",
+            Val::Bool(_) => "boolean",
+            Val::Int(_) | Val::Float(_) | Val::Num(_) => "number",
+            Val::Str(_) => "string",
+            Val::Bytes(_) => "bytes",
+            Val::Array(_) => "array",
+            Val::Map(_) => "object",
+        }
+    }
+
+    /// The value at `path` below this one (the last of repeated keys wins).
+    pub fn get(&self, path: &[Seg], buf: &str) -> Option<&Val<'a>> {
+        let Some((first, rest)) = path.split_first() else {
+            return Some(self);
+        };
+        let next = match (first, self) {
+            (Seg::Key(k), Val::Map(entries)) => entries
+                .iter()
+                .rev()
+                .find(|(name, _)| name.resolve_in(buf) == k)
+                .map(|(_, v)| v),
+            (Seg::Index(i), Val::Array(items)) => items.get(*i),
+            _ => None,
+        }?;
+        next.get(rest, buf)
+    }
+
+    /// As a number: JSON numbers, integers, floats, and numeric strings.
+    pub fn as_f64(&self, buf: &str) -> Option<f64> {
+        match self {
+            Val::Int(i) => Some(*i as f64),
+            Val::Float(f) => Some(*f),
+            Val::Num(s) => s.parse().ok(),
+            Val::Str(t) => t.resolve_in(buf).trim().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Txt<'_> {
+    /// Like [`Txt::resolve`], for a buffer borrowed for a shorter time.
+    pub fn resolve_in<'s>(&'s self, buf: &'s str) -> &'s str {
+        match self {
+            Txt::B(s) => s,
+            Txt::Buf(a, b) => &buf[*a as usize..*b as usize],
+        }
+    }
+}
+
+/// One step of a path: a field/key name or an array index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+impl fmt::Display for Seg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seg::Key(k) if is_plain(k) => write!(f, "{k}"),
+            Seg::Key(k) => write!(f, "[{k:?}]"),
+            Seg::Index(i) => write!(f, "[{i}]"),
+        }
+    }
+}
+
+fn is_plain(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '$' || c == '@')
+}
+
+/// A parsed path: `context.device.type`, `properties["feature.flag"]`, `items[0].id`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Path(pub Vec<Seg>);
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 && matches!(s, Seg::Key(k) if is_plain(k)) {
+                f.write_str(".")?;
+            }
+            write!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Path {
+    /// Parses a path. Keys are separated by `.`; `["..."]` quotes a key that contains
+    /// dots or brackets (OpenTelemetry attribute names); `[N]` indexes an array.
+    pub fn parse(text: &str) -> Result<Path, String> {
+        let mut segs = Vec::new();
+        let b = text.as_bytes();
+        let mut i = 0;
+        let mut expect_key = true;
+        while i < b.len() {
+            match b[i] {
+                b'.' if !expect_key => {
+                    i += 1;
+                    expect_key = true;
+                    if i == b.len() {
+                        return Err(format!("{text:?}: ends with '.'"));
+                    }
+                }
+                b'[' => {
+                    let close = text[i..]
+                        .find(']')
+                        .map(|j| i + j)
+                        .ok_or_else(|| format!("{text:?}: '[' without ']'"))?;
+                    let inner = &text[i + 1..close];
+                    if inner.starts_with('"') {
+                        // A quoted key may itself contain ']': find the closing quote.
+                        let end = text[i + 2..]
+                            .find("\"]")
+                            .map(|j| i + 2 + j)
+                            .ok_or_else(|| format!("{text:?}: unterminated quoted key"))?;
+                        let key = &text[i + 2..end];
+                        if key.is_empty() {
+                            return Err(format!("{text:?}: empty key"));
+                        }
+                        segs.push(Seg::Key(key.to_string()));
+                        i = end + 2;
+                    } else {
+                        let n: usize = inner.parse().map_err(|_| {
+                            format!("{text:?}: [{inner}] is neither an index nor a quoted key")
+                        })?;
+                        segs.push(Seg::Index(n));
+                        i = close + 1;
+                    }
+                    expect_key = false;
+                }
+                _ if expect_key => {
+                    let end = text[i..].find(['.', '[']).map_or(text.len(), |j| i + j);
+                    if end == i {
+                        return Err(format!("{text:?}: empty key"));
+                    }
+                    segs.push(Seg::Key(text[i..end].to_string()));
+                    i = end;
+                    expect_key = false;
+                }
+                c => {
+                    return Err(format!(
+                        "{text:?}: unexpected {:?} at byte {i}",
+                        char::from(c)
+                    ));
+                }
+            }
+        }
+        if segs.is_empty() {
+            return Err("empty path".into());
+        }
+        Ok(Path(segs))
+    }
+}
+
+/// The paths one mapping reads, as a trie. A node with `capture` is the end of a path:
+/// the decoder materialises the whole value there into slot `capture` and does not
+/// descend further (paths below a captured one are read from the captured value).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trie {
+    pub capture: Option<usize>,
+    pub children: Vec<(Seg, Trie)>,
+}
+
+impl Trie {
+    /// Builds the trie of `paths` (slot i captures `paths[i]`). Returns, for every path,
+    /// where its value is found: `(slot, rest)` — the captured slot and the remaining
+    /// path within it (empty unless a shorter path already captures a prefix).
+    pub fn build(paths: &[Path]) -> (Trie, Vec<(usize, Vec<Seg>)>) {
+        let mut root = Trie::default();
+        // Shorter paths first, so that a prefix captures before its extensions.
+        let mut order: Vec<usize> = (0..paths.len()).collect();
+        order.sort_by_key(|&i| paths[i].0.len());
+        let mut located = vec![(0, Vec::new()); paths.len()];
+        'paths: for i in order {
+            let mut node = &mut root;
+            for (depth, seg) in paths[i].0.iter().enumerate() {
+                if let Some(slot) = node.capture {
+                    located[i] = (slot, paths[i].0[depth..].to_vec());
+                    continue 'paths;
+                }
+                let pos = match node.children.iter().position(|(s, _)| s == seg) {
+                    Some(p) => p,
+                    None => {
+                        node.children.push((seg.clone(), Trie::default()));
+                        node.children.len() - 1
+                    }
+                };
+                node = &mut node.children[pos].1;
+            }
+            match node.capture {
+                Some(slot) => located[i] = (slot, Vec::new()),
+                None => {
+                    node.capture = Some(i);
+                    // Anything already below is now read from this capture instead.
+                    node.children.clear();
+                    located[i] = (i, Vec::new());
+                }
+            }
+        }
+        // Paths placed below `i` before it captured: re-point them (shortest-first
+        // order means this only happens for equal-length duplicates, handled above).
+        (root, located)
+    }
+
+    pub fn child_key(&self, key: &str) -> Option<&Trie> {
+        self.children.iter().find_map(|(s, t)| match s {
+            Seg::Key(k) if k == key => Some(t),
+            _ => None,
+        })
+    }
+
+    pub fn child_index(&self, i: usize) -> Option<&Trie> {
+        self.children.iter().find_map(|(s, t)| match s {
+            Seg::Index(j) if *j == i => Some(t),
+            _ => None,
+        })
+    }
+
+    pub fn has_index_children(&self) -> bool {
+        self.children
+            .iter()
+            .any(|(s, _)| matches!(s, Seg::Index(_)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(p: &Path) -> Vec<String> {
+        p.0.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn paths_parse_with_quoted_keys_and_indexes() {
+        let p = Path::parse("context.device.type").unwrap();
+        assert_eq!(keys(&p), ["context", "device", "type"]);
+        let p = Path::parse(r#"attributes["feature_flag.key"]"#).unwrap();
+        assert_eq!(
+            p.0,
+            vec![
+                Seg::Key("attributes".into()),
+                Seg::Key("feature_flag.key".into())
+            ]
+        );
+        let p = Path::parse("items[2].id").unwrap();
+        assert_eq!(p.0[1], Seg::Index(2));
+        assert_eq!(p.to_string(), "items[2].id");
+        assert_eq!(
+            Path::parse(r#"a["x.y"]"#).unwrap().to_string(),
+            r#"a["x.y"]"#
+        );
+        for bad in [
+            "", "a.", ".a", "a..b", "a[", "a[x]", r#"a["x"#, "a[]", r#"a[""]"#,
+        ] {
+            assert!(Path::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_captured_prefix_serves_the_longer_paths() {
+        let paths = [
+            Path::parse("context.flags").unwrap(),
+            Path::parse("context.flags[0].key").unwrap(),
+            Path::parse("context.device.type").unwrap(),
+            Path::parse("context.flags").unwrap(),
+        ];
+        let (trie, located) = Trie::build(&paths);
+        assert_eq!(located[0], (0, vec![]));
+        assert_eq!(located[1], (0, vec![Seg::Index(0), Seg::Key("key".into())]));
+        assert_eq!(located[2], (2, vec![]));
+        assert_eq!(located[3], (0, vec![]));
+        let ctx = trie.child_key("context").unwrap();
+        assert_eq!(ctx.child_key("flags").unwrap().capture, Some(0));
+        assert!(ctx.child_key("flags").unwrap().children.is_empty());
+    }
+}
