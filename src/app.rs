@@ -184,7 +184,24 @@ pub async fn run_engine(
             .begin_transaction()
             .context("beginning a transaction")?;
     }
-    let mut engine = Engine::new(policy.clone(), true).map_err(anyhow::Error::msg)?;
+    let inputs = crate::ingest::input::compile(&config)
+        .map_err(|e| anyhow::Error::new(crate::config::ConfigErrors(e)))?;
+    let mut engine =
+        Engine::with_inputs(policy.clone(), &inputs, true).map_err(anyhow::Error::msg)?;
+    let mut registries = Vec::new();
+    for i in &inputs {
+        registries.push(match &i.registry {
+            None => None,
+            Some(r) => {
+                let opts = crate::ingest::input::registry_options(r)
+                    .map_err(|e| anyhow::anyhow!("input {}: registry: {e}", i.topic))?;
+                Some(
+                    crate::ingest::confluent::RegistryClient::new(opts)
+                        .map_err(|e| anyhow::anyhow!("input {}: {e}", i.topic))?,
+                )
+            }
+        });
+    }
     let restored = tokio::task::block_in_place(|| kafka::restore(&k, &config.topics, &mut engine))
         .context("restoring state")?;
     for e in &restored.evaluations {
@@ -250,6 +267,8 @@ pub async fn run_engine(
         consumed_next: HashMap::default(),
         seen_until,
         pending: Vec::new(),
+        registries,
+        schema_failures: HashMap::default(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
@@ -391,7 +410,16 @@ struct Shell {
     seen_until: HashMap<PartitionKey, i64>,
     /// DLQ deliveries not yet awaited.
     pending: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Per input: its Schema Registry client (`avro-confluent` inputs).
+    registries: Vec<Option<crate::ingest::confluent::RegistryClient>>,
+    /// Schema ids whose fetch failed, and when: their records are dead-lettered at once
+    /// until `SCHEMA_RETRY_AFTER` has passed (a consumer does not wait out the fetch
+    /// timeout record by record while a registry is down).
+    schema_failures: HashMap<(u16, u32), (std::time::Instant, String)>,
 }
+
+/// How long a failed schema fetch is remembered before the next record retries it.
+const SCHEMA_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 impl Shell {
     /// Feeds one polled batch to the engine.
@@ -469,6 +497,62 @@ impl Shell {
         }
     }
 
+    /// Fetches writer schema `id` of an `avro-confluent` input from its registry and
+    /// gives it to the engine; `Err` is the DLQ detail for the record that needed it.
+    async fn fetch_schema(&mut self, input: u16, id: u32) -> Result<(), String> {
+        let topic = self.config.input_topic(input).to_string();
+        if let Some((at, detail)) = self.schema_failures.get(&(input, id)) {
+            if at.elapsed() < SCHEMA_RETRY_AFTER {
+                return Err(detail.clone());
+            }
+        }
+        let Some(Some(client)) = self.registries.get(usize::from(input)) else {
+            return Err(format!("input {topic} has no schema registry"));
+        };
+        let fetched = client.schema(id).await;
+        let result = match &fetched {
+            Ok(_) => "ok",
+            Err(crate::ingest::confluent::RegistryError::NotFound { .. }) => "not_found",
+            Err(crate::ingest::confluent::RegistryError::Unauthorized { .. }) => "unauthorized",
+            Err(crate::ingest::confluent::RegistryError::Unsupported { .. }) => "unsupported",
+            Err(e) if e.is_transient() => "unavailable",
+            Err(_) => "error",
+        };
+        self.metrics
+            .schema_fetches
+            .with_label_values(&[topic.as_str(), result])
+            .inc();
+        match fetched {
+            Ok(schema) => {
+                self.schema_failures.remove(&(input, id));
+                match self.engine.add_schema(input, id, &schema.schema) {
+                    Ok(missing) => {
+                        tracing::info!(topic, id, "writer schema fetched and resolved against the mapping");
+                        for m in missing {
+                            tracing::warn!(topic, id, "{m}: the field is left empty for records of this schema");
+                        }
+                    }
+                    // Remembered by the engine: its records go to the DLQ with this.
+                    Err(e) => tracing::error!(topic, id, "{e}"),
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let detail = format!("writer schema id {id} could not be fetched: {e}");
+                tracing::error!(
+                    topic,
+                    id,
+                    "{detail}; records with this id are dead-lettered (reason=schema), \
+                     the fetch is retried after {}s",
+                    SCHEMA_RETRY_AFTER.as_secs()
+                );
+                self.schema_failures
+                    .insert((input, id), (std::time::Instant::now(), detail.clone()));
+                Err(detail)
+            }
+        }
+    }
+
     /// The number of partitions of the input topics (`None` if metadata is unavailable).
     fn input_partitions(&self) -> Option<usize> {
         let mut total = 0;
@@ -498,7 +582,13 @@ impl Shell {
         let offset = m.offset;
         let reread = self.seen_until.get(&p).is_some_and(|&s| offset < s);
         let payload = batch.payload(m);
-        let outcome = self.engine.ingest(p, offset, payload, now, reread);
+        let mut outcome = self.engine.ingest(p, offset, payload, now, reread);
+        if let Ingested::NeedSchema(id) = outcome {
+            outcome = match self.fetch_schema(p.input, id).await {
+                Ok(()) => self.engine.ingest(p, offset, payload, now, reread),
+                Err(detail) => self.engine.schema_unavailable(p, detail),
+            };
+        }
         self.consumed_next.insert(p, offset + 1);
         let s = self.seen_until.entry(p).or_insert(offset + 1);
         *s = (*s).max(offset + 1);

@@ -76,6 +76,10 @@ pub enum Command {
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// Validate avro-confluent mappings against their `schema_file` only, without
+        /// asking the Schema Registry for the subject's latest schema.
+        #[arg(long)]
+        offline: bool,
     },
     /// Writes simulated traffic as Avro container files (for replay and benchmarks).
     Generate {

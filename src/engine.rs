@@ -245,9 +245,11 @@ impl Engine {
                 st.mapped(mapping, &slots, &[], text, kind)
             }
             Decoder::Confluent { mapping, plans } => {
-                let (id, datum) = match input::confluent_frame(bytes) {
+                let (id, datum) = match crate::ingest::confluent::split_frame(bytes) {
                     Ok(f) => f,
-                    Err(e) => return invalid_detail(st.counters, kind, Reason::Decode, e),
+                    Err(e) => {
+                        return invalid_detail(st.counters, kind, Reason::Decode, e.to_string());
+                    }
                 };
                 let plan = match plans.get(&id) {
                     None => return Ingested::NeedSchema(id),

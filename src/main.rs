@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     };
     init_tracing(cli.log_format, default_filter);
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config, offline } => check(&config, offline),
         Command::Replay {
             config,
             product_events,
@@ -142,9 +142,12 @@ fn load(path: &Path) -> Result<Arc<policy::Policy>, ExitCode> {
     load_both(path).map(|(_, p)| Arc::new(p))
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, offline: bool) -> ExitCode {
     match load_both(path) {
-        Ok((_, p)) => {
+        Ok((config, p)) => {
+            if !check_schemas(path, &config, offline) {
+                return ExitCode::from(2);
+            }
             println!(
                 "{}: ok ({} metrics, {} flags: {})",
                 path.display(),
@@ -160,6 +163,60 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+/// Resolves every avro-confluent mapping against its writer schema: the `schema_file`,
+/// and (unless `offline`) the subject's latest version in the registry. Prints errors
+/// with their config paths; false if any.
+fn check_schemas(path: &Path, config: &guardrail::config::Config, offline: bool) -> bool {
+    let Ok(inputs) = guardrail::ingest::input::compile(config) else {
+        return false;
+    };
+    let mut ok = true;
+    let mut report = |at: &str, r: Result<Vec<String>, String>| match r {
+        Ok(missing) => {
+            for m in missing {
+                eprintln!("{}: warning: {m} (left empty)", path.display());
+            }
+        }
+        Err(e) => {
+            ok = false;
+            eprintln!("{}: {at}: {e}", path.display());
+        }
+    };
+    for (i, input) in inputs.iter().enumerate() {
+        let (Some(mapping), Some(registry)) = (&input.mapping, &input.registry) else {
+            continue;
+        };
+        let at = format!("inputs[{i}]");
+        if let Some(file) = &input.schema_file {
+            let r = std::fs::read_to_string(file)
+                .map_err(|e| format!("schema_file {file}: {e}"))
+                .and_then(|text| guardrail::engine::resolve(mapping, 0, &text).map(|(_, m)| m));
+            report(&format!("{at}.schema_file"), r);
+        }
+        if offline {
+            continue;
+        }
+        let subject = registry
+            .subject
+            .clone()
+            .unwrap_or_else(|| format!("{}-value", input.topic));
+        let r = guardrail::ingest::input::registry_options(registry).and_then(|opts| {
+            let client = guardrail::ingest::confluent::RegistryClient::new(opts)
+                .map_err(|e| e.to_string())?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let (id, schema) = rt
+                .block_on(client.latest(&subject))
+                .map_err(|e| format!("{e} (run with --offline to check against schema_file only)"))?;
+            guardrail::engine::resolve(mapping, id, &schema.schema).map(|(_, m)| m)
+        });
+        report(&format!("{at}.registry (subject {subject})"), r);
+    }
+    ok
 }
 
 fn output(path: Option<&Path>) -> std::io::Result<Box<dyn Write>> {

@@ -697,8 +697,17 @@ fn check_common(c: &mut Checker, path: &str, alpha: f64, windows: u32) {
 /// Loads, parses and compiles a config file; the one call `run`, `replay` and `check` make.
 pub fn load(path: &std::path::Path) -> Result<(Config, Policy), ConfigErrors> {
     let config = Config::load(path)?;
-    let policy = Policy::compile(&config)?;
-    Ok((config, policy))
+    let policy = Policy::compile(&config);
+    // Inputs are checked too, so that one run reports every error.
+    let inputs = crate::ingest::input::compile(&config);
+    match (policy, inputs) {
+        (Ok(policy), Ok(_)) => Ok((config, policy)),
+        (policy, inputs) => {
+            let mut errors = policy.err().map(|e| e.0).unwrap_or_default();
+            errors.extend(inputs.err().unwrap_or_default());
+            Err(ConfigErrors(errors))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,59 @@ impl SimEvent {
         out
     }
 
+    /// The owned copy of a decoded event.
+    pub fn from_ref(ev: &crate::model::EventRef<'_>) -> SimEvent {
+        use crate::model::Body;
+        let own = |s: &str| s.to_string();
+        SimEvent {
+            source: ev.source(),
+            event_id: own(ev.event_id),
+            timestamp: ev.timestamp,
+            flags: ev.flags.iter().map(|f| (own(f.key), own(f.variant))).collect(),
+            attributes: ev.attributes.iter().map(|(k, v)| (own(k), own(v))).collect(),
+            user_id: ev.user_id.map(own),
+            body: match &ev.body {
+                Body::Product {
+                    journey,
+                    step,
+                    outcome,
+                    latency_ms,
+                    value,
+                } => SimBody::Product {
+                    journey: own(journey),
+                    step: step.map(own),
+                    outcome: *outcome,
+                    latency_ms: *latency_ms,
+                    value: *value,
+                },
+                Body::Error {
+                    service,
+                    error_class,
+                    status_code,
+                    fatal,
+                    latency_ms,
+                } => SimBody::Error {
+                    service: own(service),
+                    error_class: own(error_class),
+                    status_code: *status_code,
+                    fatal: *fatal,
+                    latency_ms: *latency_ms,
+                },
+                Body::Support {
+                    channel,
+                    csat,
+                    sentiment,
+                    tags,
+                } => SimBody::Support {
+                    channel: *channel,
+                    csat: *csat,
+                    sentiment: *sentiment,
+                    tags: tags.iter().map(|t| own(t)).collect(),
+                },
+            },
+        }
+    }
+
     pub fn attribute(&self, name: &str) -> Option<&str> {
         self.attributes
             .iter()

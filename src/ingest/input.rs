@@ -273,13 +273,27 @@ fn registry(r: &RegistryConfig, at: &str, errors: &mut Vec<ConfigError>) {
     }
 }
 
-/// Splits a Confluent-framed value: magic byte 0, a big-endian schema id, the datum.
-pub fn confluent_frame(bytes: &[u8]) -> Result<(u32, &[u8]), String> {
-    match bytes {
-        [0, a, b, c, d, rest @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), rest)),
-        [m, ..] if *m != 0 => Err(format!(
-            "not Confluent framed: first byte 0x{m:02x} (expected 0)"
-        )),
-        _ => Err("shorter than the 5-byte Confluent header".into()),
-    }
+/// The Schema Registry client options of an input's `[inputs.registry]` (secrets read
+/// from the environment variables it names).
+pub fn registry_options(
+    r: &RegistryConfig,
+) -> Result<crate::ingest::confluent::RegistryOptions, String> {
+    use crate::ingest::confluent::{Auth, RegistryOptions};
+    let env = |name: &str| {
+        std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+    };
+    let auth = match (&r.username, &r.password_env, &r.bearer_token_env) {
+        (Some(u), Some(p), None) => Auth::Basic {
+            username: u.clone(),
+            password: env(p)?,
+        },
+        (None, None, Some(t)) => Auth::Bearer(env(t)?),
+        _ => Auth::None,
+    };
+    let mut opts = RegistryOptions::with_url_list(&r.url);
+    opts.auth = auth;
+    opts.timeout = crate::config::parse_duration(&r.timeout)?;
+    opts.request_timeout = opts.request_timeout.min(opts.timeout);
+    opts.cache_dir = r.cache_dir.as_ref().map(std::path::PathBuf::from);
+    Ok(opts)
 }

@@ -40,6 +40,7 @@ pub struct Metrics {
     pub without_unit: IntCounterVec,
     pub leader: IntGauge,
     pub partial_assignment: IntGauge,
+    pub schema_fetches: IntCounterVec,
     published: Counters,
     published_overflow: u64,
     published_without_unit: Vec<u64>,
@@ -101,6 +102,10 @@ impl Metrics {
             unknown_fingerprint: reg!(IntCounterVec::new(
                 Opts::new("guardrail_unknown_fingerprint_total", "Input records dead-lettered for an unknown writer-schema fingerprint, by source"),
                 &["source"]
+            )),
+            schema_fetches: reg!(IntCounterVec::new(
+                Opts::new("guardrail_schema_registry_fetches_total", "Writer-schema fetches from a Schema Registry (avro-confluent inputs), by input topic and result"),
+                &["topic", "result"]
             )),
             watermark_clamped: reg!(IntCounter::new(
                 "guardrail_watermark_clamped_total",

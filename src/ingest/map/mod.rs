@@ -729,6 +729,24 @@ impl Mapping {
             }
         };
         let number_text = |s: &str| -> Result<i64, String> {
+            // Seconds with a decimal fraction (`1796205600.123`), exactly: in binary
+            // floating point ×1000 may land a hair under the millisecond.
+            if unit.is_none()
+                && let Some((whole, frac)) = s.split_once('.')
+                && let Ok(w) = whole.parse::<i64>()
+                && !frac.is_empty()
+                && frac.bytes().all(|b| b.is_ascii_digit())
+            {
+                let digits = &frac[..frac.len().min(3)];
+                let f = digits.parse::<i64>().unwrap_or(0) * 10i64.pow(3 - digits.len() as u32);
+                let exact_beyond = frac.len() <= 3 || frac[3..].bytes().all(|b| b == b'0');
+                let ms = if whole.starts_with('-') {
+                    w.saturating_mul(1000) - f - i64::from(!exact_beyond)
+                } else {
+                    w.saturating_mul(1000) + f
+                };
+                return Ok(ms);
+            }
             match s.parse::<i64>() {
                 Ok(i) => int_ms(i),
                 Err(_) => float_ms(

@@ -239,7 +239,7 @@ fn confluent_avro_from_confluents_serializer_maps_field_for_field() {
     let mut seen = [0usize; 2];
     for (i, r) in v["records"].as_array().unwrap().iter().enumerate() {
         let bytes = unhex(r["hex"].as_str().unwrap());
-        let (id, datum) = input::confluent_frame(&bytes).unwrap();
+        let (id, datum) = crate::ingest::confluent::split_frame(&bytes).unwrap();
         assert_eq!(id as u64, r["schema_id"].as_u64().unwrap());
         let (_, plan) = plans.iter().find(|(pid, _)| *pid == id).unwrap();
         let mut slots = vec![Val::Null; m.slots()];
@@ -325,7 +325,7 @@ fn invalid_confluent_records_are_refused() {
     for r in v["invalid"].as_array().unwrap() {
         let why = r["why"].as_str().unwrap();
         let bytes = unhex(r["hex"].as_str().unwrap());
-        let refused = match input::confluent_frame(&bytes) {
+        let refused = match crate::ingest::confluent::split_frame(&bytes) {
             Err(_) => true,
             Ok((id, datum)) => match plans.iter().find(|(pid, _)| *pid == id) {
                 None => {
