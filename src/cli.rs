@@ -39,6 +39,11 @@ pub enum Command {
         /// Policy to use (default: the embedded config/guardrail.toml).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The format of the product and error traffic: avro (guardrail's schemas),
+        /// avro-confluent (behind an in-process Schema Registry), json (Segment- and
+        /// Sentry-style), otlp (OpenTelemetry spans). The README shows each mapping.
+        #[arg(long, default_value = "avro", value_parser = ["avro", "avro-confluent", "json", "otlp"])]
+        format: String,
         /// Windows of simulated event time (15 minutes each).
         #[arg(long, default_value_t = 12)]
         windows: u32,

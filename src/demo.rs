@@ -17,6 +17,12 @@ use tokio::sync::mpsc;
 use crate::clock::wall_ms;
 use crate::config::{Config, KafkaConfig};
 use crate::http::Shared;
+use crate::ingest::confluent::MockRegistry;
+use crate::ingest::decode::SHIPPED;
+use crate::ingest::foreign::{
+    DEMO_ERROR_SCHEMA_ID, DEMO_PRODUCT_SCHEMA_ID, DemoFormat, demo_inputs, otlp_policy,
+    to_confluent, to_json, to_spans,
+};
 use crate::policy::Policy;
 use crate::records::FlagCommand;
 use crate::sim::{Scenario, Simulator};
@@ -76,17 +82,19 @@ pub fn demo_config_text(
 
 pub fn run(
     config: Option<&Path>,
+    format: DemoFormat,
     windows: u32,
     sessions: u32,
     listen: &str,
     linger: Duration,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    rt.block_on(demo(config, windows, sessions, listen, linger))
+    rt.block_on(demo(config, format, windows, sessions, listen, linger))
 }
 
 async fn demo(
     config_path: Option<&Path>,
+    format: DemoFormat,
     windows: u32,
     sessions: u32,
     listen: &str,
@@ -95,11 +103,34 @@ async fn demo(
     let started = Instant::now();
     let cluster = MockCluster::new(1).context("starting the mock cluster")?;
     let brokers = cluster.bootstrap_servers();
-    let (config, policy) = demo_config(config_path, &brokers, listen)?;
+    // avro-confluent: the writer schemas are served by an in-process registry.
+    let registry_server = match format {
+        DemoFormat::AvroConfluent => Some(
+            MockRegistry::start(vec![
+                (DEMO_PRODUCT_SCHEMA_ID, SHIPPED[0].2.to_string()),
+                (DEMO_ERROR_SCHEMA_ID, SHIPPED[1].2.to_string()),
+            ])
+            .await
+            .context("starting the demo schema registry")?,
+        ),
+        _ => None,
+    };
+    let mut text = match config_path {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => EXAMPLE_CONFIG.to_string(),
+    };
+    if format == DemoFormat::Otlp {
+        text = otlp_policy(&text);
+    }
+    let url = registry_server.as_ref().map(MockRegistry::url).unwrap_or_default();
+    text.push_str(&demo_inputs(format, &url));
+    let (config, policy) = demo_config_text(&text, &brokers, listen)?;
     let t = config.topics.clone();
-    for topic in [&t.product_events, &t.error_events, &t.support_signals] {
+    for topic in config.input_topics() {
         cluster
-            .create_topic(topic, INPUT_PARTITIONS, 1)
+            .create_topic(&topic, INPUT_PARTITIONS, 1)
             .context("creating topics")?;
     }
     for topic in [&t.flag_commands, &t.evaluations, &t.dlq, &t.state] {
@@ -110,6 +141,17 @@ async fn demo(
     println!(
         "guardrail demo: in-process Kafka at {brokers}; {windows} windows of 15 minutes, {sessions} sessions each"
     );
+    if format != DemoFormat::Avro {
+        println!(
+            "input format: {} on {} (mapping: README, \"Bring your own events\"){}",
+            format.as_str(),
+            config.input_topics().join(", "),
+            registry_server
+                .as_ref()
+                .map(|r| format!("; schema registry at {}", r.url()))
+                .unwrap_or_default()
+        );
+    }
 
     let policy = Arc::new(policy);
     let served = crate::http::start(&config.http.listen, &policy)
@@ -149,14 +191,19 @@ async fn demo(
     let schemas = crate::ingest::decode::SchemaRegistry::shipped().map_err(anyhow::Error::msg)?;
     let mut produced = 0u64;
     while let Some(events) = sim.next_window() {
-        produced += crate::kafka::produce_events(&producer, &t, &schemas, &events)
-            .await
-            .context("producing demo traffic")?;
+        produced += match format {
+            DemoFormat::Avro => crate::kafka::produce_events(&producer, &t, &schemas, &events)
+                .await
+                .context("producing demo traffic")?,
+            other => produce_foreign(&producer, other, &config, &schemas, &events)
+                .await
+                .context("producing demo traffic")?,
+        };
     }
     // One malformed record, to show the dead-letter path.
     producer
         .send(
-            FutureRecord::to(&t.product_events)
+            FutureRecord::to(config.input_topic(0))
                 .key("bad")
                 .payload(&b"not avro"[..]),
             Duration::from_secs(5),
@@ -199,6 +246,73 @@ async fn demo(
     drop(producer);
     drop(cluster);
     Ok(())
+}
+
+/// Produces simulated events in `format` to the demo's `[[inputs]]` topics (support
+/// signals stay guardrail's Avro); returns how many events were produced (OTLP: spans).
+async fn produce_foreign(
+    producer: &FutureProducer,
+    format: DemoFormat,
+    config: &Config,
+    schemas: &crate::ingest::decode::SchemaRegistry,
+    events: &[crate::sim::SimEvent],
+) -> anyhow::Result<u64> {
+    use crate::kafka::{acknowledged, enqueue};
+    use crate::model::Source;
+    let topic_of = |record: Source| {
+        config
+            .inputs
+            .iter()
+            .find(|i| i.record.as_deref() == Some(record.as_str()))
+            .map(|i| i.topic.as_str())
+            .unwrap_or_default()
+    };
+    let mut deliveries = Vec::new();
+    let mut n = 0u64;
+    let support: Vec<_> = events.iter().filter(|e| e.source == Source::Support).collect();
+    for e in &support {
+        let payload = e.single_object(schemas.current_fingerprint(Source::Support));
+        let key = e.user_id.as_deref().unwrap_or_default();
+        deliveries.push(
+            enqueue(
+                producer,
+                FutureRecord::to(topic_of(Source::Support)).key(key).payload(&payload),
+            )
+            .await?,
+        );
+        n += 1;
+    }
+    if format == DemoFormat::Otlp {
+        // The Collector batches spans: 50 per export request, keyed by trace.
+        let spans = to_spans(events);
+        let topic = &config.inputs[0].topic;
+        for batch in spans.chunks(50) {
+            let payload = crate::ingest::otlp::encode_traces(batch);
+            deliveries.push(
+                enqueue(producer, FutureRecord::<[u8], _>::to(topic).payload(&payload)).await?,
+            );
+        }
+        n += spans.len() as u64;
+    } else {
+        for e in events.iter().filter(|e| e.source != Source::Support) {
+            let payload = match format {
+                DemoFormat::Json => to_json(e).map(String::into_bytes),
+                _ => to_confluent(e),
+            };
+            let Some(payload) = payload else { continue };
+            let key = e.user_id.as_deref().unwrap_or_default();
+            deliveries.push(
+                enqueue(
+                    producer,
+                    FutureRecord::to(topic_of(e.source)).key(key).payload(&payload),
+                )
+                .await?,
+            );
+            n += 1;
+        }
+    }
+    acknowledged(deliveries).await?;
+    Ok(n)
 }
 
 fn print_command(c: &FlagCommand) {

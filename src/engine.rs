@@ -271,13 +271,21 @@ impl Engine {
                 st.mapped(mapping, &slots, &plan.units, text, kind)
             }
             Decoder::Otlp { signal, encoding } => {
-                let _ = (signal, encoding);
-                invalid_detail(
-                    st.counters,
-                    kind,
-                    Reason::Decode,
-                    "OTLP input not built".into(),
-                )
+                use crate::ingest::otlp;
+                let signal = match signal {
+                    input::OtlpSignal::Traces => otlp::Signal::Traces,
+                    input::OtlpSignal::Logs => otlp::Signal::Logs,
+                };
+                let encoding = match encoding {
+                    input::OtlpEncoding::Protobuf => otlp::Encoding::Protobuf,
+                    input::OtlpEncoding::Json => otlp::Encoding::Json,
+                };
+                let strings = typed_arena::Arena::new();
+                let mut events = Vec::new();
+                if let Err(e) = otlp::decode(signal, encoding, bytes, &strings, &mut events) {
+                    return invalid_detail(st.counters, kind, Reason::Decode, e.to_string());
+                }
+                st.several(&events, kind)
             }
         }
     }
@@ -561,6 +569,52 @@ impl Sink<'_> {
             ev,
             self.now,
         )
+    }
+
+    /// The events of one message (an OTLP export request holds many): accepted if any
+    /// is; rejected — the message goes to the DLQ once — if any is, with how many.
+    fn several(&mut self, events: &[EventRef<'_>], kind: Source) -> Ingested {
+        if events.is_empty() {
+            self.counters.events[kind.index()][4] += 1;
+            return Ingested::Unmatched;
+        }
+        let mut first_rejection = None;
+        let mut rejected = 0;
+        let mut any_accepted = false;
+        let mut any_duplicate = false;
+        for ev in events {
+            match self.event(ev) {
+                Ingested::Accepted => any_accepted = true,
+                Ingested::Duplicate => any_duplicate = true,
+                Ingested::Rejected { reason, detail } => {
+                    rejected += 1;
+                    if first_rejection.is_none() {
+                        first_rejection = Some((reason, detail));
+                    } else {
+                        // One DLQ record per message: count it once.
+                        self.counters.dlq[reason as usize] -= 1;
+                    }
+                }
+                Ingested::Unmatched | Ingested::NeedSchema(_) => {}
+            }
+        }
+        match first_rejection {
+            Some((reason, detail)) => Ingested::Rejected {
+                reason,
+                detail: format!(
+                    "{rejected} of the message's {} events: {detail}{}",
+                    events.len(),
+                    if any_accepted {
+                        " (the others were accepted)"
+                    } else {
+                        ""
+                    }
+                ),
+            },
+            None if any_accepted => Ingested::Accepted,
+            None if any_duplicate => Ingested::Duplicate,
+            None => Ingested::Unmatched,
+        }
     }
 
     /// An event through a mapping: unmatched when the mapping filters it out, invalid

@@ -85,12 +85,16 @@ fn main() -> ExitCode {
         }
         Command::Demo {
             config,
+            format,
             windows,
             sessions,
             listen,
             linger,
         } => exit(guardrail::demo::run(
             config.as_deref(),
+            guardrail::ingest::foreign::DemoFormat::parse(&format).unwrap_or(
+                guardrail::ingest::foreign::DemoFormat::Avro,
+            ),
             windows,
             sessions,
             &listen,

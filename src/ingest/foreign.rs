@@ -24,6 +24,15 @@ pub enum DemoFormat {
 }
 
 impl DemoFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DemoFormat::Avro => "avro",
+            DemoFormat::AvroConfluent => "avro-confluent",
+            DemoFormat::Json => "json",
+            DemoFormat::Otlp => "otlp",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<DemoFormat> {
         Some(match s {
             "avro" => DemoFormat::Avro,
@@ -282,6 +291,106 @@ pub fn to_json(e: &SimEvent) -> Option<String> {
         SimBody::Support { .. } => return None,
     }
     Some(o)
+}
+
+/// The demo's traffic as OpenTelemetry spans: one span per simulated session, named
+/// after its journey, from its exposure to its outcome, with the session's flags as
+/// `feature_flag.evaluation` events (context id = the user), status ERROR with an
+/// `exception` event when the session had an error. Support signals are not spans.
+pub fn to_spans(events: &[SimEvent]) -> Vec<crate::ingest::otlp::SpanSpec> {
+    use crate::ingest::otlp::{AttrValue, FlagSpec, SpanSpec};
+    let session = |e: &SimEvent| e.event_id.split('-').next().unwrap_or_default().to_string();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < events.len() {
+        let id = session(&events[i]);
+        let mut j = i;
+        while j < events.len() && session(&events[j]) == id && events[j].source != Source::Support {
+            j += 1;
+        }
+        if j == i {
+            i += 1;
+            continue;
+        }
+        let s = &events[i..j];
+        i = j;
+        let first = &s[0];
+        let start = s.iter().map(|e| e.timestamp).min().unwrap_or_default();
+        let end = s.iter().map(|e| e.timestamp).max().unwrap_or_default();
+        let mut journey = String::new();
+        let mut latency = None;
+        let mut error = None;
+        for e in s {
+            match &e.body {
+                SimBody::Product {
+                    journey: j,
+                    latency_ms,
+                    ..
+                } => {
+                    journey.clone_from(j);
+                    latency = latency.or(*latency_ms);
+                }
+                SimBody::Error { error_class, .. } => {
+                    error.get_or_insert_with(|| error_class.clone());
+                }
+                SimBody::Support { .. } => {}
+            }
+        }
+        let end_ns = (end.max(0) as u64) * 1_000_000;
+        let start_ns = match latency {
+            Some(l) => end_ns.saturating_sub((l * 1e6) as u64),
+            None => (start.max(0) as u64) * 1_000_000,
+        };
+        let mut trace_id = [0u8; 16];
+        let hash = crate::window::aggregate::unit_hash(id.as_bytes());
+        trace_id[..8].copy_from_slice(&hash.to_be_bytes());
+        trace_id[8..].copy_from_slice(&(!hash).to_be_bytes());
+        out.push(SpanSpec {
+            service: journey.clone(),
+            resource_attributes: vec![(
+                "deployment.environment.name".into(),
+                AttrValue::Str("demo".into()),
+            )],
+            trace_id,
+            span_id: hash.rotate_left(17).to_be_bytes(),
+            name: journey,
+            start_ns,
+            end_ns,
+            error: error.is_some(),
+            status_message: String::new(),
+            exception_type: error,
+            flags: first
+                .flags
+                .iter()
+                .map(|(k, v)| FlagSpec {
+                    key: k.clone(),
+                    variant: v.clone(),
+                    context_id: first.user_id.clone(),
+                })
+                .collect(),
+            attributes: first
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), AttrValue::Str(v.clone())))
+                .collect(),
+        });
+    }
+    out
+}
+
+/// The demo policy for OTLP traffic: the example policy with its outcome metrics
+/// restated over what the OTLP preset gives — one COMPLETED or FAILED product event per
+/// span, no STARTED.
+pub fn otlp_policy(example: &str) -> String {
+    let started = "outcome = \"STARTED\" }";
+    let errors = "numerator   = { source = \"errors\",  match = { service = \"checkout\" } }";
+    debug_assert!(example.contains(started) && example.contains(errors));
+    example
+        .replace(
+            errors,
+            "numerator   = { source = \"product\", match = { journey = \"checkout\", outcome = \"FAILED\" } }",
+        )
+        .replace(started, "outcome = [\"COMPLETED\", \"FAILED\"] }")
 }
 
 #[cfg(test)]

@@ -8,3 +8,4 @@ pub mod foreign;
 pub mod input;
 pub mod map;
 pub mod ocf;
+pub mod otlp;
