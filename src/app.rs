@@ -510,6 +510,8 @@ impl Shell {
             return Err(format!("input {topic} has no schema registry"));
         };
         let fetched = client.schema(id).await;
+        // The engine read nothing while it waited: that is not the partitions' idleness.
+        self.engine.watermark_mut().stalled_until(wall_ms());
         let result = match &fetched {
             Ok(_) => "ok",
             Err(crate::ingest::confluent::RegistryError::NotFound { .. }) => "not_found",
@@ -527,9 +529,17 @@ impl Shell {
                 self.schema_failures.remove(&(input, id));
                 match self.engine.add_schema(input, id, &schema.schema) {
                     Ok(missing) => {
-                        tracing::info!(topic, id, "writer schema fetched and resolved against the mapping");
+                        tracing::info!(
+                            topic,
+                            id,
+                            "writer schema fetched and resolved against the mapping"
+                        );
                         for m in missing {
-                            tracing::warn!(topic, id, "{m}: the field is left empty for records of this schema");
+                            tracing::warn!(
+                                topic,
+                                id,
+                                "{m}: the field is left empty for records of this schema"
+                            );
                         }
                     }
                     // Remembered by the engine: its records go to the DLQ with this.

@@ -124,7 +124,10 @@ async fn demo(
     if format == DemoFormat::Otlp {
         text = otlp_policy(&text);
     }
-    let url = registry_server.as_ref().map(MockRegistry::url).unwrap_or_default();
+    let url = registry_server
+        .as_ref()
+        .map(MockRegistry::url)
+        .unwrap_or_default();
     text.push_str(&demo_inputs(format, &url));
     let (config, policy) = demo_config_text(&text, &brokers, listen)?;
     let t = config.topics.clone();
@@ -269,14 +272,19 @@ async fn produce_foreign(
     };
     let mut deliveries = Vec::new();
     let mut n = 0u64;
-    let support: Vec<_> = events.iter().filter(|e| e.source == Source::Support).collect();
+    let support: Vec<_> = events
+        .iter()
+        .filter(|e| e.source == Source::Support)
+        .collect();
     for e in &support {
         let payload = e.single_object(schemas.current_fingerprint(Source::Support));
         let key = e.user_id.as_deref().unwrap_or_default();
         deliveries.push(
             enqueue(
                 producer,
-                FutureRecord::to(topic_of(Source::Support)).key(key).payload(&payload),
+                FutureRecord::to(topic_of(Source::Support))
+                    .key(key)
+                    .payload(&payload),
             )
             .await?,
         );
@@ -289,7 +297,11 @@ async fn produce_foreign(
         for batch in spans.chunks(50) {
             let payload = crate::ingest::otlp::encode_traces(batch);
             deliveries.push(
-                enqueue(producer, FutureRecord::<[u8], _>::to(topic).payload(&payload)).await?,
+                enqueue(
+                    producer,
+                    FutureRecord::<[u8], _>::to(topic).payload(&payload),
+                )
+                .await?,
             );
         }
         n += spans.len() as u64;
@@ -304,7 +316,9 @@ async fn produce_foreign(
             deliveries.push(
                 enqueue(
                     producer,
-                    FutureRecord::to(topic_of(e.source)).key(key).payload(&payload),
+                    FutureRecord::to(topic_of(e.source))
+                        .key(key)
+                        .payload(&payload),
                 )
                 .await?,
             );

@@ -92,9 +92,8 @@ fn main() -> ExitCode {
             linger,
         } => exit(guardrail::demo::run(
             config.as_deref(),
-            guardrail::ingest::foreign::DemoFormat::parse(&format).unwrap_or(
-                guardrail::ingest::foreign::DemoFormat::Avro,
-            ),
+            guardrail::ingest::foreign::DemoFormat::parse(&format)
+                .unwrap_or(guardrail::ingest::foreign::DemoFormat::Avro),
             windows,
             sessions,
             &listen,
@@ -213,9 +212,9 @@ fn check_schemas(path: &Path, config: &guardrail::config::Config, offline: bool)
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            let (id, schema) = rt
-                .block_on(client.latest(&subject))
-                .map_err(|e| format!("{e} (run with --offline to check against schema_file only)"))?;
+            let (id, schema) = rt.block_on(client.latest(&subject)).map_err(|e| {
+                format!("{e} (run with --offline to check against schema_file only)")
+            })?;
             guardrail::engine::resolve(mapping, id, &schema.schema).map(|(_, m)| m)
         });
         report(&format!("{at}.registry (subject {subject})"), r);

@@ -119,8 +119,16 @@ impl SimEvent {
             source: ev.source(),
             event_id: own(ev.event_id),
             timestamp: ev.timestamp,
-            flags: ev.flags.iter().map(|f| (own(f.key), own(f.variant))).collect(),
-            attributes: ev.attributes.iter().map(|(k, v)| (own(k), own(v))).collect(),
+            flags: ev
+                .flags
+                .iter()
+                .map(|f| (own(f.key), own(f.variant)))
+                .collect(),
+            attributes: ev
+                .attributes
+                .iter()
+                .map(|(k, v)| (own(k), own(v)))
+                .collect(),
             user_id: ev.user_id.map(own),
             body: match &ev.body {
                 Body::Product {

@@ -83,7 +83,10 @@ impl fmt::Debug for Auth {
         match self {
             Auth::None => f.write_str("None"),
             Auth::Basic { username, .. } => {
-                write!(f, "Basic {{ username: {username:?}, password: <redacted> }}")
+                write!(
+                    f,
+                    "Basic {{ username: {username:?}, password: <redacted> }}"
+                )
             }
             Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
         }
@@ -159,19 +162,38 @@ pub enum RegistryError {
     NotFound { what: Lookup, url: String },
     /// 401 or 403. Not retried.
     #[error("schema registry at {url} refused the credentials for {what}: HTTP {status}: {body}")]
-    Unauthorized { what: Lookup, url: String, status: u16, body: String },
+    Unauthorized {
+        what: Lookup,
+        url: String,
+        status: u16,
+        body: String,
+    },
     /// A schema this client cannot use (not Avro, or with references).
     #[error("{what} from the schema registry at {url} is not supported: {reason}")]
-    Unsupported { what: Lookup, url: String, reason: String },
+    Unsupported {
+        what: Lookup,
+        url: String,
+        reason: String,
+    },
     /// A response that is not what the registry API returns (or another 4xx). Not retried.
     #[error("schema registry at {url} gave an unusable answer for {what}: {detail}")]
-    BadResponse { what: Lookup, url: String, detail: String },
+    BadResponse {
+        what: Lookup,
+        url: String,
+        detail: String,
+    },
     /// Connection errors, timeouts, 5xx or 429 until the time budget was spent.
     #[error(
         "schema registry unavailable for {what}: {attempts} attempts in {elapsed_ms} ms \
          (urls: {urls}); last error: {last_error}"
     )]
-    Unavailable { what: Lookup, urls: String, last_error: String, attempts: u32, elapsed_ms: u64 },
+    Unavailable {
+        what: Lookup,
+        urls: String,
+        last_error: String,
+        attempts: u32,
+        elapsed_ms: u64,
+    },
 }
 
 impl RegistryError {
@@ -279,7 +301,9 @@ impl RegistryClient {
             urls.push(url);
         }
         if opts.timeout.is_zero() || opts.request_timeout.is_zero() {
-            return Err(config("timeout and request_timeout must be above zero".into()));
+            return Err(config(
+                "timeout and request_timeout must be above zero".into(),
+            ));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(opts.request_timeout)
@@ -330,7 +354,14 @@ impl RegistryClient {
             return Ok(s);
         }
         let waited_since = Instant::now();
-        let slot = self.inner.inflight.lock().unwrap().entry(id).or_default().clone();
+        let slot = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_default()
+            .clone();
         let mut last_failure = slot.lock().await;
         if let Some(s) = self.cached(id) {
             return Ok(s);
@@ -341,13 +372,18 @@ impl RegistryClient {
             return Err(f.error.clone());
         }
         let what = Lookup::Id(id);
-        let result =
-            self.get(&what, &["schemas", "ids", &id.to_string()]).await.and_then(|(url, body)| {
+        let result = self
+            .get(&what, &["schemas", "ids", &id.to_string()])
+            .await
+            .and_then(|(url, body)| {
                 let parsed = parse_schema(&what, &url, &body)?;
                 Ok(self.remember(id, parsed.schema))
             });
         if let Err(e) = &result {
-            *last_failure = Some(Failure { at: Instant::now(), error: e.clone() });
+            *last_failure = Some(Failure {
+                at: Instant::now(),
+                error: e.clone(),
+            });
         }
         // Callers already waiting hold the slot; later ones start afresh.
         let mut inflight = self.inner.inflight.lock().unwrap();
@@ -366,7 +402,9 @@ impl RegistryClient {
         subject: &str,
     ) -> Result<(u32, Arc<RegisteredSchema>), RegistryError> {
         let what = Lookup::Latest(subject.to_string());
-        let (url, body) = self.get(&what, &["subjects", subject, "versions", "latest"]).await?;
+        let (url, body) = self
+            .get(&what, &["subjects", subject, "versions", "latest"])
+            .await?;
         let parsed = parse_schema(&what, &url, &body)?;
         let Some(id) = parsed.id else {
             return Err(RegistryError::BadResponse {
@@ -390,7 +428,13 @@ impl RegistryClient {
             tracing::warn!(id, dir = %dir.display(), error = %e,
                     "could not keep a registry schema in the cache directory");
         }
-        self.inner.cache.write().unwrap().entry(id).or_insert(registered).clone()
+        self.inner
+            .cache
+            .write()
+            .unwrap()
+            .entry(id)
+            .or_insert(registered)
+            .clone()
     }
 
     /// GETs `segments` under the registry urls, with retries, backoff and failover
@@ -417,7 +461,10 @@ impl RegistryClient {
                 break;
             }
             attempts += 1;
-            let per_request = inner.request_timeout.min(remaining).max(Duration::from_millis(1));
+            let per_request = inner
+                .request_timeout
+                .min(remaining)
+                .max(Duration::from_millis(1));
             match self.attempt(&url, per_request).await {
                 Attempt::Ok(body) => {
                     inner.preferred.store(index, Ordering::Relaxed);
@@ -510,7 +557,12 @@ fn fatal(what: &Lookup, url: &str, status: u16, body: String) -> RegistryError {
         .and_then(|v| v.get("error_code").and_then(Value::as_u64));
     match (status, error_code) {
         (404, _) | (_, Some(40401..=40403)) => RegistryError::NotFound { what, url },
-        (401 | 403, _) => RegistryError::Unauthorized { what, url, status, body: clip(&body) },
+        (401 | 403, _) => RegistryError::Unauthorized {
+            what,
+            url,
+            status,
+            body: clip(&body),
+        },
         _ => RegistryError::BadResponse {
             what,
             url,
@@ -582,7 +634,10 @@ fn load_cache_dir(
     cache: &mut HashMap<u32, Arc<RegisteredSchema>>,
 ) -> Result<(), RegistryError> {
     let fail = |doing: &str, e: std::io::Error| {
-        RegistryError::Config(format!("schema cache directory {}: {doing}: {e}", dir.display()))
+        RegistryError::Config(format!(
+            "schema cache directory {}: {doing}: {e}",
+            dir.display()
+        ))
     };
     std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;
     for entry in std::fs::read_dir(dir).map_err(|e| fail("cannot list it", e))? {
@@ -595,14 +650,22 @@ fn load_cache_dir(
         else {
             continue;
         };
-        let parsed = std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|body| {
-            parse_schema_body(&body).map_err(|r| match r {
-                Rejection::Bad(m) | Rejection::Unsupported(m) => m,
-            })
-        });
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|body| {
+                parse_schema_body(&body).map_err(|r| match r {
+                    Rejection::Bad(m) | Rejection::Unsupported(m) => m,
+                })
+            });
         match parsed {
             Ok(r) => {
-                cache.insert(id, Arc::new(RegisteredSchema { id, schema: r.schema }));
+                cache.insert(
+                    id,
+                    Arc::new(RegisteredSchema {
+                        id,
+                        schema: r.schema,
+                    }),
+                );
             }
             Err(error) => tracing::warn!(path = %path.display(), %error,
                 "skipping an unusable file in the schema cache directory"),
@@ -714,7 +777,12 @@ impl MockRegistry {
                 tracing::warn!(error = %e, "mock schema registry stopped");
             }
         });
-        Ok(MockRegistry { addr, state, shutdown: Some(tx), task: Some(task) })
+        Ok(MockRegistry {
+            addr,
+            state,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -763,7 +831,9 @@ impl MockRegistry {
 
     /// Every answer waits `delay` first.
     pub fn set_delay(&self, delay: Duration) {
-        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Requests without these basic-auth credentials get 401.
@@ -789,7 +859,10 @@ impl MockRegistry {
         }
         if let Some(task) = self.task.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(1), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -807,14 +880,23 @@ impl Drop for MockRegistry {
 fn mock_error(status: StatusCode, error_code: u32, message: &str) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json")],
+        [(
+            header::CONTENT_TYPE,
+            "application/vnd.schemaregistry.v1+json",
+        )],
         json!({ "error_code": error_code, "message": message }).to_string(),
     )
         .into_response()
 }
 
 fn mock_ok(body: &Value) -> Response {
-    ([(header::CONTENT_TYPE, "application/vnd.schemaregistry.v1+json")], body.to_string())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/vnd.schemaregistry.v1+json",
+        )],
+        body.to_string(),
+    )
         .into_response()
 }
 
@@ -830,11 +912,17 @@ async fn mock_gate(state: &MockState, headers: &HeaderMap) -> Option<Response> {
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
     if failing || state.unavailable.load(Ordering::SeqCst) {
-        return Some(mock_error(StatusCode::SERVICE_UNAVAILABLE, 50003, "registry unavailable"));
+        return Some(mock_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            50003,
+            "registry unavailable",
+        ));
     }
     let required = state.authorization.lock().unwrap().clone();
     if let Some(required) = required {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if given != Some(required.as_str()) {
             return Some(mock_error(StatusCode::UNAUTHORIZED, 401, "Unauthorized"));
         }
@@ -850,8 +938,10 @@ async fn mock_schema_by_id(
     if let Some(r) = mock_gate(&state, &headers).await {
         return r;
     }
-    let body =
-        id.parse::<u32>().ok().and_then(|id| state.schemas.lock().unwrap().get(&id).cloned());
+    let body = id
+        .parse::<u32>()
+        .ok()
+        .and_then(|id| state.schemas.lock().unwrap().get(&id).cloned());
     match body {
         Some(body) => mock_ok(&body),
         None => mock_error(StatusCode::NOT_FOUND, 40403, "Schema not found"),
@@ -879,7 +969,13 @@ async fn mock_latest(
             &format!("Subject '{subject}' not found."),
         );
     };
-    let mut body = state.schemas.lock().unwrap().get(&id).cloned().unwrap_or(json!({}));
+    let mut body = state
+        .schemas
+        .lock()
+        .unwrap()
+        .get(&id)
+        .cloned()
+        .unwrap_or(json!({}));
     body["id"] = json!(id);
     body["version"] = json!(version);
     body["subject"] = json!(subject);
@@ -891,7 +987,10 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -931,7 +1030,9 @@ mod tests {
 
     /// A loopback url where nothing listens.
     async fn dead_url() -> String {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
         url
@@ -942,7 +1043,10 @@ mod tests {
         let framed = frame(258, &[7, 8, 9]);
         assert_eq!(framed, vec![0, 0, 0, 1, 2, 7, 8, 9]);
         assert_eq!(split_frame(&framed), Ok((258, &[7u8, 8, 9][..])));
-        assert_eq!(split_frame(&[0, 0xff, 0xff, 0xff, 0xff]), Ok((u32::MAX, &[][..])));
+        assert_eq!(
+            split_frame(&[0, 0xff, 0xff, 0xff, 0xff]),
+            Ok((u32::MAX, &[][..]))
+        );
     }
 
     #[test]
@@ -975,7 +1079,10 @@ mod tests {
 
     #[test]
     fn auth_debug_hides_secrets() {
-        let basic = Auth::Basic { username: "key".into(), password: "s3cret".into() };
+        let basic = Auth::Basic {
+            username: "key".into(),
+            password: "s3cret".into(),
+        };
         let shown = format!("{basic:?} {:?}", Auth::Bearer("t0ken".into()));
         assert!(shown.contains("key") && !shown.contains("s3cret") && !shown.contains("t0ken"));
     }
@@ -987,7 +1094,10 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64(b"Aladdin:open sesame"), "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(
+            base64(b"Aladdin:open sesame"),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
     }
 
     #[test]
@@ -1068,13 +1178,32 @@ mod tests {
         let c = client(vec![mock.url()]);
         let started = Instant::now();
         let err = c.schema(99).await.unwrap_err();
-        assert!(matches!(&err, RegistryError::NotFound { what: Lookup::Id(99), .. }), "{err:?}");
+        assert!(
+            matches!(
+                &err,
+                RegistryError::NotFound {
+                    what: Lookup::Id(99),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert_eq!(err.id(), Some(99));
         let text = err.to_string();
-        assert!(text.contains("schema id 99") && text.contains(&mock.url()), "{text}");
+        assert!(
+            text.contains("schema id 99") && text.contains(&mock.url()),
+            "{text}"
+        );
         assert_eq!(mock.requests(), 1);
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
-        assert!(c.inner.inflight.lock().unwrap().is_empty(), "a finished fetch left its slot");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            c.inner.inflight.lock().unwrap().is_empty(),
+            "a finished fetch left its slot"
+        );
     }
 
     #[tokio::test]
@@ -1118,16 +1247,30 @@ mod tests {
         let started = Instant::now();
         let err = c.schema(1).await.unwrap_err();
         let elapsed = started.elapsed();
-        assert!(elapsed >= Duration::from_millis(590), "gave up early: {elapsed:?}");
-        assert!(elapsed < Duration::from_millis(1900), "overran the budget: {elapsed:?}");
-        let RegistryError::Unavailable { attempts, ref last_error, .. } = err else {
+        assert!(
+            elapsed >= Duration::from_millis(590),
+            "gave up early: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(1900),
+            "overran the budget: {elapsed:?}"
+        );
+        let RegistryError::Unavailable {
+            attempts,
+            ref last_error,
+            ..
+        } = err
+        else {
             panic!("{err:?}")
         };
         // 0, 100, 300 ms (after 100 + 200 of backoff), then 700 is past the budget.
         assert!((2..=5).contains(&attempts), "{attempts} attempts");
         assert!(last_error.contains("HTTP 503"), "{last_error}");
         let text = err.to_string();
-        assert!(text.contains("schema id 1") && text.contains(&mock.url()), "{text}");
+        assert!(
+            text.contains("schema id 1") && text.contains(&mock.url()),
+            "{text}"
+        );
         assert_eq!(mock.requests() as u32, attempts);
         assert!(err.is_transient());
     }
@@ -1142,7 +1285,11 @@ mod tests {
         let c = RegistryClient::new(o).unwrap();
         let started = Instant::now();
         let err = c.schema(1).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
         assert!(err.to_string().contains("no answer within"), "{err}");
     }
 
@@ -1155,14 +1302,26 @@ mod tests {
             o.auth = auth;
             RegistryClient::new(o).unwrap()
         };
-        let good = with(Auth::Basic { username: "key".into(), password: "secret".into() });
+        let good = with(Auth::Basic {
+            username: "key".into(),
+            password: "secret".into(),
+        });
         assert_eq!(good.schema(1).await.unwrap().schema, ORDER);
-        let bad = with(Auth::Basic { username: "key".into(), password: "wrong".into() });
+        let bad = with(Auth::Basic {
+            username: "key".into(),
+            password: "wrong".into(),
+        });
         let err = bad.schema(1).await.unwrap_err();
-        assert!(matches!(err, RegistryError::Unauthorized { status: 401, .. }), "{err:?}");
+        assert!(
+            matches!(err, RegistryError::Unauthorized { status: 401, .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("schema id 1") && err.to_string().contains(&mock.url()));
         let none = with(Auth::None).schema(1).await.unwrap_err();
-        assert!(matches!(none, RegistryError::Unauthorized { .. }), "{none:?}");
+        assert!(
+            matches!(none, RegistryError::Unauthorized { .. }),
+            "{none:?}"
+        );
         assert_eq!(mock.requests(), 3, "an auth failure was retried");
     }
 
@@ -1175,11 +1334,30 @@ mod tests {
             o.auth = auth;
             RegistryClient::new(o).unwrap()
         };
-        assert_eq!(with(Auth::Bearer("tok3n".into())).schema(1).await.unwrap().id, 1);
-        let err = with(Auth::Bearer("other".into())).schema(1).await.unwrap_err();
-        assert!(matches!(err, RegistryError::Unauthorized { status: 401, .. }), "{err:?}");
-        let basic = Auth::Basic { username: "tok3n".into(), password: String::new() };
-        assert!(matches!(with(basic).schema(1).await, Err(RegistryError::Unauthorized { .. })));
+        assert_eq!(
+            with(Auth::Bearer("tok3n".into()))
+                .schema(1)
+                .await
+                .unwrap()
+                .id,
+            1
+        );
+        let err = with(Auth::Bearer("other".into()))
+            .schema(1)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RegistryError::Unauthorized { status: 401, .. }),
+            "{err:?}"
+        );
+        let basic = Auth::Basic {
+            username: "tok3n".into(),
+            password: String::new(),
+        };
+        assert!(matches!(
+            with(basic).schema(1).await,
+            Err(RegistryError::Unauthorized { .. })
+        ));
         assert_eq!(mock.requests(), 3);
     }
 
@@ -1187,8 +1365,9 @@ mod tests {
     async fn cache_dir_survives_a_restart_during_an_outage() {
         let dir = tempfile::tempdir().unwrap();
         let cache_dir = dir.path().join("schemas");
-        let mock =
-            MockRegistry::start(vec![(1, ORDER.into()), (2, ORDER_V2.into())]).await.unwrap();
+        let mock = MockRegistry::start(vec![(1, ORDER.into()), (2, ORDER_V2.into())])
+            .await
+            .unwrap();
         let url = mock.url();
         let mut o = opts(vec![url.clone()]);
         o.cache_dir = Some(cache_dir.clone());
@@ -1231,13 +1410,18 @@ mod tests {
 
     #[tokio::test]
     async fn fails_over_to_the_next_url() {
-        let mock =
-            MockRegistry::start(vec![(1, ORDER.into()), (2, ORDER_V2.into())]).await.unwrap();
+        let mock = MockRegistry::start(vec![(1, ORDER.into()), (2, ORDER_V2.into())])
+            .await
+            .unwrap();
         let dead = dead_url().await;
         let c = client(vec![dead.clone(), mock.url()]);
         let started = Instant::now();
         assert_eq!(c.schema(1).await.unwrap().schema, ORDER);
-        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(c.schema(2).await.unwrap().schema, ORDER_V2);
         assert_eq!(mock.requests(), 2);
 
@@ -1254,7 +1438,10 @@ mod tests {
     #[tokio::test]
     async fn unsupported_schemas_are_refused() {
         let mock = MockRegistry::start(vec![]).await.unwrap();
-        mock.insert_raw(5, json!({ "schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF" }));
+        mock.insert_raw(
+            5,
+            json!({ "schema": "syntax = \"proto3\";", "schemaType": "PROTOBUF" }),
+        );
         mock.insert_raw(
             6,
             json!({
@@ -1263,7 +1450,10 @@ mod tests {
                 "references": [{ "name": "Customer", "subject": "customer-value", "version": 2 }]
             }),
         );
-        mock.insert_raw(7, json!({ "schema": ORDER, "schemaType": "AVRO", "references": [] }));
+        mock.insert_raw(
+            7,
+            json!({ "schema": ORDER, "schemaType": "AVRO", "references": [] }),
+        );
         mock.insert_raw(8, json!({ "schemaa": ORDER }));
         let c = client(vec![mock.url()]);
         let err = c.schema(5).await.unwrap_err();
@@ -1289,7 +1479,11 @@ mod tests {
     #[tokio::test]
     async fn latest_version_of_a_subject() {
         let mock = MockRegistry::start(vec![(1, ORDER.into())]).await.unwrap();
-        assert_eq!(mock.register("orders-value", ORDER), 1, "the same text keeps its id");
+        assert_eq!(
+            mock.register("orders-value", ORDER),
+            1,
+            "the same text keeps its id"
+        );
         let c = client(vec![mock.url()]);
         let (id, s) = c.latest("orders-value").await.unwrap();
         assert_eq!((id, s.schema.as_str()), (1, ORDER));
@@ -1301,7 +1495,16 @@ mod tests {
         assert_eq!(c.schema(2).await.unwrap().schema, ORDER_V2);
         assert_eq!(mock.requests(), requests);
         let err = c.latest("payments-value").await.unwrap_err();
-        assert!(matches!(err, RegistryError::NotFound { what: Lookup::Latest(_), .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                RegistryError::NotFound {
+                    what: Lookup::Latest(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("\"payments-value\""), "{err}");
         // Subjects with awkward characters reach the handler intact.
         let id = mock.register("team/orders value", ORDER);

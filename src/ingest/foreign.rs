@@ -48,7 +48,8 @@ impl DemoFormat {
 /// in-process registry of `avro-confluent`). Product and error events come in the
 /// chosen format; support signals stay on guardrail's own Avro topic.
 pub fn demo_inputs(format: DemoFormat, registry_url: &str) -> String {
-    let support = "\n[[inputs]]\ntopic = \"support-signals\"\nformat = \"avro\"\nrecord = \"support\"\n";
+    let support =
+        "\n[[inputs]]\ntopic = \"support-signals\"\nformat = \"avro\"\nrecord = \"support\"\n";
     match format {
         DemoFormat::Avro => String::new(),
         DemoFormat::AvroConfluent => format!(
@@ -299,28 +300,30 @@ pub fn to_json(e: &SimEvent) -> Option<String> {
 /// `exception` event when the session had an error. Support signals are not spans.
 pub fn to_spans(events: &[SimEvent]) -> Vec<crate::ingest::otlp::SpanSpec> {
     use crate::ingest::otlp::{AttrValue, FlagSpec, SpanSpec};
-    let session = |e: &SimEvent| e.event_id.split('-').next().unwrap_or_default().to_string();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < events.len() {
-        let id = session(&events[i]);
-        let mut j = i;
-        while j < events.len() && session(&events[j]) == id && events[j].source != Source::Support {
-            j += 1;
-        }
-        if j == i {
-            i += 1;
-            continue;
-        }
-        let s = &events[i..j];
-        i = j;
+    // A session's events share the id prefix `e<session>-`; a window's events come
+    // sorted by time, so they are gathered first.
+    let mut order: Vec<&str> = Vec::new();
+    let mut sessions: std::collections::HashMap<&str, Vec<&SimEvent>> = Default::default();
+    for e in events.iter().filter(|e| e.source != Source::Support) {
+        let id = e.event_id.split('-').next().unwrap_or_default();
+        sessions
+            .entry(id)
+            .or_insert_with(|| {
+                order.push(id);
+                Vec::new()
+            })
+            .push(e);
+    }
+    let mut out = Vec::with_capacity(order.len());
+    for id in order {
+        let s = &sessions[id];
         let first = &s[0];
         let start = s.iter().map(|e| e.timestamp).min().unwrap_or_default();
         let end = s.iter().map(|e| e.timestamp).max().unwrap_or_default();
         let mut journey = String::new();
         let mut latency = None;
         let mut error = None;
-        for e in s {
+        for e in s.iter() {
             match &e.body {
                 SimBody::Product {
                     journey: j,
@@ -439,8 +442,7 @@ mod tests {
                 let got = match format {
                     DemoFormat::Json => {
                         let j = to_json(e).unwrap();
-                        json::project(j.as_bytes(), mapping.trie(), &mut slots, &mut buf)
-                            .unwrap();
+                        json::project(j.as_bytes(), mapping.trie(), &mut slots, &mut buf).unwrap();
                         mapping.apply(&slots, &[], &mut buf, "f").unwrap().unwrap();
                         let ev = mapping.apply(&slots, &[], &mut buf, "f").unwrap().unwrap();
                         crate::sim::SimEvent::from_ref(&ev)
@@ -455,7 +457,10 @@ mod tests {
                         let (plan, missing) = crate::engine::resolve(&mapping, id, schema).unwrap();
                         assert!(missing.is_empty(), "{missing:?}");
                         plan.decode(datum, &mut slots).unwrap();
-                        let ev = mapping.apply(&slots, &plan.units, &mut buf, "f").unwrap().unwrap();
+                        let ev = mapping
+                            .apply(&slots, &plan.units, &mut buf, "f")
+                            .unwrap()
+                            .unwrap();
                         crate::sim::SimEvent::from_ref(&ev)
                     }
                 };

@@ -113,7 +113,7 @@ impl Watermark {
             .entry(p)
             .or_insert(PartitionTime::new(event_time, now));
         e.max_event_time = e.max_event_time.max(event_time);
-        e.last_seen_wall = now;
+        e.last_seen_wall = e.last_seen_wall.max(now);
         e.finished = false;
     }
 
@@ -130,6 +130,14 @@ impl Watermark {
     pub fn finish(&mut self, p: PartitionKey) {
         if let Some(e) = self.partitions.get_mut(&p) {
             e.finished = true;
+        }
+    }
+
+    /// The engine read nothing until `now` (it waited on a schema fetch): no partition
+    /// can be called idle for that time, the data may be waiting in the poll queue.
+    pub fn stalled_until(&mut self, now: i64) {
+        for t in self.partitions.values_mut() {
+            t.last_seen_wall = t.last_seen_wall.max(now);
         }
     }
 
