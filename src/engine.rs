@@ -236,7 +236,8 @@ impl Engine {
             },
             Decoder::Json(mapping) => {
                 text.clear();
-                let mut slots = vec![Val::Null; mapping.slots()];
+                let mut slots: smallvec::SmallVec<[Val<'_>; 16]> =
+                    smallvec::smallvec![Val::Null; mapping.slots()];
                 if let Err(e) =
                     crate::ingest::map::json::project(bytes, mapping.trie(), &mut slots, text)
                 {
@@ -259,7 +260,8 @@ impl Engine {
                     Some(Ok(plan)) => plan,
                 };
                 text.clear();
-                let mut slots = vec![Val::Null; mapping.slots()];
+                let mut slots: smallvec::SmallVec<[Val<'_>; 16]> =
+                    smallvec::smallvec![Val::Null; mapping.slots()];
                 if let Err(e) = plan.decode(datum, &mut slots) {
                     return invalid_detail(
                         st.counters,
@@ -627,8 +629,7 @@ impl Sink<'_> {
         text: &'a mut String,
         kind: Source,
     ) -> Ingested {
-        let fallback = format!("{}@{}", self.p.partition, self.offset);
-        match mapping.apply(slots, units, text, &fallback) {
+        match mapping.apply(slots, units, text, (self.p.partition, self.offset)) {
             Ok(Some(ev)) => self.event(&ev),
             Ok(None) => {
                 self.counters.events[kind.index()][4] += 1;

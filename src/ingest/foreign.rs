@@ -443,8 +443,8 @@ mod tests {
                     DemoFormat::Json => {
                         let j = to_json(e).unwrap();
                         json::project(j.as_bytes(), mapping.trie(), &mut slots, &mut buf).unwrap();
-                        mapping.apply(&slots, &[], &mut buf, "f").unwrap().unwrap();
-                        let ev = mapping.apply(&slots, &[], &mut buf, "f").unwrap().unwrap();
+                        mapping.apply(&slots, &[], &mut buf, (0, 0)).unwrap().unwrap();
+                        let ev = mapping.apply(&slots, &[], &mut buf, (0, 0)).unwrap().unwrap();
                         crate::sim::SimEvent::from_ref(&ev)
                     }
                     _ => {
@@ -458,7 +458,7 @@ mod tests {
                         assert!(missing.is_empty(), "{missing:?}");
                         plan.decode(datum, &mut slots).unwrap();
                         let ev = mapping
-                            .apply(&slots, &plan.units, &mut buf, "f")
+                            .apply(&slots, &plan.units, &mut buf, (0, 0))
                             .unwrap()
                             .unwrap();
                         crate::sim::SimEvent::from_ref(&ev)

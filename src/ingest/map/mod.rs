@@ -475,13 +475,14 @@ impl Mapping {
     /// Turns decoded slots into an event. `Ok(None)`: the record does not pass `when`,
     /// or its outcome/channel is a value the mapping does not list (not an event of
     /// interest). `units`: the timestamp unit per slot where the writer schema gives
-    /// one. `fallback_id`: the event id when the mapping has none (topic position).
+    /// one. `fallback_id`: (partition, offset), the event id `partition@offset` when
+    /// the mapping has none.
     pub fn apply<'a>(
         &'a self,
         slots: &[Val<'a>],
         units: &[Option<TimeUnit>],
         buf: &'a mut String,
-        fallback_id: &str,
+        fallback_id: (i32, i64),
     ) -> Result<Option<EventRef<'a>>, String> {
         // Phase 1: everything that may need text in `buf` becomes a `Txt`.
         for (path, want) in &self.when {
@@ -495,7 +496,12 @@ impl Mapping {
             Some(f) => self.text(slots, f, buf, "event_id")?,
             None => None,
         }
-        .unwrap_or_else(|| Txt::push(buf, fallback_id));
+        .unwrap_or_else(|| {
+            use std::fmt::Write as _;
+            let a = buf.len() as u32;
+            let _ = write!(buf, "{}@{}", fallback_id.0, fallback_id.1);
+            Txt::Buf(a, buf.len() as u32)
+        });
         let timestamp = self.time(slots, units, buf)?;
         let unit = match &self.unit {
             Some(f) => self.text(slots, f, buf, "unit")?,

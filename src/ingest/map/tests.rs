@@ -93,7 +93,7 @@ fn segment_json_from_python_maps_field_for_field() {
         json::project(text.as_bytes(), m.trie(), &mut slots, &mut buf)
             .unwrap_or_else(|e| panic!("record {i}: {e}"));
         let ev = m
-            .apply(&slots, &[], &mut buf, "fallback")
+            .apply(&slots, &[], &mut buf, (0, 0))
             .unwrap_or_else(|e| panic!("record {i}: {e}"))
             .unwrap_or_else(|| panic!("record {i} filtered out"));
         assert_eq!(
@@ -182,7 +182,7 @@ fn epoch_millisecond_timestamps_read_exactly() {
             &mut buf,
         )
         .unwrap();
-        let got = m.apply(&slots, &[], &mut buf, "f");
+        let got = m.apply(&slots, &[], &mut buf, (0, 0));
         match r["expected"]["received_at_ms"].as_i64() {
             Some(ms) => {
                 assert_eq!(got.unwrap().unwrap().timestamp, ms);
@@ -211,7 +211,7 @@ fn invalid_json_from_python_is_refused() {
         // a top-level array, a latency of 1e999) by the mapping.
         let refused = match json::project(&bytes, m.trie(), &mut slots, &mut buf) {
             Err(_) => true,
-            Ok(()) => !matches!(m.apply(&slots, &[], &mut buf, "f"), Ok(Some(_))),
+            Ok(()) => !matches!(m.apply(&slots, &[], &mut buf, (0, 0)), Ok(Some(_))),
         };
         assert!(refused, "accepted: {why}");
     }
@@ -248,7 +248,7 @@ fn confluent_avro_from_confluents_serializer_maps_field_for_field() {
         let mut buf = String::new();
         let want = &r["value"];
         let got = m
-            .apply(&slots, &plan.units, &mut buf, "f")
+            .apply(&slots, &plan.units, &mut buf, (0, 0))
             .unwrap_or_else(|e| panic!("record {i}: {e}"));
         let step = want["step"].as_str().unwrap();
         let Some(ev) = got else {
@@ -416,7 +416,7 @@ fn one_flag_per_field() {
     let mut buf = String::new();
     let mut slots = vec![Val::Null; m.slots()];
     json::project(text.as_bytes(), m.trie(), &mut slots, &mut buf).unwrap();
-    let ev = m.apply(&slots, &[], &mut buf, "f").unwrap().unwrap();
+    let ev = m.apply(&slots, &[], &mut buf, (0, 0)).unwrap().unwrap();
     let flags: Vec<(&str, &str)> = ev.flags.iter().map(|f| (f.key, f.variant)).collect();
     assert_eq!(flags, [("beta", "2"), ("checkout_v2", "treatment")]);
     // `when` filters: a page call is not an event of interest.
@@ -424,7 +424,7 @@ fn one_flag_per_field() {
     let mut buf = String::new();
     let mut slots = vec![Val::Null; m.slots()];
     json::project(page.as_bytes(), m.trie(), &mut slots, &mut buf).unwrap();
-    assert_eq!(m.apply(&slots, &[], &mut buf, "f").unwrap(), None);
+    assert_eq!(m.apply(&slots, &[], &mut buf, (0, 0)).unwrap(), None);
 }
 
 #[test]
