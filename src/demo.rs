@@ -214,7 +214,12 @@ async fn demo(
         .await
         .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
     println!(
-        "produced {produced} events (+1 malformed) in {:.1}s; waiting for the last windows to close\n",
+        "produced {produced} {} (+1 malformed) in {:.1}s; waiting for the last windows to close\n",
+        if format == DemoFormat::Otlp {
+            "spans and support signals"
+        } else {
+            "events"
+        },
         started.elapsed().as_secs_f64()
     );
 

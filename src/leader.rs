@@ -38,6 +38,8 @@ struct LeadContext {
     fatal: Arc<AtomicBool>,
     /// Ever led (a lost lead is then re-checked, not fresh).
     led: Arc<AtomicBool>,
+    /// Shutting down: giving up the lead is the point, not news.
+    stopping: Arc<AtomicBool>,
 }
 
 impl LeadContext {
@@ -108,7 +110,11 @@ impl ConsumerContext for LeadContext {
             }
             Rebalance::Revoke(tpl) => {
                 if has_zero(tpl) && self.leading.swap(false, Ordering::SeqCst) {
-                    tracing::warn!("the lead is lost (session expired?): not judging");
+                    if self.stopping.load(Ordering::Relaxed) {
+                        tracing::info!("the lead is given up (shutting down)");
+                    } else {
+                        tracing::warn!("the lead is lost (session expired?): not judging");
+                    }
                 }
             }
             Rebalance::Error(e) => tracing::warn!("lead group rebalance: {e}"),
@@ -135,6 +141,7 @@ impl Lead {
             leading: Arc::new(AtomicBool::new(false)),
             fatal: Arc::new(AtomicBool::new(false)),
             led: Arc::new(AtomicBool::new(false)),
+            stopping: Arc::new(AtomicBool::new(false)),
         };
         let mut config = client_config(
             k,
@@ -148,7 +155,7 @@ impl Lead {
             .set("partition.assignment.strategy", "cooperative-sticky");
         let consumer: BaseConsumer<LeadContext> = config.create_with_context(ctx.clone())?;
         consumer.subscribe(&[topic])?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = ctx.stopping.clone();
         let thread = {
             let stop = stop.clone();
             let ctx = ctx.clone();
