@@ -132,7 +132,14 @@ fn count_json(spans: &[otlp::SpanSpec]) -> u64 {
         let b = otlp::encode_traces_json(chunk);
         let arena = typed_arena::Arena::new();
         let mut evs = Vec::new();
-        otlp::decode(otlp::Signal::Traces, otlp::Encoding::Json, &b, &arena, &mut evs).unwrap();
+        otlp::decode(
+            otlp::Signal::Traces,
+            otlp::Encoding::Json,
+            &b,
+            &arena,
+            &mut evs,
+        )
+        .unwrap();
         n += evs.len() as u64;
     }
     n
@@ -224,7 +231,10 @@ fn engine_for(case: &Case, inputs: &[input::InputSpec]) -> Engine {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 1 } else { 3 };
-    let rounds = std::env::var("FORMATS_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(rounds);
+    let rounds = std::env::var("FORMATS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rounds);
     let sim = events();
     let schemas = SchemaRegistry::shipped().unwrap();
     let now = START + 3 * 900_000;
@@ -250,7 +260,12 @@ fn main() {
             let t = Instant::now();
             let n = decode_only(&case, &inputs, &schemas);
             best_decode = best_decode.min(t.elapsed().as_secs_f64());
-            assert!(n >= case.events * 99 / 100, "{}: {n} of {}", case.name, case.events);
+            assert!(
+                n >= case.events * 99 / 100,
+                "{}: {n} of {}",
+                case.name,
+                case.events
+            );
             let mut engine = engine_for(&case, &inputs);
             let t = Instant::now();
             for (i, (input, bytes)) in case.records.iter().enumerate() {
@@ -262,7 +277,11 @@ fn main() {
             }
             best_engine = best_engine.min(t.elapsed().as_secs_f64());
             let accepted: u64 = engine.counters().events.iter().map(|s| s[0]).sum();
-            assert!(accepted >= case.events * 95 / 100, "{}: {accepted} accepted", case.name);
+            assert!(
+                accepted >= case.events * 95 / 100,
+                "{}: {accepted} accepted",
+                case.name
+            );
         }
         let decode = case.events as f64 / best_decode / 1e6;
         let full = case.events as f64 / best_engine / 1e6;

@@ -155,3 +155,99 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn broken_inputs_are_reported_with_their_paths() {
+    assert_rejected(
+        "bad_inputs",
+        &[
+            r#"inputs[0].mapping.outcome.map.Order Completed: "DONE" is not one of EXPOSURE, STARTED, COMPLETED, ABANDONED, FAILED"#,
+            r#"inputs[0].mapping.latency_ms: bad path: "properties..latency": empty key"#,
+            "inputs[0].mapping.service: not a field of product records",
+            "inputs[0].mapping.flags[0]: give both `key` and `variant`",
+            "inputs[1].registry.url: \"registry:8081\": expected http(s)://host[:port][,...]",
+            "inputs[1].mapping: required for this format",
+            "inputs[2].signal: \"metrics\": expected traces or logs",
+        ],
+    );
+}
+
+/// An avro-confluent mapping checked against the subject's latest schema in a registry
+/// served here (and, offline, against `schema_file`).
+#[test]
+fn confluent_mappings_are_checked_against_the_registry_and_the_schema_file() {
+    let vectors: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/data/byo/confluent.json")).unwrap(),
+    )
+    .unwrap();
+    let v1 = vectors["schemas"][0]["schema"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let registry = rt
+        .block_on(guardrail::ingest::confluent::MockRegistry::start(vec![]))
+        .unwrap();
+    let id = registry.register("checkout-avro-value", &v1);
+    let dir = tempfile::tempdir().unwrap();
+    let schema_file = dir.path().join("checkout.avsc");
+    std::fs::write(&schema_file, &v1).unwrap();
+    let config = |timestamp: &str| {
+        let text = format!(
+            r#"
+[[inputs]]
+topic = "checkout-avro"
+format = "avro-confluent"
+record = "product"
+registry = {{ url = "{}" }}
+schema_file = "{}"
+  [inputs.mapping]
+  event_id = "id"
+  timestamp = "{timestamp}"
+  unit = "user.id"
+  flags = [{{ path = "experiments", key = "flag", variant = "variant" }}]
+  attributes = {{ region = "region" }}
+  journey = {{ value = "checkout" }}
+  outcome = {{ path = "step", map = {{ DONE = "COMPLETED" }} }}
+"#,
+            registry.url(),
+            schema_file.display()
+        );
+        let path = dir.path().join(format!("{timestamp}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // Valid: exit 0; the optional attribute v1 lacks is a warning from both checks.
+    let good = config("occurred_at");
+    let out = check(&good);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(
+        err.matches("warning: inputs[0].mapping.attributes.region: region is not in schema com.acme.events.CheckoutEvent").count(),
+        2,
+        "{err}"
+    );
+    // A misspelt required path: both the file and the registry's schema refuse it.
+    let bad = config("occured_at");
+    let out = check(&bad);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("inputs[0].schema_file: the mapping cannot read writer schema id 0: inputs[0].mapping.timestamp: occured_at is not in schema com.acme.events.CheckoutEvent (id 0)"), "{err}");
+    assert!(err.contains(&format!("inputs[0].registry (subject checkout-avro-value): the mapping cannot read writer schema id {id}: inputs[0].mapping.timestamp: occured_at is not in schema com.acme.events.CheckoutEvent (id {id})")), "{err}");
+    // Offline: the schema file only, no request to the registry.
+    let before = registry.requests();
+    let out = Command::new(env!("CARGO_BIN_EXE_guardrail"))
+        .args(["check", "--offline", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).matches("is not in schema").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(registry.requests(), before, "--offline asks nothing");
+    drop(registry);
+}

@@ -443,8 +443,14 @@ mod tests {
                     DemoFormat::Json => {
                         let j = to_json(e).unwrap();
                         json::project(j.as_bytes(), mapping.trie(), &mut slots, &mut buf).unwrap();
-                        mapping.apply(&slots, &[], &mut buf, (0, 0)).unwrap().unwrap();
-                        let ev = mapping.apply(&slots, &[], &mut buf, (0, 0)).unwrap().unwrap();
+                        mapping
+                            .apply(&slots, &[], &mut buf, (0, 0))
+                            .unwrap()
+                            .unwrap();
+                        let ev = mapping
+                            .apply(&slots, &[], &mut buf, (0, 0))
+                            .unwrap()
+                            .unwrap();
                         crate::sim::SimEvent::from_ref(&ev)
                     }
                     _ => {
