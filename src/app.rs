@@ -501,10 +501,10 @@ impl Shell {
     /// gives it to the engine; `Err` is the DLQ detail for the record that needed it.
     async fn fetch_schema(&mut self, input: u16, id: u32) -> Result<(), String> {
         let topic = self.config.input_topic(input).to_string();
-        if let Some((at, detail)) = self.schema_failures.get(&(input, id)) {
-            if at.elapsed() < SCHEMA_RETRY_AFTER {
-                return Err(detail.clone());
-            }
+        if let Some((at, detail)) = self.schema_failures.get(&(input, id))
+            && at.elapsed() < SCHEMA_RETRY_AFTER
+        {
+            return Err(detail.clone());
         }
         let Some(Some(client)) = self.registries.get(usize::from(input)) else {
             return Err(format!("input {topic} has no schema registry"));
