@@ -278,18 +278,21 @@ impl<'a> Parser<'a, '_> {
     fn string(&mut self) -> Result<Txt<'a>, JsonError> {
         self.expect(b'"', "expected a string")?;
         let start = self.i;
-        loop {
-            match self.peek() {
-                Some(b'"') => {
-                    let s = &self.s[start..self.i];
-                    self.i += 1;
-                    return Ok(Txt::B(s));
-                }
-                Some(b'\\') => break,
-                Some(0..=0x1f) => return Err(self.err("control character in a string")),
-                Some(_) => self.i += 1,
-                None => return Err(self.err("unterminated string")),
-            }
+        // The end of the plain run: the closing quote or an escape (vectorised search),
+        // then one pass for control characters over the run.
+        let Some(k) = memchr::memchr2(b'"', b'\\', &self.b[start..]) else {
+            self.i = self.b.len();
+            return Err(self.err("unterminated string"));
+        };
+        if let Some(c) = self.b[start..start + k].iter().position(|&c| c < 0x20) {
+            self.i = start + c;
+            return Err(self.err("control character in a string"));
+        }
+        self.i = start + k;
+        if self.b[self.i] == b'"' {
+            let s = &self.s[start..self.i];
+            self.i += 1;
+            return Ok(Txt::B(s));
         }
         // Escapes: copy what came before, then unescape the rest.
         let from = self.buf.len();
