@@ -22,12 +22,12 @@ use guardrail::policy::Policy;
 use guardrail::records::FlagCommand;
 use guardrail::sim::{Scenario, SimEvent, Simulator};
 use prometheus::Registry;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+
+mod common;
+use common::{header, read_topic};
+use rdkafka::Message;
 
 const WINDOWS: u32 = 8;
 const SESSIONS: u32 = 24_000;
@@ -180,50 +180,12 @@ async fn wait_fetch(registry: &Registry, result: &str) {
     }
 }
 
-fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("byo-reader-{}", wall_ms()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .unwrap();
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .unwrap();
-    let mut out = Vec::new();
-    if high <= low {
-        return out;
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            None => continue,
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
-            Some(m) => out.push(m.unwrap().detach()),
-        }
-    }
-    panic!("timed out reading {topic}");
-}
-
 fn commands(env: &Env) -> Vec<FlagCommand> {
     let reader = OutputReader::commands().unwrap();
     read_topic(&env.brokers, &env.config.topics.flag_commands)
         .iter()
         .map(|m| reader.decode(m.payload().unwrap()).unwrap())
         .collect()
-}
-
-fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
-    m.headers()?
-        .iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,15 +22,16 @@ use guardrail::policy::Policy;
 use guardrail::records::{FlagCommand, WindowEvaluation};
 use guardrail::sim::{Scenario, SimEvent, Simulator};
 use prometheus::Registry;
-use rdkafka::config::ClientConfig;
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+mod common;
+use common::{header, read_topic};
 
 const WINDOWS: u32 = 8;
 /// The demo's default: enough mobile-web treatment checkouts per window for the
@@ -259,43 +260,6 @@ async fn produce_malformed(env: &Env, producer: &FutureProducer) {
         .expect("producing the malformed record");
 }
 
-/// Reads partition 0 of `topic` from the beginning to its end, read_committed (what a
-/// flag platform sees). The end is partition EOF: under exactly-once the last offsets
-/// hold transaction markers, which are never delivered.
-fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("e2e-reader-{}", wall_ms()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("reader");
-    let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("watermarks");
-    let mut out = Vec::new();
-    if high <= low {
-        return out;
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            None => continue,
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
-            Some(m) => out.push(m.expect("reading").detach()),
-        }
-    }
-    panic!(
-        "timed out reading {topic}: {} records, high watermark {high}",
-        out.len()
-    );
-}
-
 /// Waits until the evaluations of `n` windows are on their topic: a window counts as
 /// closed when it is judged, its outputs are acknowledged a moment later.
 async fn wait_evaluated(env: &Env, n: usize) {
@@ -400,14 +364,6 @@ fn read_evaluations(env: &Env) -> Vec<WindowEvaluation> {
             e
         })
         .collect()
-}
-
-fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
-    let h = m.headers()?;
-    h.iter()
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// A minimal HTTP/1.0 GET: (status, body).

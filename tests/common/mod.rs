@@ -1,0 +1,55 @@
+//! Helpers shared by the Kafka end-to-end tests.
+
+use std::time::{Duration, Instant};
+
+use guardrail::clock::wall_ms;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// Reads partition 0 of `topic` from the beginning to its end, read_committed (what a
+/// flag platform sees). The end is partition EOF: under exactly-once the last offsets
+/// hold transaction markers, which are never delivered.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-reader-{}", wall_ms()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("reader");
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    let mut out = Vec::new();
+    if high <= low {
+        return out;
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
+            Some(m) => out.push(m.expect("reading").detach()),
+        }
+    }
+    panic!(
+        "timed out reading {topic}: {} records, high watermark {high}",
+        out.len()
+    );
+}
+
+/// A header of a record, as text.
+pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+    let h = m.headers()?;
+    h.iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
