@@ -267,7 +267,7 @@ impl Engine {
                         st.counters,
                         kind,
                         Reason::Decode,
-                        format!("malformed datum (schema id {id}): {e}"),
+                        format!("{e} (writer schema id {id})"),
                     );
                 }
                 st.mapped(mapping, &slots, &plan.units, text, kind)
@@ -307,12 +307,6 @@ impl Engine {
         };
         plans.insert(id, plan);
         missing
-    }
-
-    /// Whether an `avro-confluent` input knows schema `id` already.
-    pub fn has_schema(&self, input: u16, id: u32) -> bool {
-        matches!(self.decoders.get(usize::from(input)),
-            Some(Decoder::Confluent { plans, .. }) if plans.contains_key(&id))
     }
 
     /// Counts and rejects a record whose writer schema could not be fetched.

@@ -134,6 +134,42 @@ async fn produce_mixed(env: &Env, producer: &FutureProducer, events: &[SimEvent]
     events.len() as u64
 }
 
+/// The engine and its HTTP server, running on the env's config.
+struct Running {
+    metrics: Registry,
+    engine: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn start(env: &Env) -> Running {
+    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
+        .await
+        .unwrap();
+    let engine = guardrail::app::spawn_engine(
+        &served,
+        env.config.clone(),
+        env.policy.clone(),
+        Duration::from_secs(10),
+        None,
+    );
+    Running {
+        metrics: served.registry,
+        engine,
+        stop: served.stop,
+        server: served.server,
+    }
+}
+
+impl Running {
+    /// A graceful stop; the engine must end Ok.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.engine.await.unwrap().unwrap();
+        let _ = self.server.await;
+    }
+}
+
 fn metric(registry: &Registry, name: &str, label: Option<(&str, &str)>) -> f64 {
     registry
         .gather()
@@ -217,17 +253,8 @@ async fn json_and_confluent_inputs_decide_like_replay_and_registry_failures_dead
             "support-signals"
         ]
     );
-    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
-        .await
-        .unwrap();
-    let metrics = served.registry.clone();
-    let engine = guardrail::app::spawn_engine(
-        &served,
-        env.config.clone(),
-        env.policy.clone(),
-        Duration::from_secs(10),
-        None,
-    );
+    let running = start(&env).await;
+    let (metrics, engine) = (&running.metrics, &running.engine);
     let producer = env.producer();
     let mut sim = Simulator::new(Scenario::demo(env.start, WINDOWS, SESSIONS));
     let mut produced = 0;
@@ -237,7 +264,7 @@ async fn json_and_confluent_inputs_decide_like_replay_and_registry_failures_dead
         produced += produce_mixed(&env, &producer, &events).await;
         if w == 1 {
             // Id 102 was fetched once (the engine is caught up that far) ...
-            wait_fetch(&metrics, "ok").await;
+            wait_fetch(metrics, "ok").await;
             // ... then the registry goes down: known ids go on from the cache; a new id is
             // dead-lettered once its fetch times out (the input's timeout, 5 s).
             registry.set_available(false);
@@ -245,7 +272,7 @@ async fn json_and_confluent_inputs_decide_like_replay_and_registry_failures_dead
             let mut unknown = to_confluent(error).unwrap();
             unknown[1..5].copy_from_slice(&103u32.to_be_bytes());
             send(&producer, &errors_topic, "down", &unknown).await;
-            wait_fetch(&metrics, "unavailable").await;
+            wait_fetch(metrics, "unavailable").await;
         }
         if w == 3 {
             registry.set_available(true);
@@ -253,10 +280,10 @@ async fn json_and_confluent_inputs_decide_like_replay_and_registry_failures_dead
                 to_confluent(events.iter().find(|e| e.source == Source::Errors).unwrap()).unwrap();
             missing[1..5].copy_from_slice(&999u32.to_be_bytes());
             send(&producer, &errors_topic, "missing", &missing).await;
-            wait_fetch(&metrics, "not_found").await;
+            wait_fetch(metrics, "not_found").await;
         }
     }
-    wait_closed(&metrics, &engine, u64::from(WINDOWS - 1)).await;
+    wait_closed(metrics, engine, u64::from(WINDOWS - 1)).await;
 
     // The DLQ: exactly the two records whose schema could not be had.
     let dlq = read_topic(&env.brokers, &env.config.topics.dlq);
@@ -293,7 +320,7 @@ async fn json_and_confluent_inputs_decide_like_replay_and_registry_failures_dead
     );
     let fetches = |result| {
         metric(
-            &metrics,
+            metrics,
             "guardrail_schema_registry_fetches_total",
             Some(("result", result)),
         )
@@ -302,7 +329,7 @@ async fn json_and_confluent_inputs_decide_like_replay_and_registry_failures_dead
     assert_eq!(fetches("unavailable"), 1.0);
     assert_eq!(fetches("not_found"), 1.0);
     assert_eq!(
-        metric(&metrics, "guardrail_dlq_total", None),
+        metric(metrics, "guardrail_dlq_total", None),
         2.0,
         "nothing else was dead-lettered"
     );
@@ -343,9 +370,7 @@ async fn json_and_confluent_inputs_decide_like_replay_and_registry_failures_dead
         "JSON + Confluent input decides as replay does"
     );
 
-    let _ = served.stop.send(true);
-    engine.await.unwrap().unwrap();
-    let _ = served.server.await;
+    running.stop().await;
     println!("{produced} events, {:.1}s", t0.elapsed().as_secs_f64());
 }
 
@@ -359,17 +384,8 @@ async fn otlp_spans_stop_the_injected_regression() {
         otlp[1]
     );
     let env = env(&text);
-    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
-        .await
-        .unwrap();
-    let metrics = served.registry.clone();
-    let engine = guardrail::app::spawn_engine(
-        &served,
-        env.config.clone(),
-        env.policy.clone(),
-        Duration::from_secs(10),
-        None,
-    );
+    let running = start(&env).await;
+    let (metrics, engine) = (&running.metrics, &running.engine);
     let producer = env.producer();
     let schemas = SchemaRegistry::shipped().unwrap();
     let mut sim = Simulator::new(Scenario::demo(env.start, WINDOWS, SESSIONS));
@@ -406,9 +422,9 @@ async fn otlp_spans_stop_the_injected_regression() {
         }
         acknowledged(deliveries).await.unwrap();
     }
-    wait_closed(&metrics, &engine, u64::from(WINDOWS - 1)).await;
+    wait_closed(metrics, engine, u64::from(WINDOWS - 1)).await;
     let accepted = metric(
-        &metrics,
+        metrics,
         "guardrail_events_total",
         Some(("status", "accepted")),
     );
@@ -434,8 +450,6 @@ async fn otlp_spans_stop_the_injected_regression() {
             .all(|c| c.flag_key == FLAG && c.cohort == COHORT),
         "no other cohort is stopped: {stops:#?}"
     );
-    assert_eq!(metric(&metrics, "guardrail_dlq_total", None), 0.0);
-    let _ = served.stop.send(true);
-    engine.await.unwrap().unwrap();
-    let _ = served.server.await;
+    assert_eq!(metric(metrics, "guardrail_dlq_total", None), 0.0);
+    running.stop().await;
 }

@@ -373,7 +373,7 @@ pub fn decode_current(source: Source, datum: &[u8]) -> Result<EventRef<'_>, Deco
 /// Decodes a datum of the current schema version at the start of `datum`; returns it
 /// and the number of bytes it took.
 pub fn decode_prefix(source: Source, datum: &[u8]) -> Result<(EventRef<'_>, usize), DecodeError> {
-    let mut r = Cursor { buf: datum, pos: 0 };
+    let mut r = Cursor::new(datum);
     let event_id = r.string()?;
     let timestamp = r.long()?;
     let mut flags = SmallVec::new();
@@ -435,14 +435,23 @@ pub fn decode_prefix(source: Source, datum: &[u8]) -> Result<(EventRef<'_>, usiz
     Ok((ev, r.pos))
 }
 
-/// A bounds-checked reader of Avro binary primitives.
-struct Cursor<'a> {
+/// A bounds-checked reader of Avro binary primitives (also the mapped reader's, in
+/// [`crate::ingest::map::avro`]).
+pub(crate) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn long(&mut self) -> Result<i64, DecodeError> {
+    pub(crate) fn new(buf: &'a [u8]) -> Cursor<'a> {
+        Cursor { buf, pos: 0 }
+    }
+
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn long(&mut self) -> Result<i64, DecodeError> {
         let mut value: u64 = 0;
         let mut shift = 0;
         loop {
@@ -461,15 +470,15 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn int(&mut self) -> Result<i32, DecodeError> {
+    pub(crate) fn int(&mut self) -> Result<i32, DecodeError> {
         i32::try_from(self.long()?).map_err(|_| DecodeError::Malformed("int out of range"))
     }
 
-    fn index(&mut self) -> Result<usize, DecodeError> {
+    pub(crate) fn index(&mut self) -> Result<usize, DecodeError> {
         usize::try_from(self.long()?).map_err(|_| DecodeError::Malformed("negative index"))
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         let end = end.ok_or(DecodeError::Malformed("length past the end of the record"))?;
         let s = &self.buf[self.pos..end];
@@ -477,20 +486,20 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn string(&mut self) -> Result<&'a str, DecodeError> {
+    pub(crate) fn string(&mut self) -> Result<&'a str, DecodeError> {
         let len = usize::try_from(self.long()?)
             .map_err(|_| DecodeError::Malformed("negative string length"))?;
         std::str::from_utf8(self.take(len)?)
             .map_err(|_| DecodeError::Malformed("string is not UTF-8"))
     }
 
-    fn double(&mut self) -> Result<f64, DecodeError> {
+    pub(crate) fn double(&mut self) -> Result<f64, DecodeError> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(f64::from_le_bytes(b))
     }
 
-    fn boolean(&mut self) -> Result<bool, DecodeError> {
+    pub(crate) fn boolean(&mut self) -> Result<bool, DecodeError> {
         match self.take(1)?[0] {
             0 => Ok(false),
             1 => Ok(true),
@@ -499,7 +508,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A `["null", T]` union.
-    fn optional<T>(
+    pub(crate) fn optional<T>(
         &mut self,
         read: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
     ) -> Result<Option<T>, DecodeError> {
@@ -511,7 +520,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Array or map blocks: a count, negative when followed by a byte size, 0 ends.
-    fn blocks(
+    pub(crate) fn blocks(
         &mut self,
         mut item: impl FnMut(&mut Self) -> Result<(), DecodeError>,
     ) -> Result<(), DecodeError> {
@@ -527,6 +536,35 @@ impl<'a> Cursor<'a> {
                 self.long()?;
             }
             // Each item takes at least one byte: refuse counts the record cannot hold.
+            if count as u64 > (self.buf.len() - self.pos) as u64 {
+                return Err(DecodeError::Malformed("block count larger than the record"));
+            }
+            for _ in 0..count {
+                item(self)?;
+            }
+        }
+    }
+
+    /// A length (bytes, string): a non-negative long.
+    pub(crate) fn len(&mut self) -> Result<usize, DecodeError> {
+        usize::try_from(self.long()?).map_err(|_| DecodeError::Malformed("negative length"))
+    }
+
+    /// Like `blocks`, but a block that gives its byte size is jumped over whole.
+    pub(crate) fn skip_blocks(
+        &mut self,
+        mut item: impl FnMut(&mut Self) -> Result<(), DecodeError>,
+    ) -> Result<(), DecodeError> {
+        loop {
+            let count = self.long()?;
+            if count == 0 {
+                return Ok(());
+            }
+            if count < 0 {
+                let size = self.len()?;
+                self.take(size)?;
+                continue;
+            }
             if count as u64 > (self.buf.len() - self.pos) as u64 {
                 return Err(DecodeError::Malformed("block count larger than the record"));
             }

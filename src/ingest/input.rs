@@ -35,17 +35,6 @@ pub enum Format {
     },
 }
 
-impl Format {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Format::Avro => "avro",
-            Format::AvroConfluent => "avro-confluent",
-            Format::Json => "json",
-            Format::Otlp { .. } => "otlp",
-        }
-    }
-}
-
 /// One compiled input.
 #[derive(Debug, Clone)]
 pub struct InputSpec {

@@ -184,64 +184,9 @@ fn to_value_v1(e: &SimEvent) -> Value {
 
 /// The decoded view in owned form, attributes sorted (a map has no order).
 fn owned(ev: &EventRef<'_>) -> SimEvent {
-    let body = match &ev.body {
-        Body::Product {
-            journey,
-            step,
-            outcome,
-            latency_ms,
-            value,
-        } => SimBody::Product {
-            journey: journey.to_string(),
-            step: step.map(str::to_string),
-            outcome: *outcome,
-            latency_ms: *latency_ms,
-            value: *value,
-        },
-        Body::Error {
-            service,
-            error_class,
-            status_code,
-            fatal,
-            latency_ms,
-        } => SimBody::Error {
-            service: service.to_string(),
-            error_class: error_class.to_string(),
-            status_code: *status_code,
-            fatal: *fatal,
-            latency_ms: *latency_ms,
-        },
-        Body::Support {
-            channel,
-            csat,
-            sentiment,
-            tags,
-        } => SimBody::Support {
-            channel: *channel,
-            csat: *csat,
-            sentiment: *sentiment,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-        },
-    };
-    let mut attributes: Vec<(String, String)> = ev
-        .attributes
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    attributes.sort();
-    SimEvent {
-        source: ev.source(),
-        event_id: ev.event_id.into(),
-        timestamp: ev.timestamp,
-        flags: ev
-            .flags
-            .iter()
-            .map(|f| (f.key.to_string(), f.variant.to_string()))
-            .collect(),
-        attributes,
-        user_id: ev.user_id.map(str::to_string),
-        body,
-    }
+    let mut e = SimEvent::from_ref(ev);
+    e.attributes.sort();
+    e
 }
 
 // ---- strategies --------------------------------------------------------------------

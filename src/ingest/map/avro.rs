@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use serde_json::Value as Json;
 
 use super::value::{Seg, Trie, Txt, Val};
+use crate::ingest::decode::{Cursor, DecodeError};
 
 /// The unit of an Avro `long` carrying a timestamp logical type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,20 +270,12 @@ impl Plan {
         }
     }
 
-    pub fn schema(&self) -> &AvroSchema {
-        &self.schema
-    }
-
     /// Reads one datum (the whole of `datum`), filling the slots.
-    pub fn decode<'a>(
-        &'a self,
-        datum: &'a [u8],
-        slots: &mut [Val<'a>],
-    ) -> Result<(), &'static str> {
-        let mut r = Cursor { buf: datum, pos: 0 };
+    pub fn decode<'a>(&'a self, datum: &'a [u8], slots: &mut [Val<'a>]) -> Result<(), DecodeError> {
+        let mut r = Cursor::new(datum);
         run(&self.schema, &self.root, &mut r, slots, 0)?;
-        if r.pos != datum.len() {
-            return Err("trailing bytes after the datum");
+        if r.position() != datum.len() {
+            return Err(DecodeError::Malformed("trailing bytes after the datum"));
         }
         Ok(())
     }
@@ -381,7 +374,7 @@ fn run<'a>(
     r: &mut Cursor<'a>,
     slots: &mut [Val<'a>],
     depth: usize,
-) -> Result<(), &'static str> {
+) -> Result<(), DecodeError> {
     match p {
         P::Skip(n) => skip(s, *n, r, depth),
         P::Capture(slot, n) => {
@@ -396,7 +389,9 @@ fn run<'a>(
         }
         P::Union(steps) => {
             let b = r.index()?;
-            let step = steps.get(b).ok_or("union branch out of range")?;
+            let step = steps
+                .get(b)
+                .ok_or(DecodeError::Malformed("union branch out of range"))?;
             run(s, step, r, slots, depth + 1)
         }
         P::Map { values, keys } => r.blocks(|r| {
@@ -420,9 +415,9 @@ fn run<'a>(
     }
 }
 
-fn skip(s: &AvroSchema, n: usize, r: &mut Cursor<'_>, depth: usize) -> Result<(), &'static str> {
+fn skip(s: &AvroSchema, n: usize, r: &mut Cursor<'_>, depth: usize) -> Result<(), DecodeError> {
     if depth > 2 * MAX_DEPTH {
-        return Err("nested too deeply");
+        return Err(DecodeError::Malformed("nested too deeply"));
     }
     match &s.nodes[n] {
         Node::Null => Ok(()),
@@ -445,7 +440,7 @@ fn skip(s: &AvroSchema, n: usize, r: &mut Cursor<'_>, depth: usize) -> Result<()
         Node::Union(branches) => {
             let b = branches
                 .get(r.index()?)
-                .ok_or("union branch out of range")?;
+                .ok_or(DecodeError::Malformed("union branch out of range"))?;
             skip(s, *b, r, depth + 1)
         }
         Node::Record { fields, .. } => {
@@ -462,9 +457,9 @@ fn materialise<'a>(
     n: usize,
     r: &mut Cursor<'a>,
     depth: usize,
-) -> Result<Val<'a>, &'static str> {
+) -> Result<Val<'a>, DecodeError> {
     if depth > 2 * MAX_DEPTH {
-        return Err("nested too deeply");
+        return Err(DecodeError::Malformed("nested too deeply"));
     }
     Ok(match &s.nodes[n] {
         Node::Null => Val::Null,
@@ -488,7 +483,11 @@ fn materialise<'a>(
         Node::Fixed(size) => Val::Bytes(r.take(*size)?),
         Node::Enum(symbols) => {
             let i = r.index()?;
-            Val::Str(Txt::B(symbols.get(i).ok_or("enum symbol out of range")?))
+            Val::Str(Txt::B(
+                symbols
+                    .get(i)
+                    .ok_or(DecodeError::Malformed("enum symbol out of range"))?,
+            ))
         }
         Node::Array(items) => {
             let mut out = Vec::new();
@@ -510,7 +509,7 @@ fn materialise<'a>(
         Node::Union(branches) => {
             let b = branches
                 .get(r.index()?)
-                .ok_or("union branch out of range")?;
+                .ok_or(DecodeError::Malformed("union branch out of range"))?;
             materialise(s, *b, r, depth + 1)?
         }
         Node::Record { fields, .. } => {
@@ -521,104 +520,4 @@ fn materialise<'a>(
             Val::Map(out)
         }
     })
-}
-
-/// A bounds-checked reader of Avro binary primitives.
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn long(&mut self) -> Result<i64, &'static str> {
-        let mut value: u64 = 0;
-        let mut shift = 0;
-        loop {
-            let &b = self.buf.get(self.pos).ok_or("truncated varint")?;
-            self.pos += 1;
-            value |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
-            }
-            shift += 7;
-            if shift > 63 {
-                return Err("varint longer than 10 bytes");
-            }
-        }
-    }
-
-    fn index(&mut self) -> Result<usize, &'static str> {
-        usize::try_from(self.long()?).map_err(|_| "negative index")
-    }
-
-    fn len(&mut self) -> Result<usize, &'static str> {
-        usize::try_from(self.long()?).map_err(|_| "negative length")
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.ok_or("length past the end of the datum")?;
-        let s = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(s)
-    }
-
-    fn string(&mut self) -> Result<&'a str, &'static str> {
-        let len = self.len()?;
-        std::str::from_utf8(self.take(len)?).map_err(|_| "string is not UTF-8")
-    }
-
-    fn boolean(&mut self) -> Result<bool, &'static str> {
-        match self.take(1)?[0] {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err("boolean byte is not 0 or 1"),
-        }
-    }
-
-    fn blocks(
-        &mut self,
-        mut item: impl FnMut(&mut Self) -> Result<(), &'static str>,
-    ) -> Result<(), &'static str> {
-        loop {
-            let mut count = self.long()?;
-            if count == 0 {
-                return Ok(());
-            }
-            if count < 0 {
-                count = count.checked_neg().ok_or("block count overflow")?;
-                self.long()?;
-            }
-            if count as u64 > (self.buf.len() - self.pos) as u64 + 1 {
-                return Err("block count larger than the datum");
-            }
-            for _ in 0..count {
-                item(self)?;
-            }
-        }
-    }
-
-    /// Like `blocks`, but a block that gives its byte size is jumped over whole.
-    fn skip_blocks(
-        &mut self,
-        mut item: impl FnMut(&mut Self) -> Result<(), &'static str>,
-    ) -> Result<(), &'static str> {
-        loop {
-            let count = self.long()?;
-            if count == 0 {
-                return Ok(());
-            }
-            if count < 0 {
-                let size = self.len()?;
-                self.take(size)?;
-                continue;
-            }
-            if count as u64 > (self.buf.len() - self.pos) as u64 + 1 {
-                return Err("block count larger than the datum");
-            }
-            for _ in 0..count {
-                item(self)?;
-            }
-        }
-    }
 }

@@ -95,61 +95,20 @@ impl<'a> Parser<'a, '_> {
             return Err(self.err("nested too deeply"));
         }
         if let Some(slot) = node.and_then(|n| n.capture) {
-            let v = self.materialise(depth)?;
-            slots[slot] = v;
+            slots[slot] = self.materialise(depth)?;
             return Ok(());
         }
         match self.peek() {
-            Some(b'{') => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    self.ws();
-                    let key = self.string()?;
-                    self.ws();
-                    self.expect(b':', "expected ':' after an object key")?;
-                    self.ws();
-                    let child = node.and_then(|n| n.child_key(key.resolve_in(self.buf)));
-                    self.value(child, slots, depth + 1)?;
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(self.err("expected ',' or '}' in an object")),
-                    }
-                }
-            }
+            Some(b'{') => self.object(|p, key| {
+                let child = node.and_then(|n| n.child_key(key.resolve_in(p.buf)));
+                p.value(child, slots, depth + 1)
+            }),
             Some(b'[') => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(());
-                }
                 let indexed = node.filter(|n| n.has_index_children());
-                let mut index = 0;
-                loop {
-                    self.ws();
+                self.array(|p, index| {
                     let child = indexed.and_then(|n| n.child_index(index));
-                    self.value(child, slots, depth + 1)?;
-                    index += 1;
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(self.err("expected ',' or ']' in an array")),
-                    }
-                }
+                    p.value(child, slots, depth + 1)
+                })
             }
             _ => self.scalar().map(|_| ()),
         }
@@ -162,55 +121,81 @@ impl<'a> Parser<'a, '_> {
         }
         match self.peek() {
             Some(b'{') => {
-                self.i += 1;
                 let mut entries = Vec::new();
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(Val::Map(entries));
-                }
-                loop {
-                    self.ws();
-                    let key = self.string()?;
-                    self.ws();
-                    self.expect(b':', "expected ':' after an object key")?;
-                    self.ws();
-                    let v = self.materialise(depth + 1)?;
-                    entries.push((key, v));
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Val::Map(entries));
-                        }
-                        _ => return Err(self.err("expected ',' or '}' in an object")),
-                    }
-                }
+                self.object(|p, key| {
+                    entries.push((key, p.materialise(depth + 1)?));
+                    Ok(())
+                })?;
+                Ok(Val::Map(entries))
             }
             Some(b'[') => {
-                self.i += 1;
                 let mut items = Vec::new();
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(Val::Array(items));
-                }
-                loop {
-                    self.ws();
-                    items.push(self.materialise(depth + 1)?);
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Val::Array(items));
-                        }
-                        _ => return Err(self.err("expected ',' or ']' in an array")),
-                    }
-                }
+                self.array(|p, _| {
+                    items.push(p.materialise(depth + 1)?);
+                    Ok(())
+                })?;
+                Ok(Val::Array(items))
             }
             _ => self.scalar(),
+        }
+    }
+
+    /// An object at the cursor: `member` reads each member's value (the cursor is on
+    /// it) given its key.
+    fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, Txt<'a>) -> Result<(), JsonError>,
+    ) -> Result<(), JsonError> {
+        self.expect(b'{', "expected an object")?;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            let key = self.string()?;
+            self.ws();
+            self.expect(b':', "expected ':' after an object key")?;
+            self.ws();
+            member(self, key)?;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected ',' or '}' in an object")),
+            }
+        }
+    }
+
+    /// An array at the cursor: `item` reads each element given its index.
+    fn array(
+        &mut self,
+        mut item: impl FnMut(&mut Self, usize) -> Result<(), JsonError>,
+    ) -> Result<(), JsonError> {
+        self.expect(b'[', "expected an array")?;
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut index = 0;
+        loop {
+            self.ws();
+            item(self, index)?;
+            index += 1;
+            self.ws();
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected ',' or ']' in an array")),
+            }
         }
     }
 

@@ -442,14 +442,6 @@ impl Mapping {
         self.paths.len()
     }
 
-    /// Every path with the config entry it comes from and whether it is required.
-    pub fn paths(&self) -> impl Iterator<Item = (&Path, &str, bool)> {
-        self.paths
-            .iter()
-            .zip(&self.origins)
-            .map(|(p, (o, r))| (p, o.as_str(), *r))
-    }
-
     /// Paths a writer schema cannot provide (from [`avro::Plan::found`]), as
     /// `(config path, message, required)`.
     pub fn missing(&self, found: &[bool], schema_name: &str) -> Vec<(String, String, bool)> {
@@ -533,7 +525,7 @@ impl Mapping {
                         match self.val(slots, p, buf) {
                             Some(Val::Array(items)) => {
                                 for item in items {
-                                    if let Some(t) = scalar_text(item, buf) {
+                                    if let Some(t) = scalar_text(item) {
                                         tags.push(t);
                                     }
                                 }
@@ -881,7 +873,7 @@ fn scalar_eq(v: &Val<'_>, want: &str) -> bool {
 }
 
 /// A scalar's text without writing: strings and JSON numbers and booleans.
-fn scalar_text<'a>(v: &Val<'a>, _buf: &str) -> Option<Txt<'a>> {
+fn scalar_text<'a>(v: &Val<'a>) -> Option<Txt<'a>> {
     match v {
         Val::Str(t) => Some(*t),
         Val::Num(s) => Some(Txt::B(s)),
@@ -905,7 +897,7 @@ fn scalar_text_into<'a>(v: &Val<'a>, buf: &mut String) -> Option<Txt<'a>> {
             let _ = write!(buf, "{x}");
             Some(Txt::Buf(a, buf.len() as u32))
         }
-        other => scalar_text(other, buf),
+        other => scalar_text(other),
     }
 }
 

@@ -24,13 +24,6 @@ impl<'a> Txt<'a> {
             Txt::Buf(a, b) => &buf[a as usize..b as usize],
         }
     }
-
-    /// Appends `s` to `buf` and returns its range.
-    pub fn push(buf: &mut String, s: &str) -> Txt<'a> {
-        let a = buf.len() as u32;
-        buf.push_str(s);
-        Txt::Buf(a, buf.len() as u32)
-    }
 }
 
 /// A captured value.
@@ -246,15 +239,12 @@ impl Trie {
             match node.capture {
                 Some(slot) => located[i] = (slot, Vec::new()),
                 None => {
+                    // Shortest first: nothing was placed below this node yet.
                     node.capture = Some(i);
-                    // Anything already below is now read from this capture instead.
-                    node.children.clear();
                     located[i] = (i, Vec::new());
                 }
             }
         }
-        // Paths placed below `i` before it captured: re-point them (shortest-first
-        // order means this only happens for equal-length duplicates, handled above).
         (root, located)
     }
 
