@@ -20,7 +20,6 @@ use guardrail::ingest::foreign::{
 };
 use guardrail::ingest::input;
 use guardrail::ingest::map::json;
-use guardrail::ingest::map::value::Val;
 use guardrail::ingest::otlp;
 use guardrail::model::Source;
 use guardrail::policy::Policy;
@@ -178,19 +177,19 @@ fn decode_only(case: &Case, inputs: &[input::InputSpec], schemas: &SchemaRegistr
                     .find(|(pid, p)| *pid == id && p.found.len() == m.slots())
                     .unwrap()
                     .1;
-                let mut slots = vec![Val::Null; m.slots()];
+                let mut caps = m.captures();
                 text.clear();
-                plan.decode(datum, &mut slots).unwrap();
-                if let Ok(Some(_)) = m.apply(&slots, &plan.units, &mut text, (0, 0)) {
+                plan.decode(datum, &mut caps).unwrap();
+                if let Ok(Some(_)) = m.apply(&caps, &plan.units, &mut text, (0, 0)) {
                     n += 1;
                 }
             }
             input::Format::Json => {
                 let m = spec.mapping.as_ref().unwrap();
-                let mut slots = vec![Val::Null; m.slots()];
+                let mut caps = m.captures();
                 text.clear();
-                json::project(bytes, m.trie(), &mut slots, &mut text).unwrap();
-                if let Ok(Some(_)) = m.apply(&slots, &[], &mut text, (0, 0)) {
+                json::project(bytes, m.trie(), &mut caps, &mut text).unwrap();
+                if let Ok(Some(_)) = m.apply(&caps, &[], &mut text, (0, 0)) {
                     n += 1;
                 }
             }

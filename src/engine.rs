@@ -9,7 +9,6 @@ use crate::ingest::decode::{DecodeError, SchemaRegistry};
 use crate::ingest::input::{self, Format, InputSpec};
 use crate::ingest::map::Mapping;
 use crate::ingest::map::avro::{AvroSchema, Plan};
-use crate::ingest::map::value::Val;
 use crate::model::{EventRef, Source};
 use crate::policy::Policy;
 use crate::rules::{Judged, Rules};
@@ -236,14 +235,13 @@ impl Engine {
             },
             Decoder::Json(mapping) => {
                 text.clear();
-                let mut slots: smallvec::SmallVec<[Val<'_>; 16]> =
-                    smallvec::smallvec![Val::Null; mapping.slots()];
+                let mut caps = mapping.captures();
                 if let Err(e) =
-                    crate::ingest::map::json::project(bytes, mapping.trie(), &mut slots, text)
+                    crate::ingest::map::json::project(bytes, mapping.trie(), &mut caps, text)
                 {
                     return invalid_detail(st.counters, kind, Reason::Decode, e.to_string());
                 }
-                st.mapped(mapping, &slots, &[], text, kind)
+                st.mapped(mapping, &caps, &[], text, kind)
             }
             Decoder::Confluent { mapping, plans } => {
                 let (id, datum) = match crate::ingest::confluent::split_frame(bytes) {
@@ -260,9 +258,8 @@ impl Engine {
                     Some(Ok(plan)) => plan,
                 };
                 text.clear();
-                let mut slots: smallvec::SmallVec<[Val<'_>; 16]> =
-                    smallvec::smallvec![Val::Null; mapping.slots()];
-                if let Err(e) = plan.decode(datum, &mut slots) {
+                let mut caps = mapping.captures();
+                if let Err(e) = plan.decode(datum, &mut caps) {
                     return invalid_detail(
                         st.counters,
                         kind,
@@ -270,7 +267,7 @@ impl Engine {
                         format!("{e} (writer schema id {id})"),
                     );
                 }
-                st.mapped(mapping, &slots, &plan.units, text, kind)
+                st.mapped(mapping, &caps, &plan.units, text, kind)
             }
             Decoder::Otlp { signal, encoding } => {
                 use crate::ingest::otlp;
@@ -618,12 +615,12 @@ impl Sink<'_> {
     fn mapped<'a>(
         &mut self,
         mapping: &'a Mapping,
-        slots: &[Val<'a>],
+        caps: &crate::ingest::map::value::Captures<'a>,
         units: &[Option<crate::ingest::map::avro::TimeUnit>],
         text: &'a mut String,
         kind: Source,
     ) -> Ingested {
-        match mapping.apply(slots, units, text, (self.p.partition, self.offset)) {
+        match mapping.apply(caps, units, text, (self.p.partition, self.offset)) {
             Ok(Some(ev)) => self.event(&ev),
             Ok(None) => {
                 self.counters.events[kind.index()][4] += 1;

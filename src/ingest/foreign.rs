@@ -404,7 +404,6 @@ mod tests {
     use crate::config::Config;
     use crate::engine::Engine;
     use crate::ingest::map::json;
-    use crate::ingest::map::value::Val;
     use crate::policy::Policy;
     use crate::sim::{Scenario, Simulator};
 
@@ -438,13 +437,13 @@ mod tests {
                 let mapping = inputs[input].mapping.clone();
                 let Some(mapping) = mapping else { continue };
                 let mut buf = String::new();
-                let mut slots = vec![Val::Null; mapping.slots()];
                 let got = match format {
                     DemoFormat::Json => {
                         let j = to_json(e).unwrap();
-                        json::project(j.as_bytes(), mapping.trie(), &mut slots, &mut buf).unwrap();
+                        let mut caps = mapping.captures();
+                        json::project(j.as_bytes(), mapping.trie(), &mut caps, &mut buf).unwrap();
                         let ev = mapping
-                            .apply(&slots, &[], &mut buf, (0, 0))
+                            .apply(&caps, &[], &mut buf, (0, 0))
                             .unwrap()
                             .unwrap();
                         crate::sim::SimEvent::from_ref(&ev)
@@ -458,9 +457,10 @@ mod tests {
                         };
                         let (plan, missing) = crate::engine::resolve(&mapping, id, schema).unwrap();
                         assert!(missing.is_empty(), "{missing:?}");
-                        plan.decode(datum, &mut slots).unwrap();
+                        let mut caps = mapping.captures();
+                        plan.decode(datum, &mut caps).unwrap();
                         let ev = mapping
-                            .apply(&slots, &plan.units, &mut buf, (0, 0))
+                            .apply(&caps, &plan.units, &mut buf, (0, 0))
                             .unwrap()
                             .unwrap();
                         crate::sim::SimEvent::from_ref(&ev)

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde_json::Value as Json;
 
-use super::value::{Seg, Trie, Txt, Val};
+use super::value::{Captures, ListCapture, Seg, Trie, Txt, Val};
 use crate::ingest::decode::{Cursor, DecodeError};
 
 /// The unit of an Avro `long` carrying a timestamp logical type.
@@ -243,6 +243,27 @@ enum P {
         items: usize,
         index: Vec<(usize, P)>,
     },
+    /// A list capture over an array: each element read with `item` into two slots of
+    /// its own, giving one pair.
+    List {
+        slot: u32,
+        item: Box<P>,
+    },
+    /// A list capture over a map: one pair per entry.
+    Entries {
+        slot: u32,
+        values: usize,
+    },
+    /// A list capture over a record: one pair per field.
+    Fields {
+        slot: u32,
+        record: usize,
+    },
+    /// A list capture over a value that is no list: wrong unless it is null.
+    Bad {
+        slot: u32,
+        node: usize,
+    },
 }
 
 /// A mapping's paths resolved against one writer schema.
@@ -270,10 +291,19 @@ impl Plan {
         }
     }
 
-    /// Reads one datum (the whole of `datum`), filling the slots.
-    pub fn decode<'a>(&'a self, datum: &'a [u8], slots: &mut [Val<'a>]) -> Result<(), DecodeError> {
+    /// Reads one datum (the whole of `datum`), filling the captures.
+    pub fn decode<'a>(
+        &'a self,
+        datum: &'a [u8],
+        caps: &mut Captures<'a>,
+    ) -> Result<(), DecodeError> {
         let mut r = Cursor::new(datum);
-        run(&self.schema, &self.root, &mut r, slots, 0)?;
+        let mut out = Out {
+            slots: &mut caps.slots,
+            pairs: &mut caps.pairs,
+            bad: &mut caps.bad,
+        };
+        run(&self.schema, &self.root, &mut r, &mut out, 0)?;
         if r.position() != datum.len() {
             return Err(DecodeError::Malformed("trailing bytes after the datum"));
         }
@@ -283,6 +313,14 @@ impl Plan {
 
 /// Deep enough for any real schema; a recursive schema's data is cut off here.
 const MAX_DEPTH: usize = 64;
+
+/// Where a datum is read to (the parts of [`Captures`], so that list elements can be
+/// read into slots of their own).
+struct Out<'o, 'a> {
+    slots: &'o mut [Val<'a>],
+    pairs: &'o mut smallvec::SmallVec<[(u32, Val<'a>, Val<'a>); 8]>,
+    bad: &'o mut Option<(usize, &'static str)>,
+}
 
 fn plan(
     s: &AvroSchema,
@@ -298,6 +336,10 @@ fn plan(
             units[slot] = time_unit(s, node);
         }
         return P::Capture(slot, node);
+    }
+    if let Some(list) = &trie.list {
+        found[list.slot] = true;
+        return plan_list(s, node, list, depth);
     }
     if trie.children.is_empty() || depth > MAX_DEPTH {
         return P::Skip(node);
@@ -360,6 +402,34 @@ fn plan(
     }
 }
 
+fn plan_list(s: &AvroSchema, node: usize, list: &ListCapture, depth: usize) -> P {
+    let slot = list.slot as u32;
+    match (&s.nodes[node], &list.item) {
+        (Node::Union(branches), _) if depth <= MAX_DEPTH => P::Union(
+            branches
+                .iter()
+                .map(|b| plan_list(s, *b, list, depth + 1))
+                .collect(),
+        ),
+        (Node::Null, _) => P::Skip(node),
+        (Node::Array(items), Some(item)) => {
+            // The element's own captures (key and value): found or not, they do not
+            // decide whether the schema provides the list.
+            let item = plan(s, *items, item, &mut [None; 2], &mut [false; 2], depth + 1);
+            P::List {
+                slot,
+                item: Box::new(item),
+            }
+        }
+        (Node::Map(values), None) => P::Entries {
+            slot,
+            values: *values,
+        },
+        (Node::Record { .. }, None) => P::Fields { slot, record: node },
+        _ => P::Bad { slot, node },
+    }
+}
+
 fn time_unit(s: &AvroSchema, node: usize) -> Option<TimeUnit> {
     match &s.nodes[node] {
         Node::Long(u) => *u,
@@ -372,18 +442,18 @@ fn run<'a>(
     s: &'a AvroSchema,
     p: &'a P,
     r: &mut Cursor<'a>,
-    slots: &mut [Val<'a>],
+    out: &mut Out<'_, 'a>,
     depth: usize,
 ) -> Result<(), DecodeError> {
     match p {
         P::Skip(n) => skip(s, *n, r, depth),
         P::Capture(slot, n) => {
-            slots[*slot] = materialise(s, *n, r, depth)?;
+            out.slots[*slot] = materialise(s, *n, r, depth)?;
             Ok(())
         }
         P::Record(steps) => {
             for step in steps {
-                run(s, step, r, slots, depth + 1)?;
+                run(s, step, r, out, depth + 1)?;
             }
             Ok(())
         }
@@ -392,12 +462,15 @@ fn run<'a>(
             let step = steps
                 .get(b)
                 .ok_or(DecodeError::Malformed("union branch out of range"))?;
-            run(s, step, r, slots, depth + 1)
+            run(s, step, r, out, depth + 1)
         }
         P::Map { values, keys } => r.blocks(|r| {
-            let key = r.string()?;
-            match keys.iter().find(|(k, _)| k == key) {
-                Some((_, step)) => run(s, step, r, slots, depth + 1),
+            // Keys compared as bytes: a key equal to one of ours is valid UTF-8, and
+            // the others need not be checked (they are skipped like their values).
+            let len = r.len()?;
+            let key = r.take(len)?;
+            match keys.iter().find(|(k, _)| k.as_bytes() == key) {
+                Some((_, step)) => run(s, step, r, out, depth + 1),
                 None => skip(s, *values, r, depth + 1),
             }
         }),
@@ -405,12 +478,47 @@ fn run<'a>(
             let mut i = 0;
             r.blocks(|r| {
                 let res = match index.iter().find(|(j, _)| *j == i) {
-                    Some((_, step)) => run(s, step, r, slots, depth + 1),
+                    Some((_, step)) => run(s, step, r, out, depth + 1),
                     None => skip(s, *items, r, depth + 1),
                 };
                 i += 1;
                 res
             })
+        }
+        P::List { slot, item } => r.blocks(|r| {
+            let mut kv = [Val::Null, Val::Null];
+            let mut inner = Out {
+                slots: &mut kv,
+                pairs: &mut *out.pairs,
+                bad: &mut *out.bad,
+            };
+            run(s, item, r, &mut inner, depth + 1)?;
+            let [k, v] = kv;
+            out.pairs.push((*slot, k, v));
+            Ok(())
+        }),
+        P::Entries { slot, values } => r.blocks(|r| {
+            let k = r.string()?;
+            let v = materialise(s, *values, r, depth + 1)?;
+            out.pairs.push((*slot, Val::Str(Txt::B(k)), v));
+            Ok(())
+        }),
+        P::Fields { slot, record } => {
+            let Node::Record { fields, .. } = &s.nodes[*record] else {
+                unreachable!("planned for a record")
+            };
+            for (name, f) in fields {
+                let v = materialise(s, *f, r, depth + 1)?;
+                out.pairs.push((*slot, Val::Str(Txt::B(name.as_str())), v));
+            }
+            Ok(())
+        }
+        P::Bad { slot, node } => {
+            let v = materialise(s, *node, r, depth)?;
+            if v != Val::Null && out.bad.is_none() {
+                *out.bad = Some((*slot as usize, v.kind()));
+            }
+            Ok(())
         }
     }
 }

@@ -2,7 +2,20 @@
 //! one pass, values off the trie are validated and skipped, values at a path's end are
 //! captured with their strings borrowed from the input when they hold no escape.
 
-use super::value::{Trie, Txt, Val};
+use super::value::{Captures, ListCapture, Trie, Txt, Val};
+
+/// Bytes that end a plain run inside a string: `"`, `\\` and control characters.
+static STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 /// Nesting deeper than this is refused (a record is not a parser benchmark).
 const MAX_DEPTH: usize = 128;
@@ -14,12 +27,13 @@ pub struct JsonError {
     pub what: &'static str,
 }
 
-/// Reads the JSON document `input`, filling `slots[i]` with the value at the trie's
-/// capture `i` (slots stay [`Val::Null`] where the document has nothing).
+/// Reads the JSON document `input`, filling `caps.slots[i]` with the value at the trie's
+/// capture `i` (slots stay [`Val::Null`] where the document has nothing) and
+/// `caps.pairs` with the elements of its list captures.
 pub fn project<'a>(
     input: &'a [u8],
     trie: &Trie,
-    slots: &mut [Val<'a>],
+    caps: &mut Captures<'a>,
     buf: &mut String,
 ) -> Result<(), JsonError> {
     let text = std::str::from_utf8(input).map_err(|e| JsonError {
@@ -33,7 +47,12 @@ pub fn project<'a>(
         buf,
     };
     p.ws();
-    p.value(Some(trie), slots, 0)?;
+    let mut out = Out {
+        slots: &mut caps.slots,
+        pairs: &mut caps.pairs,
+        bad: &mut caps.bad,
+    };
+    p.value(Some(trie), &mut out, 0)?;
     p.ws();
     if p.i != p.b.len() {
         return Err(p.err("trailing characters after the document"));
@@ -45,12 +64,19 @@ pub fn project<'a>(
 pub fn parse<'a>(input: &'a [u8], buf: &mut String) -> Result<Val<'a>, JsonError> {
     let trie = Trie {
         capture: Some(0),
-        children: Vec::new(),
+        ..Trie::default()
     };
-    let mut slots = [Val::Null];
-    project(input, &trie, &mut slots, buf)?;
-    let [v] = slots;
-    Ok(v)
+    let mut caps = Captures::new(1);
+    project(input, &trie, &mut caps, buf)?;
+    Ok(std::mem::replace(&mut caps.slots[0], Val::Null))
+}
+
+/// Where a projection writes (the parts of [`Captures`], so that the elements of a list
+/// can be projected into slots of their own).
+struct Out<'o, 'a> {
+    slots: &'o mut [Val<'a>],
+    pairs: &'o mut smallvec::SmallVec<[(u32, Val<'a>, Val<'a>); 8]>,
+    bad: &'o mut Option<(usize, &'static str)>,
 }
 
 struct Parser<'a, 'b> {
@@ -88,29 +114,73 @@ impl<'a> Parser<'a, '_> {
     fn value(
         &mut self,
         node: Option<&Trie>,
-        slots: &mut [Val<'a>],
+        out: &mut Out<'_, 'a>,
         depth: usize,
     ) -> Result<(), JsonError> {
         if depth > MAX_DEPTH {
             return Err(self.err("nested too deeply"));
         }
-        if let Some(slot) = node.and_then(|n| n.capture) {
-            slots[slot] = self.materialise(depth)?;
-            return Ok(());
+        if let Some(n) = node {
+            if let Some(slot) = n.capture {
+                out.slots[slot] = self.materialise(depth)?;
+                return Ok(());
+            }
+            if let Some(list) = &n.list {
+                return self.list(list, out, depth);
+            }
         }
         match self.peek() {
             Some(b'{') => self.object(|p, key| {
                 let child = node.and_then(|n| n.child_key(key.resolve_in(p.buf)));
-                p.value(child, slots, depth + 1)
+                p.value(child, out, depth + 1)
             }),
             Some(b'[') => {
                 let indexed = node.filter(|n| n.has_index_children());
                 self.array(|p, index| {
                     let child = indexed.and_then(|n| n.child_index(index));
-                    p.value(child, slots, depth + 1)
+                    p.value(child, out, depth + 1)
                 })
             }
             _ => self.scalar().map(|_| ()),
+        }
+    }
+
+    /// A list capture: one pair per member of an object, or per object in an array.
+    fn list(
+        &mut self,
+        list: &ListCapture,
+        out: &mut Out<'_, 'a>,
+        depth: usize,
+    ) -> Result<(), JsonError> {
+        let tag = list.slot as u32;
+        match (self.peek(), &list.item) {
+            (Some(b'{'), None) => self.object(|p, key| {
+                let v = p.materialise(depth + 1)?;
+                out.pairs.push((tag, Val::Str(key), v));
+                Ok(())
+            }),
+            (Some(b'['), Some(item)) => self.array(|p, _| {
+                if p.peek() != Some(b'{') {
+                    return p.value(None, out, depth + 1);
+                }
+                let mut kv = [Val::Null, Val::Null];
+                let mut inner = Out {
+                    slots: &mut kv,
+                    pairs: &mut *out.pairs,
+                    bad: &mut *out.bad,
+                };
+                p.value(Some(item), &mut inner, depth + 1)?;
+                let [k, v] = kv;
+                out.pairs.push((tag, k, v));
+                Ok(())
+            }),
+            _ => {
+                let v = self.materialise(depth)?;
+                if v != Val::Null && out.bad.is_none() {
+                    *out.bad = Some((list.slot, v.kind()));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -263,21 +333,26 @@ impl<'a> Parser<'a, '_> {
     fn string(&mut self) -> Result<Txt<'a>, JsonError> {
         self.expect(b'"', "expected a string")?;
         let start = self.i;
-        // The end of the plain run: the closing quote or an escape (vectorised search),
-        // then one pass for control characters over the run.
-        let Some(k) = memchr::memchr2(b'"', b'\\', &self.b[start..]) else {
-            self.i = self.b.len();
-            return Err(self.err("unterminated string"));
-        };
-        if let Some(c) = self.b[start..start + k].iter().position(|&c| c < 0x20) {
-            self.i = start + c;
-            return Err(self.err("control character in a string"));
+        // The end of the plain run: the closing quote, an escape or a control character
+        // (one table lookup per byte: most strings are short, where a vectorised search
+        // costs more to set up than it saves).
+        let mut k = start;
+        while let Some(&c) = self.b.get(k) {
+            if STOP[usize::from(c)] {
+                break;
+            }
+            k += 1;
         }
-        self.i = start + k;
-        if self.b[self.i] == b'"' {
-            let s = &self.s[start..self.i];
-            self.i += 1;
-            return Ok(Txt::B(s));
+        self.i = k;
+        match self.b.get(k) {
+            None => return Err(self.err("unterminated string")),
+            Some(b'"') => {
+                let s = &self.s[start..k];
+                self.i += 1;
+                return Ok(Txt::B(s));
+            }
+            Some(b'\\') => {}
+            Some(_) => return Err(self.err("control character in a string")),
         }
         // Escapes: copy what came before, then unescape the rest.
         let from = self.buf.len();
@@ -366,9 +441,9 @@ mod tests {
     fn slots_for<'a>(text: &'a str, paths: &[&str], buf: &mut String) -> Vec<Val<'a>> {
         let paths: Vec<Path> = paths.iter().map(|p| Path::parse(p).unwrap()).collect();
         let (trie, _) = Trie::build(&paths);
-        let mut slots = vec![Val::Null; paths.len()];
-        project(text.as_bytes(), &trie, &mut slots, buf).unwrap();
-        slots
+        let mut caps = Captures::new(paths.len());
+        project(text.as_bytes(), &trie, &mut caps, buf).unwrap();
+        caps.slots.to_vec()
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod value;
 use smallvec::SmallVec;
 
 use self::avro::TimeUnit;
-use self::value::{Path, Seg, Trie, Txt, Val};
+use self::value::{Captures, ListItem, Path, Seg, Trie, Txt, Val};
 use crate::config::{ConfigError, FieldConfig, FieldSpec, MappingConfig};
 use crate::model::{Body, Channel, EventRef, FlagRef, Outcome, Source};
 
@@ -48,11 +48,14 @@ struct Field {
 #[derive(Debug, Clone)]
 enum FlagSource {
     /// An object of flag → variant, or a list of objects with key and variant paths.
+    /// Read as a list capture ([`Captures::pairs`]) unless another path overlaps it.
     At {
         path: usize,
         key: Vec<Seg>,
         variant: Vec<Seg>,
         prefix: Option<String>,
+        /// Where key and variant are within a list element's two captures.
+        item: [(usize, Vec<Seg>); 2],
     },
     /// One flag per field.
     Fields(Vec<(String, usize)>),
@@ -68,6 +71,8 @@ pub struct Mapping {
     origins: Vec<(String, bool)>,
     trie: Trie,
     located: Vec<(usize, Vec<Seg>)>,
+    /// Per path: read as a list capture.
+    as_list: Vec<bool>,
     event_id: Option<Field>,
     timestamp: Field,
     unit: Option<Field>,
@@ -187,6 +192,7 @@ const ALL_BODY: [BodyField; 13] = [
 struct Builder<'e> {
     at: String,
     paths: Vec<Path>,
+    lists: Vec<Option<ListItem>>,
     origins: Vec<(String, bool)>,
     errors: &'e mut Vec<ConfigError>,
 }
@@ -203,6 +209,7 @@ impl Builder<'_> {
         match Path::parse(text) {
             Ok(p) => {
                 self.paths.push(p);
+                self.lists.push(None);
                 self.origins
                     .push((format!("{}.{field}", self.at), required));
                 Some(self.paths.len() - 1)
@@ -295,6 +302,7 @@ impl Mapping {
         let mut b = Builder {
             at: at.to_string(),
             paths: Vec::new(),
+            lists: Vec::new(),
             origins: Vec::new(),
             errors,
         };
@@ -352,11 +360,23 @@ impl Mapping {
                     ) else {
                         continue;
                     };
+                    b.lists[path] = Some(if key.is_empty() {
+                        ListItem::Entries
+                    } else {
+                        ListItem::Objects(Path(key.clone()), Path(variant.clone()))
+                    });
+                    let item = if key.is_empty() {
+                        [(0, Vec::new()), (1, Vec::new())]
+                    } else {
+                        let (_, located) = Trie::build(&[Path(key.clone()), Path(variant.clone())]);
+                        [located[0].clone(), located[1].clone()]
+                    };
                     flags.push(FlagSource::At {
                         path,
                         key,
                         variant,
                         prefix: f.prefix.clone(),
+                        item,
                     });
                 }
                 (None, false) => {
@@ -412,17 +432,23 @@ impl Mapping {
                 body.push((bf, f));
             }
         }
-        let Builder { paths, origins, .. } = b;
+        let Builder {
+            paths,
+            lists,
+            origins,
+            ..
+        } = b;
         if errors.len() > before {
             return None;
         }
-        let (trie, located) = Trie::build(&paths);
+        let (trie, located, as_list) = Trie::build_with_lists(&paths, &lists);
         Some(Mapping {
             record,
             paths,
             origins,
             trie,
             located,
+            as_list,
             event_id,
             timestamp: timestamp?,
             unit,
@@ -440,6 +466,11 @@ impl Mapping {
     /// The number of slots a decoder fills.
     pub fn slots(&self) -> usize {
         self.paths.len()
+    }
+
+    /// Empty captures for one record of this mapping.
+    pub fn captures<'a>(&self) -> Captures<'a> {
+        Captures::new(self.paths.len())
     }
 
     /// Paths a writer schema cannot provide (from [`avro::Plan::found`]), as
@@ -471,11 +502,12 @@ impl Mapping {
     /// the mapping has none.
     pub fn apply<'a>(
         &'a self,
-        slots: &[Val<'a>],
+        caps: &Captures<'a>,
         units: &[Option<TimeUnit>],
         buf: &'a mut String,
         fallback_id: (i32, i64),
     ) -> Result<Option<EventRef<'a>>, String> {
+        let slots = &caps.slots[..];
         // Phase 1: everything that may need text in `buf` becomes a `Txt`.
         for (path, want) in &self.when {
             match self.val(slots, *path, buf) {
@@ -501,7 +533,7 @@ impl Mapping {
         };
         let mut flags: SmallVec<[(Txt<'a>, Txt<'a>); 4]> = SmallVec::new();
         for fs in &self.flags {
-            self.flags_of(fs, slots, buf, &mut flags)?;
+            self.flags_of(fs, caps, buf, &mut flags)?;
         }
         let mut attributes: SmallVec<[(&'a str, Txt<'a>); 8]> = SmallVec::new();
         for (name, f) in &self.attributes {
@@ -785,10 +817,11 @@ impl Mapping {
     fn flags_of<'a>(
         &'a self,
         fs: &'a FlagSource,
-        slots: &[Val<'a>],
+        caps: &Captures<'a>,
         buf: &mut String,
         out: &mut SmallVec<[(Txt<'a>, Txt<'a>); 4]>,
     ) -> Result<(), String> {
+        let slots = &caps.slots[..];
         match fs {
             FlagSource::Fields(fields) => {
                 for (flag, p) in fields {
@@ -804,7 +837,63 @@ impl Mapping {
                 key,
                 variant,
                 prefix,
+                item,
             } => {
+                // One member of an object of flag → variant.
+                let entry = |k: Txt<'a>, v: &Val<'a>, buf: &mut String| {
+                    let k = match prefix {
+                        None => k,
+                        Some(pre) => match k {
+                            Txt::B(s) => Txt::B(s.strip_prefix(pre.as_str())?),
+                            Txt::Buf(a, e) => {
+                                if !buf[a as usize..e as usize].starts_with(pre.as_str()) {
+                                    return None;
+                                }
+                                Txt::Buf(a + pre.len() as u32, e)
+                            }
+                        },
+                    };
+                    Some((k, scalar_text_into(v, buf)?))
+                };
+                let expected = || {
+                    if key.is_empty() {
+                        "an object of flag → variant"
+                    } else {
+                        "a list of objects"
+                    }
+                };
+                if self.as_list[*path] {
+                    if let Some((slot, kind)) = caps.bad
+                        && slot == *path
+                    {
+                        return Err(format!(
+                            "flags: expected {} at {}, found {kind}",
+                            expected(),
+                            self.paths[*path],
+                        ));
+                    }
+                    for (k, v) in caps.pairs_of(*path) {
+                        let pair = if key.is_empty() {
+                            match k {
+                                Val::Str(k) => entry(*k, v, buf),
+                                _ => None,
+                            }
+                        } else {
+                            let part = |i: usize| {
+                                let (slot, rest) = &item[i];
+                                if *slot == 0 { k } else { v }.get(rest, buf)
+                            };
+                            match (part(0), part(1)) {
+                                (Some(k), Some(v)) => {
+                                    scalar_text_into(k, buf).zip(scalar_text_into(v, buf))
+                                }
+                                _ => None,
+                            }
+                        };
+                        out.extend(pair);
+                    }
+                    return Ok(());
+                }
                 let v = match self.val(slots, *path, buf) {
                     None | Some(Val::Null) => return Ok(()),
                     Some(v) => v,
@@ -812,25 +901,7 @@ impl Mapping {
                 match v {
                     Val::Map(entries) if key.is_empty() => {
                         for (k, v) in entries {
-                            let k = match prefix {
-                                None => *k,
-                                Some(pre) => match *k {
-                                    Txt::B(s) => match s.strip_prefix(pre.as_str()) {
-                                        Some(rest) => Txt::B(rest),
-                                        None => continue,
-                                    },
-                                    Txt::Buf(a, e) => {
-                                        let s = &buf[a as usize..e as usize];
-                                        if !s.starts_with(pre.as_str()) {
-                                            continue;
-                                        }
-                                        Txt::Buf(a + pre.len() as u32, e)
-                                    }
-                                },
-                            };
-                            if let Some(t) = scalar_text_into(v, buf) {
-                                out.push((k, t));
-                            }
+                            out.extend(entry(*k, v, buf));
                         }
                     }
                     Val::Array(items) if !key.is_empty() => {
@@ -847,11 +918,7 @@ impl Mapping {
                     other => {
                         return Err(format!(
                             "flags: expected {} at {}, found {}",
-                            if key.is_empty() {
-                                "an object of flag → variant"
-                            } else {
-                                "a list of objects"
-                            },
+                            expected(),
                             self.paths[*path],
                             other.kind()
                         ));

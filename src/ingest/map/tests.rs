@@ -6,7 +6,6 @@
 use serde_json::Value as Json;
 
 use super::avro::{AvroSchema, Plan};
-use super::value::Val;
 use super::*;
 use crate::config::Config;
 use crate::ingest::input;
@@ -89,11 +88,11 @@ fn segment_json_from_python_maps_field_for_field() {
         let text = r["text"].as_str().unwrap();
         let want = &r["expected"];
         let mut buf = String::new();
-        let mut slots = vec![Val::Null; m.slots()];
-        json::project(text.as_bytes(), m.trie(), &mut slots, &mut buf)
+        let mut caps = m.captures();
+        json::project(text.as_bytes(), m.trie(), &mut caps, &mut buf)
             .unwrap_or_else(|e| panic!("record {i}: {e}"));
         let ev = m
-            .apply(&slots, &[], &mut buf, (0, 0))
+            .apply(&caps, &[], &mut buf, (0, 0))
             .unwrap_or_else(|e| panic!("record {i}: {e}"))
             .unwrap_or_else(|| panic!("record {i} filtered out"));
         assert_eq!(
@@ -174,15 +173,15 @@ fn epoch_millisecond_timestamps_read_exactly() {
     let mut checked = 0;
     for r in vectors["records"].as_array().unwrap() {
         let mut buf = String::new();
-        let mut slots = vec![Val::Null; m.slots()];
+        let mut caps = m.captures();
         json::project(
             r["text"].as_str().unwrap().as_bytes(),
             m.trie(),
-            &mut slots,
+            &mut caps,
             &mut buf,
         )
         .unwrap();
-        let got = m.apply(&slots, &[], &mut buf, (0, 0));
+        let got = m.apply(&caps, &[], &mut buf, (0, 0));
         match r["expected"]["received_at_ms"].as_i64() {
             Some(ms) => {
                 assert_eq!(got.unwrap().unwrap().timestamp, ms);
@@ -205,13 +204,13 @@ fn invalid_json_from_python_is_refused() {
             _ => panic!("{r}"),
         };
         let mut buf = String::new();
-        let mut slots = vec![Val::Null; m.slots()];
+        let mut caps = m.captures();
         let why = r["why"].as_str().unwrap();
         // Refused by the parser, or (for valid JSON that is not a usable record:
         // a top-level array, a latency of 1e999) by the mapping.
-        let refused = match json::project(&bytes, m.trie(), &mut slots, &mut buf) {
+        let refused = match json::project(&bytes, m.trie(), &mut caps, &mut buf) {
             Err(_) => true,
-            Ok(()) => !matches!(m.apply(&slots, &[], &mut buf, (0, 0)), Ok(Some(_))),
+            Ok(()) => !matches!(m.apply(&caps, &[], &mut buf, (0, 0)), Ok(Some(_))),
         };
         assert!(refused, "accepted: {why}");
     }
@@ -242,13 +241,13 @@ fn confluent_avro_from_confluents_serializer_maps_field_for_field() {
         let (id, datum) = crate::ingest::confluent::split_frame(&bytes).unwrap();
         assert_eq!(id as u64, r["schema_id"].as_u64().unwrap());
         let (_, plan) = plans.iter().find(|(pid, _)| *pid == id).unwrap();
-        let mut slots = vec![Val::Null; m.slots()];
-        plan.decode(datum, &mut slots)
-            .unwrap_or_else(|e| panic!("record {i}: {e}"));
         let mut buf = String::new();
+        let mut caps = m.captures();
+        plan.decode(datum, &mut caps)
+            .unwrap_or_else(|e| panic!("record {i}: {e}"));
         let want = &r["value"];
         let got = m
-            .apply(&slots, &plan.units, &mut buf, (0, 0))
+            .apply(&caps, &plan.units, &mut buf, (0, 0))
             .unwrap_or_else(|e| panic!("record {i}: {e}"));
         let step = want["step"].as_str().unwrap();
         let Some(ev) = got else {
@@ -333,8 +332,8 @@ fn invalid_confluent_records_are_refused() {
                     true
                 }
                 Some((_, plan)) => {
-                    let mut slots = vec![Val::Null; m.slots()];
-                    plan.decode(datum, &mut slots).is_err()
+                    let mut caps = m.captures();
+                    plan.decode(datum, &mut caps).is_err()
                 }
             },
         };
@@ -414,17 +413,17 @@ fn one_flag_per_field() {
     let text = r#"{"messageId":"m","type":"track","event":"Order Completed","timestamp":"2026-12-02T10:00:00Z",
                    "properties":{"exp_checkout_v2":"treatment","exp_beta":2,"exp_other":"x"}}"#;
     let mut buf = String::new();
-    let mut slots = vec![Val::Null; m.slots()];
-    json::project(text.as_bytes(), m.trie(), &mut slots, &mut buf).unwrap();
-    let ev = m.apply(&slots, &[], &mut buf, (0, 0)).unwrap().unwrap();
+    let mut caps = m.captures();
+    json::project(text.as_bytes(), m.trie(), &mut caps, &mut buf).unwrap();
+    let ev = m.apply(&caps, &[], &mut buf, (0, 0)).unwrap().unwrap();
     let flags: Vec<(&str, &str)> = ev.flags.iter().map(|f| (f.key, f.variant)).collect();
     assert_eq!(flags, [("beta", "2"), ("checkout_v2", "treatment")]);
     // `when` filters: a page call is not an event of interest.
     let page = text.replace("\"track\"", "\"page\"");
     let mut buf = String::new();
-    let mut slots = vec![Val::Null; m.slots()];
-    json::project(page.as_bytes(), m.trie(), &mut slots, &mut buf).unwrap();
-    assert_eq!(m.apply(&slots, &[], &mut buf, (0, 0)).unwrap(), None);
+    let mut caps = m.captures();
+    json::project(page.as_bytes(), m.trie(), &mut caps, &mut buf).unwrap();
+    assert_eq!(m.apply(&caps, &[], &mut buf, (0, 0)).unwrap(), None);
 }
 
 #[test]
@@ -449,4 +448,116 @@ fn rfc3339_times() {
     ] {
         assert_eq!(rfc3339_ms(bad), None, "{bad}");
     }
+}
+
+/// Flag lists are read element by element (list captures) unless another path overlaps
+/// them; both ways give the same flags and the same errors.
+#[test]
+fn list_captures_agree_with_whole_captures() {
+    let listed = mapping(SEGMENT);
+    // An attribute below `context.flags` makes it an ordinary (whole) capture.
+    let whole = mapping(&SEGMENT.replace(
+        "anonymous_id = \"anonymousId\" }",
+        "anonymous_id = \"anonymousId\", first = \"context.flags[0].key\" }",
+    ));
+    assert_eq!(listed.as_list.iter().filter(|l| **l).count(), 1);
+    assert!(whole.as_list.iter().all(|l| !l));
+    let flags = |m: &Mapping, text: &str| -> Result<Vec<(String, String)>, String> {
+        let mut buf = String::new();
+        let mut caps = m.captures();
+        json::project(text.as_bytes(), m.trie(), &mut caps, &mut buf).unwrap();
+        let ev = m.apply(&caps, &[], &mut buf, (0, 0))?.unwrap();
+        Ok(ev
+            .flags
+            .iter()
+            .map(|f| (f.key.to_string(), f.variant.to_string()))
+            .collect())
+    };
+    let vectors: Json = serde_json::from_str(JSON_VECTORS).unwrap();
+    let mut seen = 0;
+    for r in vectors["records"].as_array().unwrap() {
+        let text = r["text"].as_str().unwrap();
+        let a = flags(&listed, text).unwrap();
+        assert_eq!(a, flags(&whole, text).unwrap(), "{text}");
+        seen += a.len();
+    }
+    assert!(seen > 50, "the vectors carry flags: {seen}");
+    let base = r#"{"type":"track","messageId":"m","timestamp":"2026-12-02T10:00:00Z","event":"Checkout Started","context":{"flags":FLAGS}}"#;
+    for (case, want) in [
+        (
+            r#"[{"key":"a","variant":"on"},"x",{"key":"b"},{"variant":"v"},{"key":"c","variant":2}]"#,
+            Ok(vec![("a", "on"), ("c", "2")]),
+        ),
+        ("null", Ok(vec![])),
+        ("[]", Ok(vec![])),
+        (
+            r#""oops""#,
+            Err("flags: expected a list of objects at context.flags, found string"),
+        ),
+        (
+            r#"{"a":"b"}"#,
+            Err("flags: expected a list of objects at context.flags, found object"),
+        ),
+    ] {
+        let text = base.replace("FLAGS", case);
+        let want = want
+            .map(|v| {
+                v.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .map_err(str::to_string);
+        assert_eq!(flags(&listed, &text), want, "{case}");
+        assert_eq!(flags(&whole, &text), want, "{case}");
+    }
+}
+
+/// The same for Avro: the Confluent vectors' flag lists, read as list captures and whole.
+#[test]
+fn avro_list_captures_agree_with_whole_captures() {
+    let listed = mapping(CHECKOUT_AVRO);
+    let whole = mapping(&CHECKOUT_AVRO.replace(
+        "internal = \"internal\" }",
+        "internal = \"internal\", first = \"experiments[0].flag\" }",
+    ));
+    assert_eq!(listed.as_list.iter().filter(|l| **l).count(), 1);
+    assert!(whole.as_list.iter().all(|l| !l));
+    let v: Json = serde_json::from_str(CONFLUENT_VECTORS).unwrap();
+    let schemas: Vec<(u32, &str)> = v["schemas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_u64().unwrap() as u32,
+                s["schema"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let mut seen = 0;
+    for r in v["records"].as_array().unwrap() {
+        let bytes = unhex(r["hex"].as_str().unwrap());
+        let (id, datum) = crate::ingest::confluent::split_frame(&bytes).unwrap();
+        let schema = schemas.iter().find(|(i, _)| *i == id).unwrap().1;
+        let mut got = Vec::new();
+        for m in [&listed, &whole] {
+            let plan = Plan::compile(AvroSchema::parse(schema).unwrap(), m.trie(), m.slots());
+            let mut buf = String::new();
+            let mut caps = m.captures();
+            plan.decode(datum, &mut caps).unwrap();
+            let flags: Option<Vec<(String, String)>> = m
+                .apply(&caps, &plan.units, &mut buf, (0, 0))
+                .unwrap()
+                .map(|ev| {
+                    ev.flags
+                        .iter()
+                        .map(|f| (f.key.to_string(), f.variant.to_string()))
+                        .collect()
+                });
+            got.push(flags);
+        }
+        seen += got[0].as_ref().map_or(0, Vec::len);
+        assert_eq!(got[0], got[1]);
+    }
+    assert!(seen > 20, "the vectors carry flags: {seen}");
 }

@@ -203,11 +203,63 @@ impl Path {
 
 /// The paths one mapping reads, as a trie. A node with `capture` is the end of a path:
 /// the decoder materialises the whole value there into slot `capture` and does not
-/// descend further (paths below a captured one are read from the captured value).
+/// descend further (paths below a captured one are read from the captured value). A node
+/// with `list` is the end of a list path (a record's flag assignments): the decoder
+/// emits one pair per element instead of building the list.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Trie {
     pub capture: Option<usize>,
+    pub list: Option<ListCapture>,
     pub children: Vec<(Seg, Trie)>,
+}
+
+/// How a list path is read, element by element, into [`Captures::pairs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListCapture {
+    /// The slot the pairs are tagged with (the path's number).
+    pub slot: usize,
+    /// `None`: an object (or map, or record) — one pair (key, value) per member. `Some`:
+    /// an array of objects — each object is projected onto this trie (captures 0 and 1)
+    /// and gives one pair (capture 0, capture 1); other elements are skipped.
+    pub item: Option<Box<Trie>>,
+}
+
+/// How a path asked for as a list is to be read (see [`Trie::build_with_lists`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListItem {
+    /// An object of key → value.
+    Entries,
+    /// A list of objects, with the paths of the key and the value within each.
+    Objects(Path, Path),
+}
+
+/// What a decoder captured from one record: a value per slot, the pairs of the list
+/// captures, and the first list capture whose value was of the wrong kind.
+#[derive(Debug, Clone)]
+pub struct Captures<'a> {
+    pub slots: smallvec::SmallVec<[Val<'a>; 16]>,
+    /// (slot, key, value), in input order.
+    pub pairs: smallvec::SmallVec<[(u32, Val<'a>, Val<'a>); 8]>,
+    /// (slot, kind found): a list path held neither null nor what the list reads.
+    pub bad: Option<(usize, &'static str)>,
+}
+
+impl<'a> Captures<'a> {
+    pub fn new(slots: usize) -> Captures<'a> {
+        Captures {
+            slots: smallvec::smallvec![Val::Null; slots],
+            pairs: smallvec::SmallVec::new(),
+            bad: None,
+        }
+    }
+
+    /// The pairs of list slot `slot`.
+    pub fn pairs_of(&self, slot: usize) -> impl Iterator<Item = (&Val<'a>, &Val<'a>)> {
+        self.pairs
+            .iter()
+            .filter(move |(s, _, _)| *s as usize == slot)
+            .map(|(_, k, v)| (k, v))
+    }
 }
 
 impl Trie {
@@ -215,7 +267,26 @@ impl Trie {
     /// where its value is found: `(slot, rest)` — the captured slot and the remaining
     /// path within it (empty unless a shorter path already captures a prefix).
     pub fn build(paths: &[Path]) -> (Trie, Vec<(usize, Vec<Seg>)>) {
+        let (trie, located, _) = Trie::build_with_lists(paths, &vec![None; paths.len()]);
+        (trie, located)
+    }
+
+    /// Like [`Trie::build`], where `lists[i]` asks for path i to be read as a list. That
+    /// is done when no other path is a prefix of it or extends it (the third result says
+    /// for which paths); otherwise the path is captured whole like any other.
+    pub fn build_with_lists(
+        paths: &[Path],
+        lists: &[Option<ListItem>],
+    ) -> (Trie, Vec<(usize, Vec<Seg>)>, Vec<bool>) {
         let mut root = Trie::default();
+        let related = |i: usize, j: usize| {
+            let (a, b) = (&paths[i].0, &paths[j].0);
+            let n = a.len().min(b.len());
+            a[..n] == b[..n]
+        };
+        let as_list: Vec<bool> = (0..paths.len())
+            .map(|i| lists[i].is_some() && (0..paths.len()).all(|j| j == i || !related(i, j)))
+            .collect();
         // Shorter paths first, so that a prefix captures before its extensions.
         let mut order: Vec<usize> = (0..paths.len()).collect();
         order.sort_by_key(|&i| paths[i].0.len());
@@ -236,16 +307,26 @@ impl Trie {
                 };
                 node = &mut node.children[pos].1;
             }
-            match node.capture {
-                Some(slot) => located[i] = (slot, Vec::new()),
+            located[i] = match node.capture {
+                Some(slot) => (slot, Vec::new()),
+                None if as_list[i] => {
+                    let item = match &lists[i] {
+                        Some(ListItem::Objects(key, value)) => {
+                            Some(Box::new(Trie::build(&[key.clone(), value.clone()]).0))
+                        }
+                        _ => None,
+                    };
+                    node.list = Some(ListCapture { slot: i, item });
+                    (i, Vec::new())
+                }
                 None => {
                     // Shortest first: nothing was placed below this node yet.
                     node.capture = Some(i);
-                    located[i] = (i, Vec::new());
+                    (i, Vec::new())
                 }
-            }
+            };
         }
-        (root, located)
+        (root, located, as_list)
     }
 
     pub fn child_key(&self, key: &str) -> Option<&Trie> {
