@@ -391,6 +391,14 @@ pub struct FlagConfig {
     /// of the family the stop budget is split over. Default `window.max_cohorts_per_flag`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cohorts: Option<usize>,
+    /// When the flag should be gone (RFC 3339 time, or a date `YYYY-MM-DD`, midnight
+    /// UTC): afterwards it is reported as expired (`/api/flags`, a metric, an alert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Where the flag's traffic comes from (`production`, `staging`, ...): reported with
+    /// the flag and carried on its commands' owner line; it does not change a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 fn default_approval() -> String {
@@ -423,6 +431,34 @@ pub struct GuardrailConfig {
     /// starts mid-band, but the false-alarm rate grows with the number of windows).
     #[serde(default = "default_test")]
     pub test: String,
+    /// Per-cohort overrides: stricter or looser bounds, another severity or action for
+    /// the cohorts named (`auth=logged_in`), the rest inherited from this guardrail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cohorts: Vec<GuardrailOverride>,
+}
+
+/// A guardrail's settings for one cohort: the fields given replace the guardrail's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailOverride {
+    /// A cohort as guardrail names it (`platform=ios`, `platform=ios,region=eu`, `*`).
+    pub cohort: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_relative_increase: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_relative_decrease: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 fn default_test() -> String {

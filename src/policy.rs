@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{
-    Config, ConfigError, ConfigErrors, FlagConfig, MatchValue, MetricConfig, Selector,
+    Config, ConfigError, ConfigErrors, FlagConfig, GuardrailConfig, MatchValue, MetricConfig, Selector,
     parse_duration,
 };
 use crate::ids::stable_hash_hex;
@@ -114,6 +114,13 @@ pub struct SuccessMetric {
 pub struct Flag {
     pub key: String,
     pub owner: String,
+    /// `production`, `staging`, ... (reported, not decisive).
+    pub environment: Option<String>,
+    /// When the flag should be gone (epoch ms); past it the flag is reported expired.
+    pub expires_at_ms: Option<i64>,
+    /// Cohorts with their own guardrail settings: the flag's guardrails, in the same
+    /// order, with the cohort's overrides applied.
+    pub cohort_guardrails: Vec<(String, Vec<Guardrail>)>,
     pub treatment: String,
     pub control: Option<String>,
     pub cohort_by: Vec<String>,
@@ -136,6 +143,25 @@ pub struct Flag {
     /// The version builds before 0.2 computed for this same config (it hashed `owner`
     /// and `description` too): state published under it is still restored.
     pub legacy_policy_version: String,
+}
+
+impl Flag {
+    /// The flag as cohort `cohort` is judged: with that cohort's guardrail overrides.
+    pub fn for_cohort(&self, cohort: &str) -> std::borrow::Cow<'_, Flag> {
+        match self.cohort_guardrails.iter().find(|(c, _)| c == cohort) {
+            None => std::borrow::Cow::Borrowed(self),
+            Some((_, guardrails)) => std::borrow::Cow::Owned(Flag {
+                guardrails: guardrails.clone(),
+                cohort_guardrails: Vec::new(),
+                ..self.clone()
+            }),
+        }
+    }
+
+    /// Whether the flag is past its `expires_at` at `now` (epoch ms).
+    pub fn expired(&self, now: i64) -> bool {
+        self.expires_at_ms.is_some_and(|t| now >= t)
+    }
 }
 
 /// Window timing, in milliseconds.
@@ -540,80 +566,76 @@ fn compile_flag(
         None => c.err(p, format!("unknown metric {name:?}")),
     };
     let mut guardrails = Vec::new();
+    // Per cohort with an override: the flag's guardrails with the override applied.
+    let mut by_cohort: Vec<(String, Vec<Guardrail>)> = Vec::new();
     for (j, g) in f.guardrails.iter().enumerate() {
         let gp = format!("{path}.guardrails[{j}]");
         let metric = resolve(c, format!("{gp}.metric"), &g.metric);
         check_common(c, &gp, g.alpha, g.windows);
-        if g.max.is_none()
-            && g.min.is_none()
-            && g.max_relative_increase.is_none()
-            && g.max_relative_decrease.is_none()
-        {
-            c.err::<()>(
-                gp.clone(),
-                "needs a bound: max, min, max_relative_increase or max_relative_decrease",
-            );
-        }
-        for (name, v) in [
-            ("max_relative_increase", g.max_relative_increase),
-            ("max_relative_decrease", g.max_relative_decrease),
-        ] {
-            if let Some(v) = v {
-                if f.control.is_none() {
-                    c.err::<()>(
-                        format!("{gp}.{name}"),
-                        "a relative bound needs the flag's control variant",
-                    );
-                }
-                if !(v >= 0.0 && v.is_finite()) || (name == "max_relative_decrease" && v >= 1.0) {
-                    c.err::<()>(
-                        format!("{gp}.{name}"),
-                        format!("{v} is not a valid relative change"),
-                    );
-                }
+        let base = check_guardrail(c, &gp, g, f.control.is_some());
+        let (Some(metric), Some(base)) = (metric, base) else {
+            continue;
+        };
+        let slot = slot_of(metric);
+        let build = |g: &GuardrailConfig, (severity, action, sequential)| Guardrail {
+            metric,
+            slot,
+            max: g.max,
+            min: g.min,
+            max_relative_increase: g.max_relative_increase,
+            max_relative_decrease: g.max_relative_decrease,
+            alpha: g.alpha,
+            windows: g.windows,
+            min_samples: g.min_samples,
+            severity,
+            action,
+            sequential,
+        };
+        guardrails.push(build(g, base));
+        for (k, o) in g.cohorts.iter().enumerate() {
+            let op = format!("{gp}.cohorts[{k}]");
+            if let Err(e) = check_cohort_name(&o.cohort, &f.cohort_by) {
+                c.err::<()>(format!("{op}.cohort"), e);
+                continue;
+            }
+            if g.cohorts[..k].iter().any(|p| p.cohort == o.cohort) {
+                c.err::<()>(
+                    format!("{op}.cohort"),
+                    format!("{:?} is overridden twice for this guardrail", o.cohort),
+                );
+                continue;
+            }
+            let merged = GuardrailConfig {
+                max: o.max.or(g.max),
+                min: o.min.or(g.min),
+                max_relative_increase: o.max_relative_increase.or(g.max_relative_increase),
+                max_relative_decrease: o.max_relative_decrease.or(g.max_relative_decrease),
+                windows: o.windows.unwrap_or(g.windows),
+                min_samples: o.min_samples.unwrap_or(g.min_samples),
+                severity: o.severity.clone().unwrap_or_else(|| g.severity.clone()),
+                action: o.action.clone().unwrap_or_else(|| g.action.clone()),
+                cohorts: Vec::new(),
+                ..g.clone()
+            };
+            check_common(c, &op, merged.alpha, merged.windows);
+            if let Some(kind) = check_guardrail(c, &op, &merged, f.control.is_some()) {
+                let at = match by_cohort.iter().position(|(name, _)| *name == o.cohort) {
+                    Some(i) => i,
+                    None => {
+                        // The guardrails before this one, as they are.
+                        let before = guardrails[..guardrails.len() - 1].to_vec();
+                        by_cohort.push((o.cohort.clone(), before));
+                        by_cohort.len() - 1
+                    }
+                };
+                by_cohort[at].1.push(build(&merged, kind));
             }
         }
-        let severity = match g.severity.as_str() {
-            "critical" => Some(Severity::Critical),
-            "warning" => Some(Severity::Warning),
-            other => c.err(
-                format!("{gp}.severity"),
-                format!("{other:?} is not critical or warning"),
-            ),
-        };
-        let sequential = match g.test.as_str() {
-            "sequential" => Some(true),
-            "per_window" => Some(false),
-            other => c.err(
-                format!("{gp}.test"),
-                format!("{other:?} is not sequential or per_window"),
-            ),
-        };
-        let action = match g.action.as_str() {
-            "pause" => Some(Action::Pause),
-            "rollback" => Some(Action::Rollback),
-            other => c.err(
-                format!("{gp}.action"),
-                format!("{other:?} is not pause or rollback"),
-            ),
-        };
-        if let (Some(metric), Some(severity), Some(action), Some(sequential)) =
-            (metric, severity, action, sequential)
-        {
-            guardrails.push(crate::policy::Guardrail {
-                metric,
-                slot: slot_of(metric),
-                max: g.max,
-                min: g.min,
-                max_relative_increase: g.max_relative_increase,
-                max_relative_decrease: g.max_relative_decrease,
-                alpha: g.alpha,
-                windows: g.windows,
-                min_samples: g.min_samples,
-                severity,
-                action,
-                sequential,
-            });
+        // Cohorts without an override of this guardrail keep it as it is.
+        for (_, list) in &mut by_cohort {
+            if list.len() < guardrails.len() {
+                list.push(guardrails[guardrails.len() - 1].clone());
+            }
         }
     }
     let mut success = Vec::new();
@@ -656,6 +678,8 @@ fn compile_flag(
     let mut decisive = f.clone();
     decisive.owner.clear();
     decisive.description = None;
+    decisive.expires_at = None;
+    decisive.environment = None;
     let decisive_metrics: Vec<MetricConfig> = used
         .iter()
         .map(|m| MetricConfig {
@@ -665,9 +689,29 @@ fn compile_flag(
         .collect();
     let fingerprint = serde_json::to_string(&(&decisive, &decisive_metrics, &config.window.size))
         .unwrap_or_default();
+    let expires_at_ms = match &f.expires_at {
+        None => None,
+        Some(t) => {
+            let full = if t.len() == 10 {
+                format!("{t}T00:00:00Z")
+            } else {
+                t.clone()
+            };
+            match crate::ingest::map::rfc3339_ms(&full) {
+                Some(ms) => Some(ms),
+                None => c.err(
+                    format!("{path}.expires_at"),
+                    format!("{t:?} is neither an RFC 3339 time nor a date (YYYY-MM-DD)"),
+                )?,
+            }
+        }
+    };
     Some(Flag {
         key: f.key.clone(),
         owner: f.owner.clone(),
+        environment: f.environment.clone(),
+        expires_at_ms,
+        cohort_guardrails: by_cohort,
         treatment: f.treatment.clone(),
         control: f.control.clone(),
         cohort_by: f.cohort_by.clone(),
@@ -683,6 +727,99 @@ fn compile_flag(
         policy_version: stable_hash_hex(fingerprint.as_bytes())[..12].to_string(),
         legacy_policy_version: stable_hash_hex(legacy.as_bytes())[..12].to_string(),
     })
+}
+
+/// A guardrail's bounds, severity, test and action (its own, or with a cohort's override
+/// applied); errors under `gp`.
+fn check_guardrail(
+    c: &mut Checker,
+    gp: &str,
+    g: &GuardrailConfig,
+    has_control: bool,
+) -> Option<(Severity, Action, bool)> {
+    if g.max.is_none()
+        && g.min.is_none()
+        && g.max_relative_increase.is_none()
+        && g.max_relative_decrease.is_none()
+    {
+        c.err::<()>(
+            gp.to_string(),
+            "needs a bound: max, min, max_relative_increase or max_relative_decrease",
+        );
+    }
+    for (name, v) in [
+        ("max_relative_increase", g.max_relative_increase),
+        ("max_relative_decrease", g.max_relative_decrease),
+    ] {
+        if let Some(v) = v {
+            if !has_control {
+                c.err::<()>(
+                    format!("{gp}.{name}"),
+                    "a relative bound needs the flag's control variant",
+                );
+            }
+            if !(v >= 0.0 && v.is_finite()) || (name == "max_relative_decrease" && v >= 1.0) {
+                c.err::<()>(
+                    format!("{gp}.{name}"),
+                    format!("{v} is not a valid relative change"),
+                );
+            }
+        }
+    }
+    let severity = match g.severity.as_str() {
+        "critical" => Some(Severity::Critical),
+        "warning" => Some(Severity::Warning),
+        other => c.err(
+            format!("{gp}.severity"),
+            format!("{other:?} is not critical or warning"),
+        ),
+    };
+    let sequential = match g.test.as_str() {
+        "sequential" => Some(true),
+        "per_window" => Some(false),
+        other => c.err(
+            format!("{gp}.test"),
+            format!("{other:?} is not sequential or per_window"),
+        ),
+    };
+    let action = match g.action.as_str() {
+        "pause" => Some(Action::Pause),
+        "rollback" => Some(Action::Rollback),
+        other => c.err(
+            format!("{gp}.action"),
+            format!("{other:?} is not pause or rollback"),
+        ),
+    };
+    Some((severity?, action?, sequential?))
+}
+
+/// A cohort name as the windows build it (§4): `*`, `other`, or `name=value` pairs of
+/// exactly the flag's `cohort_by`, sorted by name, joined with commas.
+fn check_cohort_name(cohort: &str, cohort_by: &[String]) -> Result<(), String> {
+    if cohort == "*" || cohort == crate::window::cohort::OTHER {
+        return Ok(());
+    }
+    if cohort_by.is_empty() {
+        return Err(format!(
+            "{cohort:?}: the flag has no cohort_by, so its only cohort is \"*\""
+        ));
+    }
+    let mut want: Vec<&str> = cohort_by.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    let names: Vec<&str> = cohort
+        .split(',')
+        .map(|pair| pair.split_once('=').map_or("", |(k, _)| k))
+        .collect();
+    if names != want || cohort.split(',').any(|p| p.ends_with('=')) {
+        return Err(format!(
+            "{cohort:?} is not a cohort of this flag: expected {} (sorted by name, joined with commas)",
+            want.iter()
+                .map(|n| format!("{n}=VALUE"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    Ok(())
 }
 
 fn check_common(c: &mut Checker, path: &str, alpha: f64, windows: u32) {
@@ -755,6 +892,70 @@ mod version_tests {
         assert_ne!(versions(&stricter)[0].0, base[0].0);
         // The other flag is untouched by either edit.
         assert_eq!(versions(&stricter)[1], base[1]);
+        // Expiry and environment are about the flag, not its decisions.
+        let labelled = EXAMPLE.replace(
+            "owner = \"payments-squad\"",
+            "owner = \"payments-squad\"\nexpires_at = \"2027-03-31\"\nenvironment = \"production\"",
+        );
+        assert_ne!(labelled, EXAMPLE);
+        assert_eq!(versions(&labelled)[0].0, base[0].0);
+        // A cohort's own threshold decides.
+        let overridden = EXAMPLE.replace(
+            "max_relative_increase = 0.10 # vs control, one-sided test at alpha",
+            "max_relative_increase = 0.10 # vs control, one-sided test at alpha\n  cohorts = [{ cohort = \"platform=ios\", max_relative_increase = 0.05 }]",
+        );
+        assert_ne!(overridden, EXAMPLE);
+        assert_ne!(versions(&overridden)[0].0, base[0].0);
+    }
+
+    #[test]
+    fn cohort_overrides_and_expiry_are_checked_with_their_paths() {
+        let errors = |edit: &str| -> Vec<String> {
+            let text = EXAMPLE.replace(
+                "max_relative_increase = 0.10 # vs control, one-sided test at alpha",
+                &format!("max_relative_increase = 0.10 # vs control, one-sided test at alpha\n  {edit}"),
+            );
+            assert_ne!(text, EXAMPLE);
+            match Policy::compile(&Config::parse(&text).unwrap()) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+            }
+        };
+        assert!(errors(r#"cohorts = [{ cohort = "platform=ios", max = 0.05, severity = "warning" }]"#).is_empty());
+        assert!(errors(r#"cohorts = [{ cohort = "*", windows = 1 }, { cohort = "other", action = "rollback" }]"#).is_empty());
+        let e = errors(r#"cohorts = [{ cohort = "region=eu", max = 0.05 }]"#);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("flags[0].guardrails[0].cohorts[0].cohort: \"region=eu\" is not a cohort of this flag: expected platform=VALUE"), "{e:?}");
+        let e = errors(r#"cohorts = [{ cohort = "platform=ios", severity = "fatal", windows = 0 }, { cohort = "platform=ios", max = 1.0 }]"#);
+        assert_eq!(
+            e,
+            vec![
+                "flags[0].guardrails[0].cohorts[0].windows: must be at least 1".to_string(),
+                "flags[0].guardrails[0].cohorts[0].severity: \"fatal\" is not critical or warning".to_string(),
+                "flags[0].guardrails[0].cohorts[1].cohort: \"platform=ios\" is overridden twice for this guardrail".to_string(),
+            ]
+        );
+        let unknown = EXAMPLE.replace(
+            "max_relative_increase = 0.10 # vs control, one-sided test at alpha",
+            "max_relative_increase = 0.10 # vs control, one-sided test at alpha\n  cohorts = [{ cohort = \"platform=ios\", bogus = 1 }]",
+        );
+        let e = Config::parse(&unknown).unwrap_err();
+        assert!(e.0[0].path.contains("cohorts"), "{:?}", e.0);
+        let bad_date = EXAMPLE.replace(
+            "owner = \"payments-squad\"",
+            "owner = \"payments-squad\"\nexpires_at = \"next spring\"",
+        );
+        let e = Policy::compile(&Config::parse(&bad_date).unwrap()).unwrap_err();
+        assert_eq!(e.0[0].path, "flags[0].expires_at");
+        let dated = EXAMPLE.replace(
+            "owner = \"payments-squad\"",
+            "owner = \"payments-squad\"\nexpires_at = \"2027-03-31\"",
+        );
+        let p = Policy::compile(&Config::parse(&dated).unwrap()).unwrap();
+        let t = crate::ingest::map::rfc3339_ms("2027-03-31T00:00:00Z").unwrap();
+        assert_eq!(p.flags[0].expires_at_ms, Some(t));
+        assert!(!p.flags[0].expired(t - 1) && p.flags[0].expired(t));
+        assert!(!p.flags[1].expired(i64::MAX));
     }
 
     /// The pre-0.2 versions of the example policy, as `guardrail check` printed them

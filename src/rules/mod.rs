@@ -290,7 +290,9 @@ impl Rules {
                     abs_detectors,
                     ..
                 } = &mut *state;
-                let guardrails = flag
+                // The cohort's own guardrail settings, where the policy overrides them.
+                let fc = flag.for_cohort(cohort);
+                let guardrails = fc
                     .guardrails
                     .iter()
                     .zip(detectors.iter_mut().zip(abs_detectors.iter_mut()))
@@ -302,7 +304,7 @@ impl Rules {
                             ),
                             false => (None, None),
                         };
-                        let (alpha, family) = family_alpha(policy, flag, g, cohort);
+                        let (alpha, family) = family_alpha(policy, &fc, g, cohort);
                         let (mut ev, status) =
                             judge::guardrail(policy, g, cell, band, detectors, has_control, alpha);
                         ev.method.push_str("; ");
@@ -327,7 +329,8 @@ impl Rules {
                 let Some(state) = self.states[fi].get_mut(cohort) else {
                     continue;
                 };
-                let mut result = judge_cohort(&self.policy, flag, cohort, j, state, window, now);
+                let fc = flag.for_cohort(cohort);
+                let mut result = judge_cohort(&self.policy, &fc, cohort, j, state, window, now);
                 result.evaluation.late_events = closed.late_events as i64;
                 out.push(result);
             }

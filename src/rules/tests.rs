@@ -996,3 +996,49 @@ fn evidence_carries_interval_band_alpha_and_family() {
     // Replay-style decisions (no wall clock) carry no freshness.
     assert_eq!(j.evaluation.watermark_lag_ms, None);
 }
+
+/// `[[flags.guardrails.cohorts]]`: a looser bound for one cohort, a harsher severity and
+/// action for another; every other cohort is judged by the guardrail as written.
+#[test]
+fn cohort_overrides_apply_to_their_cohort_only() {
+    let text = CONFIG
+        .replacen(
+            "  severity = \"critical\"\n  action = \"pause\"\n",
+            "  severity = \"critical\"\n  action = \"pause\"\n    [[flags.guardrails.cohorts]]\n    cohort = \"platform=ios\"\n    max = 0.2\n",
+            1,
+        )
+        .replacen(
+            "  severity = \"warning\"\n",
+            "  severity = \"warning\"\n    [[flags.guardrails.cohorts]]\n    cohort = \"platform=android\"\n    severity = \"critical\"\n    action = \"rollback\"\n",
+            1,
+        );
+    assert_eq!(text.matches("[[flags.guardrails.cohorts]]").count(), 2);
+    let policy = Arc::new(Policy::compile(&Config::parse(&text).unwrap()).unwrap());
+    let cohorts = ["platform=android", "platform=ios", "platform=web"];
+    let decide = |rules: &mut Rules, k: i64, t: Traffic| -> Vec<(String, Option<Action>)> {
+        let w = window(&policy, k, &cohorts.map(|c| (0, c, t)));
+        let mut out: Vec<(String, Option<Action>)> = rules
+            .decide(&w, T0 + (k + 1) * SIZE + 1)
+            .into_iter()
+            .map(|j| (j.evaluation.cohort.clone(), j.command.map(|c| c.action)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    };
+    let named = |v: [Option<Action>; 3]| -> Vec<(String, Option<Action>)> {
+        cohorts.iter().map(|c| c.to_string()).zip(v).collect()
+    };
+    // 10% errors against `max = 0.05`: ios's own bound is 0.2.
+    let mut rules = Rules::new(policy.clone());
+    assert_eq!(decide(&mut rules, 0, breached()), named([None; 3]));
+    assert_eq!(
+        decide(&mut rules, 1, breached()),
+        named([Some(Action::Pause), None, Some(Action::Pause)])
+    );
+    // Slow checkouts: a warning (HOLD) everywhere but android, where it is critical.
+    let mut rules = Rules::new(policy.clone());
+    assert_eq!(
+        decide(&mut rules, 0, slow()),
+        named([Some(Action::Rollback), Some(Action::Hold), Some(Action::Hold)])
+    );
+}
