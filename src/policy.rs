@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{
-    Config, ConfigError, ConfigErrors, FlagConfig, GuardrailConfig, MatchValue, MetricConfig, Selector,
-    parse_duration,
+    Config, ConfigError, ConfigErrors, FlagConfig, GuardrailConfig, MatchValue, MetricConfig,
+    Selector, parse_duration,
 };
 use crate::ids::stable_hash_hex;
 use crate::model::{Action, Channel, Outcome, Severity, Source};
@@ -913,20 +913,31 @@ mod version_tests {
         let errors = |edit: &str| -> Vec<String> {
             let text = EXAMPLE.replace(
                 "max_relative_increase = 0.10 # vs control, one-sided test at alpha",
-                &format!("max_relative_increase = 0.10 # vs control, one-sided test at alpha\n  {edit}"),
+                &format!(
+                    "max_relative_increase = 0.10 # vs control, one-sided test at alpha\n  {edit}"
+                ),
             );
             assert_ne!(text, EXAMPLE);
             match Policy::compile(&Config::parse(&text).unwrap()) {
                 Ok(_) => Vec::new(),
-                Err(e) => e.0.iter().map(|e| format!("{}: {}", e.path, e.message)).collect(),
+                Err(e) => {
+                    e.0.iter()
+                        .map(|e| format!("{}: {}", e.path, e.message))
+                        .collect()
+                }
             }
         };
-        assert!(errors(r#"cohorts = [{ cohort = "platform=ios", max = 0.05, severity = "warning" }]"#).is_empty());
+        assert!(
+            errors(r#"cohorts = [{ cohort = "platform=ios", max = 0.05, severity = "warning" }]"#)
+                .is_empty()
+        );
         assert!(errors(r#"cohorts = [{ cohort = "*", windows = 1 }, { cohort = "other", action = "rollback" }]"#).is_empty());
         let e = errors(r#"cohorts = [{ cohort = "region=eu", max = 0.05 }]"#);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("flags[0].guardrails[0].cohorts[0].cohort: \"region=eu\" is not a cohort of this flag: expected platform=VALUE"), "{e:?}");
-        let e = errors(r#"cohorts = [{ cohort = "platform=ios", severity = "fatal", windows = 0 }, { cohort = "platform=ios", max = 1.0 }]"#);
+        let e = errors(
+            r#"cohorts = [{ cohort = "platform=ios", severity = "fatal", windows = 0 }, { cohort = "platform=ios", max = 1.0 }]"#,
+        );
         assert_eq!(
             e,
             vec![

@@ -1039,6 +1039,41 @@ fn cohort_overrides_apply_to_their_cohort_only() {
     let mut rules = Rules::new(policy.clone());
     assert_eq!(
         decide(&mut rules, 0, slow()),
-        named([Some(Action::Rollback), Some(Action::Hold), Some(Action::Hold)])
+        named([
+            Some(Action::Rollback),
+            Some(Action::Hold),
+            Some(Action::Hold)
+        ])
+    );
+}
+
+/// Severity by magnitude: two guardrails on one metric, a warning at a small regression
+/// (HOLD, review) and a critical one at a large one (PAUSE).
+#[test]
+fn severity_tiers_by_magnitude() {
+    let text = CONFIG.replacen(
+        "  metric = \"err\"\n  max = 0.05\n  windows = 2\n  min_samples = 100\n  severity = \"critical\"\n",
+        "  metric = \"err\"\n  max = 0.05\n  windows = 1\n  min_samples = 100\n  severity = \"warning\"\n  [[flags.guardrails]]\n  metric = \"err\"\n  max = 0.25\n  windows = 1\n  min_samples = 100\n  severity = \"critical\"\n",
+        1,
+    );
+    assert_ne!(text, CONFIG);
+    let policy = Arc::new(Policy::compile(&Config::parse(&text).unwrap()).unwrap());
+    // 10% errors: past the warning bound only.
+    let mut rules = Rules::new(policy.clone());
+    assert_eq!(
+        actions(&run(&mut rules, &policy, 0, &[breached()])),
+        vec![Some(Action::Hold)]
+    );
+    // 40% errors: past both; the critical one acts.
+    let mut rules = Rules::new(policy.clone());
+    let severe = Traffic {
+        err: [(400, 1000), (10, 1000)],
+        ..HEALTHY
+    };
+    let judged = run(&mut rules, &policy, 0, &[severe]);
+    assert_eq!(actions(&judged), vec![Some(Action::Pause)]);
+    assert_eq!(
+        judged[0].command.as_ref().unwrap().severity,
+        Severity::Critical
     );
 }
