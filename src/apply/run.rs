@@ -134,7 +134,7 @@ pub async fn run(
                 continue;
             }
             m = commands.recv() => {
-                let mut m = Some(m?);
+                let mut m = consumed(m, "flag-commands").await;
                 let mut n = 0;
                 while let Some(msg) = m.take() {
                     next.insert(msg.partition(), msg.offset() + 1);
@@ -145,12 +145,12 @@ pub async fn run(
                     if n < BATCH
                         && let Ok(r) = tokio::time::timeout(Duration::ZERO, commands.recv()).await
                     {
-                        m = Some(r?);
+                        m = consumed(r, "flag-commands").await;
                     }
                 }
             }
             m = approvals.recv() => {
-                let m = m?;
+                let Some(m) = consumed(m, "flag-approvals").await else { continue };
                 match m.payload().map(serde_json::from_slice::<Approval>) {
                     Some(Ok(a)) => {
                         Counters::bump(&counters.approvals);
@@ -183,6 +183,22 @@ pub async fn run(
     }
     tracing::info!(summary = %counters.summary(), "apply stopped");
     Ok(())
+}
+
+/// A consumed record, or `None` after logging a consumer error (librdkafka retries
+/// broker and network errors itself; a short pause keeps a persistent one from spinning).
+async fn consumed<'a>(
+    r: Result<BorrowedMessage<'a>, rdkafka::error::KafkaError>,
+    topic: &str,
+) -> Option<BorrowedMessage<'a>> {
+    match r {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(topic, error = %e, "consumer error");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        }
+    }
 }
 
 /// The approvals consumer: every partition from the beginning, no commits (approvals
