@@ -106,24 +106,15 @@ pub async fn run(
         .map_err(|e| ApplyError::Config(format!("{}: {e}", opts.flagd.display())))?;
     let reader = OutputReader::commands().map_err(|e| ApplyError::Config(e.to_string()))?;
     let producer: FutureProducer = producer_config(k).create()?;
-    let commands: StreamConsumer = client_config(
-        k,
-        &[
-            ("group.id", &opts.group_id),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("isolation.level", "read_committed"),
-        ],
-    )
-    .create()?;
-    commands.subscribe(&[&t.flag_commands])?;
+    let commands = commands_consumer(k, &t.flag_commands, &opts.group_id)?;
     let approvals = approvals_consumer(k, &t.approvals, &opts.group_id)?;
     tracing::info!(
         file = %opts.flagd.display(), group = %opts.group_id, commands = %t.flag_commands,
         approvals = %t.approvals, applied = %t.applied, "apply started"
     );
 
+    // One loop over the three sources, so that the order of a batch — apply, write,
+    // publish, commit — reads in one place.
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     let mut committed: BTreeMap<i32, i64> = BTreeMap::new();
     loop {
@@ -181,8 +172,38 @@ pub async fn run(
             &counters,
         );
     }
+    // A commit that failed after the last batch gets one more try.
+    commit(
+        &commands,
+        &t.flag_commands,
+        &applier,
+        &next,
+        &mut committed,
+        &counters,
+    );
     tracing::info!(summary = %counters.summary(), "apply stopped");
     Ok(())
+}
+
+/// The `flag-commands` consumer: its own group, read_committed, manual commits only.
+fn commands_consumer(
+    k: &KafkaConfig,
+    topic: &str,
+    group: &str,
+) -> Result<StreamConsumer, ApplyError> {
+    let consumer: StreamConsumer = client_config(
+        k,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+        ],
+    )
+    .create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
 }
 
 /// A consumed record, or `None` after logging a consumer error (librdkafka retries
