@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +86,8 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Applies flag-commands to an OpenFeature flagd flag file (and `apply approve`).
+    Apply(ApplyArgs),
     /// Writes simulated traffic as Avro container files (for replay and benchmarks).
     Generate {
         /// Output directory: product-events.avro, error-events.avro, support-signals.avro.
@@ -98,5 +100,40 @@ pub enum Command {
         /// Event time of the first window, epoch millis (default: aligned, ending now).
         #[arg(long)]
         start_ms: Option<i64>,
+    },
+}
+
+/// `guardrail apply --config F --flagd FILE`, or `guardrail apply approve ...`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ApplyArgs {
+    #[command(subcommand)]
+    pub action: Option<ApplyAction>,
+    /// The guardrail config: [kafka], [topics], [apply] and the [[flags]] to manage.
+    #[arg(long, required = true)]
+    pub config: Option<PathBuf>,
+    /// The flagd flag-definition file to edit (created if missing; written atomically).
+    #[arg(long, required = true)]
+    pub flagd: Option<PathBuf>,
+    /// Consumer group on flag-commands (default: [apply] group_id, guardrail-apply).
+    #[arg(long)]
+    pub group_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApplyAction {
+    /// Approves a command that requires approval (an ADVANCE under approval = "manual"):
+    /// publishes {command_id, approved_by, approved_at} to [topics] approvals.
+    Approve {
+        #[arg(long)]
+        config: PathBuf,
+        /// The command's flag key.
+        #[arg(long)]
+        flag: String,
+        /// Who approves (recorded in the flag's metadata and on guardrail-applied).
+        #[arg(long)]
+        by: String,
+        /// The command_id to approve (logged by `apply` while it waits).
+        command_id: String,
     },
 }

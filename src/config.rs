@@ -42,6 +42,8 @@ pub struct Config {
     pub window: WindowConfig,
     pub http: HttpConfig,
     pub output: OutputConfig,
+    /// `guardrail apply`, the flagd subscriber (SPEC §9).
+    pub apply: ApplyConfig,
     pub metrics: Vec<MetricConfig>,
     pub flags: Vec<FlagConfig>,
     /// Input topics with their formats and mappings (SPEC §4.1). Empty: the three
@@ -112,6 +114,11 @@ pub struct Topics {
     pub dlq: String,
     /// Decision state, compacted: the newest `WindowEvaluation` per (flag, cohort).
     pub state: String,
+    /// Approvals of commands that require one (`guardrail apply approve`), read by
+    /// `guardrail apply` (SPEC §9).
+    pub approvals: String,
+    /// What `guardrail apply` applied, compacted: the newest per (flag, cohort) (SPEC §9).
+    pub applied: String,
 }
 
 impl Topics {
@@ -143,6 +150,8 @@ impl Default for Topics {
             evaluations: "guardrail-evaluations".into(),
             dlq: "guardrail-dlq".into(),
             state: "guardrail-state".into(),
+            approvals: "flag-approvals".into(),
+            applied: "guardrail-applied".into(),
         }
     }
 }
@@ -184,6 +193,23 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+/// `[apply]`: the flagd subscriber's own settings (its topics are in `[topics]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplyConfig {
+    /// Its consumer group on `flag-commands`: not the engine's, whose offsets it must
+    /// not move.
+    pub group_id: String,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            group_id: "guardrail-apply".into(),
         }
     }
 }
@@ -529,12 +555,13 @@ impl Config {
                 "window" => set(&mut config.window, section(&key, value, &mut errors)),
                 "http" => set(&mut config.http, section(&key, value, &mut errors)),
                 "output" => set(&mut config.output, section(&key, value, &mut errors)),
+                "apply" => set(&mut config.apply, section(&key, value, &mut errors)),
                 "metrics" => config.metrics = elements(&key, value, &mut errors),
                 "flags" => config.flags = elements(&key, value, &mut errors),
                 "inputs" => config.inputs = elements(&key, value, &mut errors),
                 other => errors.push(ConfigError {
                     path: other.to_string(),
-                    message: "unknown section (expected kafka, topics, window, http, output, metrics, flags, inputs)".into(),
+                    message: "unknown section (expected kafka, topics, window, http, output, apply, metrics, flags, inputs)".into(),
                 }),
             }
         }

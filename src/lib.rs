@@ -16,8 +16,11 @@
 //!   deterministic command ids.
 //! - [`engine`]: the synchronous core gluing the stages; [`replay`] is its file shell.
 //! - [`sim`]: a seeded traffic simulator used by the demo, tests and benchmarks.
+//! - [`apply`]: downstream of it all, a subscriber of `flag-commands` that applies them
+//!   to an OpenFeature flagd flag file (`guardrail apply`).
 
 pub mod app;
+pub mod apply;
 pub mod avro;
 pub mod cli;
 pub mod clock;

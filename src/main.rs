@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use guardrail::cli::{Cli, Command, LogFormat};
+use guardrail::cli::{ApplyAction, ApplyArgs, Cli, Command, LogFormat};
 use guardrail::model::Source;
 use guardrail::replay::{self, ReplayError};
 use guardrail::{policy, sim};
@@ -83,6 +83,7 @@ fn main() -> ExitCode {
                 std::time::Duration::from_secs(grace),
             ))
         }
+        Command::Apply(args) => apply(args),
         Command::Demo {
             config,
             format,
@@ -110,6 +111,61 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `guardrail apply` and `guardrail apply approve`.
+fn apply(args: ApplyArgs) -> ExitCode {
+    let runtime =
+        || tokio::runtime::Runtime::new().map_err(|e| anyhow::anyhow!("starting the runtime: {e}"));
+    if let Some(ApplyAction::Approve {
+        config,
+        flag,
+        by,
+        command_id,
+    }) = args.action
+    {
+        let Ok((config, _)) = load_both(&config) else {
+            return ExitCode::from(2);
+        };
+        return exit(runtime().and_then(|rt| {
+            let a = rt.block_on(guardrail::apply::approve(&config, &flag, &command_id, &by))?;
+            println!(
+                "approval of {} by {} published to {}",
+                a.command_id, a.approved_by, config.topics.approvals
+            );
+            Ok(())
+        }));
+    }
+    let (Some(path), Some(flagd)) = (args.config, args.flagd) else {
+        eprintln!("guardrail apply: --config and --flagd are required");
+        return ExitCode::from(2);
+    };
+    let Ok((config, policy)) = load_both(&path) else {
+        return ExitCode::from(2);
+    };
+    if config.kafka.is_none() {
+        eprintln!("{}: apply needs the [kafka] section", path.display());
+        return ExitCode::from(2);
+    }
+    let opts = guardrail::apply::Options {
+        flagd,
+        group_id: args
+            .group_id
+            .unwrap_or_else(|| config.apply.group_id.clone()),
+    };
+    exit(runtime().and_then(|rt| {
+        rt.block_on(async {
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                guardrail::app::shutdown_signal().await;
+                tracing::info!("shutdown requested");
+                let _ = stop_tx.send(true);
+            });
+            let counters = std::sync::Arc::new(guardrail::apply::Counters::default());
+            guardrail::apply::run(&config, &policy, &opts, counters, stop).await
+        })
+        .map_err(anyhow::Error::from)
+    }))
 }
 
 fn init_tracing(format: Option<LogFormat>, default_filter: &str) {

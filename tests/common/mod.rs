@@ -46,6 +46,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
 }
 
 /// A header of a record, as text.
+#[allow(dead_code)] // not every test binary reads headers
 pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
     let h = m.headers()?;
     h.iter()
