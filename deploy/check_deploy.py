@@ -54,6 +54,7 @@ EXPORTED: dict[str, set[str]] = {
     "guardrail_active_cells": set(),
     "guardrail_dlq_total": {"reason"},
     "guardrail_schema_registry_fetches_total": {"topic", "result"},
+    "guardrail_flag_expired": {"flag"},
     "guardrail_cohort_state": {"flag", "cohort", "state"},
     "guardrail_srm_p_value": {"flag", "cohort"},
     "guardrail_ready": set(),

@@ -672,10 +672,18 @@ impl Shell {
         // Away from the lead (a session lost in an outage) or with part of the inputs:
         // keep the state, judge nothing until the lead is back and confirmed ours.
         self.metrics.leader.set(i64::from(self.lead.leading()));
+        let now = wall_ms();
+        for f in &self.engine.policy().flags {
+            if f.expires_at_ms.is_some() {
+                self.metrics
+                    .flag_expired
+                    .with_label_values(&[f.key.as_str()])
+                    .set(i64::from(f.expired(now)));
+            }
+        }
         if self.partial || !self.lead.leading() {
             return Ok(());
         }
-        let now = wall_ms();
         let mut judged = self.engine.tick(now);
         if let Some(last) = judged.last_mut() {
             // The close's read positions travel with its last evaluation (restore).

@@ -39,6 +39,11 @@ pub struct Shared {
 pub struct FlagView {
     pub key: String,
     pub owner: String,
+    /// `production`, `staging`, ... as the policy says.
+    pub environment: Option<String>,
+    /// When the flag should be gone (epoch ms), and whether that time has passed.
+    pub expires_at: Option<i64>,
+    pub expired: bool,
     pub policy_version: String,
     pub ramp: Vec<f64>,
     pub cohorts: BTreeMap<String, CohortView>,
@@ -78,6 +83,9 @@ impl Shared {
                 let view = FlagView {
                     key: f.key.clone(),
                     owner: f.owner.clone(),
+                    environment: f.environment.clone(),
+                    expires_at: f.expires_at_ms,
+                    expired: false,
                     policy_version: f.policy_version.clone(),
                     ramp: f.ramp.clone(),
                     cohorts: BTreeMap::new(),
@@ -123,7 +131,12 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, FlagView> {
-        self.flags.lock().map(|f| f.clone()).unwrap_or_default()
+        let now = crate::clock::wall_ms();
+        let mut flags = self.flags.lock().map(|f| f.clone()).unwrap_or_default();
+        for f in flags.values_mut() {
+            f.expired = f.expires_at.is_some_and(|t| now >= t);
+        }
+        flags
     }
 }
 
@@ -275,10 +288,22 @@ async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
     for f in s.snapshot().values() {
         let _ = write!(
             h,
-            "<h2>{} <small>owner {} · policy {}</small></h2><table><tr><th>cohort</th><th>state</th><th>percent</th><th>window</th><th>guardrails (treatment / control / threshold, streak)</th><th>last command</th></tr>",
+            "<h2>{} <small>owner {}{} · policy {}{}</small></h2><table><tr><th>cohort</th><th>state</th><th>percent</th><th>window</th><th>guardrails (treatment / control / threshold, streak)</th><th>last command</th></tr>",
             esc(&f.key),
             esc(&f.owner),
-            esc(&f.policy_version)
+            f.environment
+                .as_deref()
+                .map(|e| format!(" · {}", esc(e)))
+                .unwrap_or_default(),
+            esc(&f.policy_version),
+            match (f.expires_at, f.expired) {
+                (Some(t), true) => format!(
+                    " · <span class=breached>expired {}</span>",
+                    crate::clock::rfc3339(t)
+                ),
+                (Some(t), false) => format!(" · expires {}", crate::clock::rfc3339(t)),
+                (None, _) => String::new(),
+            }
         );
         for (cohort, c) in &f.cohorts {
             let mut guards = String::new();
@@ -377,5 +402,34 @@ mod slow_client_tests {
             .unwrap();
         assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
         drop(loris);
+    }
+}
+
+#[cfg(test)]
+mod flag_view_tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// `/api/flags` and the status page show owner, environment and expiry; a flag past
+    /// its `expires_at` is expired, one without it never is.
+    #[tokio::test]
+    async fn flags_report_environment_and_expiry() {
+        let text = include_str!("../config/guardrail.toml").replacen(
+            "owner = \"payments-squad\"",
+            "owner = \"payments-squad\"\nexpires_at = \"2020-01-31\"\nenvironment = \"production\"",
+            1,
+        );
+        let policy = Policy::compile(&Config::parse(&text).unwrap()).unwrap();
+        let shared = Shared::new(Registry::new(), &policy);
+        let Json(flags) = flags(State(shared.clone())).await;
+        let checkout = flags.iter().find(|f| f.key == "checkout-redesign").unwrap();
+        assert_eq!(checkout.environment.as_deref(), Some("production"));
+        assert_eq!(checkout.expires_at, Some(1_580_428_800_000));
+        assert!(checkout.expired);
+        let other = flags.iter().find(|f| f.key != "checkout-redesign").unwrap();
+        assert_eq!((other.expires_at, other.expired), (None, false));
+        let Html(page) = status_page(State(shared)).await;
+        assert!(page.contains("payments-squad · production"), "{page}");
+        assert!(page.contains("expired 2020-01-31T00:00:00Z"), "{page}");
     }
 }

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub leader: IntGauge,
     pub partial_assignment: IntGauge,
     pub schema_fetches: IntCounterVec,
+    pub flag_expired: IntGaugeVec,
     published: Counters,
     published_overflow: u64,
     published_without_unit: Vec<u64>,
@@ -102,6 +103,10 @@ impl Metrics {
             unknown_fingerprint: reg!(IntCounterVec::new(
                 Opts::new("guardrail_unknown_fingerprint_total", "Input records dead-lettered for an unknown writer-schema fingerprint, by source"),
                 &["source"]
+            )),
+            flag_expired: reg!(IntGaugeVec::new(
+                Opts::new("guardrail_flag_expired", "1 when the flag is past its expires_at (remove it from code and from the policy), else 0; only flags with expires_at"),
+                &["flag"]
             )),
             schema_fetches: reg!(IntCounterVec::new(
                 Opts::new("guardrail_schema_registry_fetches_total", "Writer-schema fetches from a Schema Registry (avro-confluent inputs), by input topic and result"),

@@ -262,11 +262,15 @@ impl<'a> Captures<'a> {
     }
 }
 
+/// Where a path's value is found: the slot that captures it and the rest of the path
+/// within the captured value.
+pub type Located = (usize, Vec<Seg>);
+
 impl Trie {
     /// Builds the trie of `paths` (slot i captures `paths[i]`). Returns, for every path,
     /// where its value is found: `(slot, rest)` — the captured slot and the remaining
     /// path within it (empty unless a shorter path already captures a prefix).
-    pub fn build(paths: &[Path]) -> (Trie, Vec<(usize, Vec<Seg>)>) {
+    pub fn build(paths: &[Path]) -> (Trie, Vec<Located>) {
         let (trie, located, _) = Trie::build_with_lists(paths, &vec![None; paths.len()]);
         (trie, located)
     }
@@ -277,7 +281,7 @@ impl Trie {
     pub fn build_with_lists(
         paths: &[Path],
         lists: &[Option<ListItem>],
-    ) -> (Trie, Vec<(usize, Vec<Seg>)>, Vec<bool>) {
+    ) -> (Trie, Vec<Located>, Vec<bool>) {
         let mut root = Trie::default();
         let related = |i: usize, j: usize| {
             let (a, b) = (&paths[i].0, &paths[j].0);
