@@ -227,27 +227,42 @@ impl SchemaParser {
     }
 }
 
-/// How one schema node is read for one trie node.
+/// One step of reading a datum for a mapping: a flat list of these per record (nested
+/// only under unions, maps and arrays), with the primitive reads and skips of the
+/// writer schema resolved when the plan is compiled.
 #[derive(Debug, Clone)]
-enum P {
+enum Op {
+    /// An int, long or enum, skipped.
+    SkipVarint,
+    /// A string or bytes, skipped.
+    SkipLen,
+    /// A boolean, float, double or fixed, skipped.
+    SkipFixed(usize),
+    /// Any value of this node, skipped.
     Skip(usize),
+    Str(usize),
+    Long(usize),
+    Double(usize),
+    Float(usize),
+    Bool(usize),
+    Enum(usize, usize),
+    /// Any value of this node, materialised into the slot.
     Capture(usize, usize),
-    /// One step per writer field, in order.
-    Record(Vec<P>),
-    Union(Vec<P>),
+    /// One op list per branch.
+    Union(Vec<Vec<Op>>),
     Map {
         values: usize,
-        keys: Vec<(String, P)>,
+        keys: Vec<(String, Vec<Op>)>,
     },
     Array {
         items: usize,
-        index: Vec<(usize, P)>,
+        index: Vec<(usize, Vec<Op>)>,
     },
     /// A list capture over an array: each element read with `item` into two slots of
     /// its own, giving one pair.
     List {
         slot: u32,
-        item: Box<P>,
+        item: Vec<Op>,
     },
     /// A list capture over a map: one pair per entry.
     Entries {
@@ -270,7 +285,7 @@ enum P {
 #[derive(Debug, Clone)]
 pub struct Plan {
     schema: AvroSchema,
-    root: P,
+    root: Vec<Op>,
     /// Per slot: the timestamp unit of the long captured there, if the schema says.
     pub units: Vec<Option<TimeUnit>>,
     /// Per slot: whether some branch of the schema can provide the path.
@@ -282,7 +297,13 @@ impl Plan {
     pub fn compile(schema: AvroSchema, trie: &Trie, slots: usize) -> Plan {
         let mut units = vec![None; slots];
         let mut found = vec![false; slots];
-        let root = plan(&schema, schema.root, trie, &mut units, &mut found, 0);
+        let mut root = Vec::new();
+        let mut p = Planner {
+            s: &schema,
+            units: &mut units,
+            found: &mut found,
+        };
+        p.plan(schema.root, trie, 0, &mut root);
         Plan {
             schema,
             root,
@@ -292,18 +313,14 @@ impl Plan {
     }
 
     /// Reads one datum (the whole of `datum`), filling the captures.
-    pub fn decode<'a>(
-        &'a self,
-        datum: &'a [u8],
-        caps: &mut Captures<'a>,
-    ) -> Result<(), DecodeError> {
+    pub fn decode<'a>(&'a self, datum: &'a [u8], caps: &mut Captures<'a>) -> Result<(), DecodeError> {
         let mut r = Cursor::new(datum);
         let mut out = Out {
             slots: &mut caps.slots,
             pairs: &mut caps.pairs,
             bad: &mut caps.bad,
         };
-        run(&self.schema, &self.root, &mut r, &mut out, 0)?;
+        exec(&self.schema, &self.root, &mut r, &mut out, 0)?;
         if r.position() != datum.len() {
             return Err(DecodeError::Malformed("trailing bytes after the datum"));
         }
@@ -322,111 +339,163 @@ struct Out<'o, 'a> {
     bad: &'o mut Option<(usize, &'static str)>,
 }
 
-fn plan(
-    s: &AvroSchema,
-    node: usize,
-    trie: &Trie,
-    units: &mut [Option<TimeUnit>],
-    found: &mut [bool],
-    depth: usize,
-) -> P {
-    if let Some(slot) = trie.capture {
-        found[slot] = true;
-        if units[slot].is_none() {
-            units[slot] = time_unit(s, node);
-        }
-        return P::Capture(slot, node);
-    }
-    if let Some(list) = &trie.list {
-        found[list.slot] = true;
-        return plan_list(s, node, list, depth);
-    }
-    if trie.children.is_empty() || depth > MAX_DEPTH {
-        return P::Skip(node);
-    }
-    match &s.nodes[node] {
-        Node::Record { fields, .. } => {
-            let steps: Vec<P> = fields
-                .iter()
-                .map(|(name, f)| match trie.child_key(name) {
-                    Some(t) => plan(s, *f, t, units, found, depth + 1),
-                    None => P::Skip(*f),
-                })
-                .collect();
-            if steps.iter().all(|p| matches!(p, P::Skip(_))) {
-                P::Skip(node)
-            } else {
-                P::Record(steps)
+struct Planner<'p> {
+    s: &'p AvroSchema,
+    units: &'p mut [Option<TimeUnit>],
+    found: &'p mut [bool],
+}
+
+impl Planner<'_> {
+    /// Appends to `out` the ops that read a value of `node` for trie node `trie`.
+    fn plan(&mut self, node: usize, trie: &Trie, depth: usize, out: &mut Vec<Op>) {
+        let s = self.s;
+        if let Some(slot) = trie.capture {
+            self.found[slot] = true;
+            if self.units[slot].is_none() {
+                self.units[slot] = time_unit(s, node);
             }
+            out.push(match &s.nodes[node] {
+                Node::Str => Op::Str(slot),
+                Node::Int | Node::Long(_) => Op::Long(slot),
+                Node::Double => Op::Double(slot),
+                Node::Float => Op::Float(slot),
+                Node::Bool => Op::Bool(slot),
+                Node::Enum(_) => Op::Enum(slot, node),
+                _ => Op::Capture(slot, node),
+            });
+            return;
         }
-        Node::Union(branches) => {
-            let steps: Vec<P> = branches
-                .iter()
-                .map(|b| plan(s, *b, trie, units, found, depth + 1))
-                .collect();
-            if steps.iter().all(|p| matches!(p, P::Skip(_))) {
-                P::Skip(node)
-            } else {
-                P::Union(steps)
+        if let Some(list) = &trie.list {
+            self.found[list.slot] = true;
+            out.push(self.list(node, list, depth));
+            return;
+        }
+        if trie.children.is_empty() || depth > MAX_DEPTH {
+            skip_ops(s, node, depth, out);
+            return;
+        }
+        match &s.nodes[node] {
+            Node::Record { fields, .. } => {
+                for (name, f) in fields {
+                    match trie.child_key(name) {
+                        Some(t) => self.plan(*f, t, depth + 1, out),
+                        None => skip_ops(s, *f, depth + 1, out),
+                    }
+                }
             }
+            Node::Union(branches) => {
+                let steps: Vec<Vec<Op>> = branches
+                    .iter()
+                    .map(|b| {
+                        let mut ops = Vec::new();
+                        self.plan(*b, trie, depth + 1, &mut ops);
+                        ops
+                    })
+                    .collect();
+                if steps.iter().flatten().all(Op::is_skip) {
+                    out.push(Op::Skip(node));
+                } else {
+                    out.push(Op::Union(steps));
+                }
+            }
+            Node::Map(values) => {
+                let keys = trie
+                    .children
+                    .iter()
+                    .filter_map(|(seg, t)| match seg {
+                        Seg::Key(k) => {
+                            let mut ops = Vec::new();
+                            self.plan(*values, t, depth + 1, &mut ops);
+                            Some((k.clone(), ops))
+                        }
+                        Seg::Index(_) => None,
+                    })
+                    .collect();
+                out.push(Op::Map {
+                    values: *values,
+                    keys,
+                });
+            }
+            Node::Array(items) => {
+                let index = trie
+                    .children
+                    .iter()
+                    .filter_map(|(seg, t)| match seg {
+                        Seg::Index(i) => {
+                            let mut ops = Vec::new();
+                            self.plan(*items, t, depth + 1, &mut ops);
+                            Some((*i, ops))
+                        }
+                        Seg::Key(_) => None,
+                    })
+                    .collect();
+                out.push(Op::Array {
+                    items: *items,
+                    index,
+                });
+            }
+            _ => skip_ops(s, node, depth, out),
         }
-        Node::Map(values) => {
-            let keys: Vec<(String, P)> = trie
-                .children
-                .iter()
-                .filter_map(|(seg, t)| match seg {
-                    Seg::Key(k) => Some((k.clone(), plan(s, *values, t, units, found, depth + 1))),
-                    Seg::Index(_) => None,
-                })
-                .collect();
-            P::Map {
+    }
+
+    fn list(&mut self, node: usize, list: &ListCapture, depth: usize) -> Op {
+        let s = self.s;
+        let slot = list.slot as u32;
+        match (&s.nodes[node], &list.item) {
+            (Node::Union(branches), _) if depth <= MAX_DEPTH => Op::Union(
+                branches
+                    .iter()
+                    .map(|b| vec![self.list(*b, list, depth + 1)])
+                    .collect(),
+            ),
+            (Node::Null, _) => Op::Skip(node),
+            (Node::Array(items), Some(item)) => {
+                // The element's own captures (key and value): found or not, they do not
+                // decide whether the schema provides the list.
+                let mut inner = Planner {
+                    s,
+                    units: &mut [None; 2],
+                    found: &mut [false; 2],
+                };
+                let mut ops = Vec::new();
+                inner.plan(*items, item, depth + 1, &mut ops);
+                Op::List { slot, item: ops }
+            }
+            (Node::Map(values), None) => Op::Entries {
+                slot,
                 values: *values,
-                keys,
-            }
+            },
+            (Node::Record { .. }, None) => Op::Fields { slot, record: node },
+            _ => Op::Bad { slot, node },
         }
-        Node::Array(items) => {
-            let index: Vec<(usize, P)> = trie
-                .children
-                .iter()
-                .filter_map(|(seg, t)| match seg {
-                    Seg::Index(i) => Some((*i, plan(s, *items, t, units, found, depth + 1))),
-                    Seg::Key(_) => None,
-                })
-                .collect();
-            P::Array {
-                items: *items,
-                index,
-            }
-        }
-        _ => P::Skip(node),
     }
 }
 
-fn plan_list(s: &AvroSchema, node: usize, list: &ListCapture, depth: usize) -> P {
-    let slot = list.slot as u32;
-    match (&s.nodes[node], &list.item) {
-        (Node::Union(branches), _) if depth <= MAX_DEPTH => P::Union(
-            branches
-                .iter()
-                .map(|b| plan_list(s, *b, list, depth + 1))
-                .collect(),
-        ),
-        (Node::Null, _) => P::Skip(node),
-        (Node::Array(items), Some(item)) => {
-            // The element's own captures (key and value): found or not, they do not
-            // decide whether the schema provides the list.
-            let item = plan(s, *items, item, &mut [None; 2], &mut [false; 2], depth + 1);
-            P::List {
-                slot,
-                item: Box::new(item),
+impl Op {
+    fn is_skip(&self) -> bool {
+        matches!(
+            self,
+            Op::SkipVarint | Op::SkipLen | Op::SkipFixed(_) | Op::Skip(_)
+        )
+    }
+}
+
+/// Appends the ops that skip a value of `node`: records flattened into their fields.
+fn skip_ops(s: &AvroSchema, node: usize, depth: usize, out: &mut Vec<Op>) {
+    match &s.nodes[node] {
+        Node::Null => {}
+        Node::Bool => out.push(Op::SkipFixed(1)),
+        Node::Int | Node::Long(_) | Node::Enum(_) => out.push(Op::SkipVarint),
+        Node::Float => out.push(Op::SkipFixed(4)),
+        Node::Double => out.push(Op::SkipFixed(8)),
+        Node::Fixed(n) => out.push(Op::SkipFixed(*n)),
+        Node::Str | Node::Bytes => out.push(Op::SkipLen),
+        Node::Record { fields, .. } if depth <= MAX_DEPTH => {
+            for (_, f) in fields {
+                skip_ops(s, *f, depth + 1, out);
             }
         }
-        (Node::Map(values), None) => P::Entries {
-            slot,
-            values: *values,
-        },
-        (Node::Record { .. }, None) => P::Fields { slot, record: node },
-        _ => P::Bad { slot, node },
+        _ => out.push(Op::Skip(node)),
     }
 }
 
@@ -438,89 +507,115 @@ fn time_unit(s: &AvroSchema, node: usize) -> Option<TimeUnit> {
     }
 }
 
-fn run<'a>(
+/// Stores a captured value (a slot is written once per datum unless a path repeats).
+fn put<'a>(slot: &mut Val<'a>, v: Val<'a>) {
+    *slot = v;
+}
+
+fn exec<'a>(
     s: &'a AvroSchema,
-    p: &'a P,
+    ops: &'a [Op],
     r: &mut Cursor<'a>,
     out: &mut Out<'_, 'a>,
     depth: usize,
 ) -> Result<(), DecodeError> {
-    match p {
-        P::Skip(n) => skip(s, *n, r, depth),
-        P::Capture(slot, n) => {
-            out.slots[*slot] = materialise(s, *n, r, depth)?;
-            Ok(())
-        }
-        P::Record(steps) => {
-            for step in steps {
-                run(s, step, r, out, depth + 1)?;
+    if depth > MAX_DEPTH {
+        return Err(DecodeError::Malformed("nested too deeply"));
+    }
+    for op in ops {
+        match op {
+            Op::SkipVarint => {
+                r.long()?;
             }
-            Ok(())
-        }
-        P::Union(steps) => {
-            let b = r.index()?;
-            let step = steps
-                .get(b)
-                .ok_or(DecodeError::Malformed("union branch out of range"))?;
-            run(s, step, r, out, depth + 1)
-        }
-        P::Map { values, keys } => r.blocks(|r| {
-            // Keys compared as bytes: a key equal to one of ours is valid UTF-8, and
-            // the others need not be checked (they are skipped like their values).
-            let len = r.len()?;
-            let key = r.take(len)?;
-            match keys.iter().find(|(k, _)| k.as_bytes() == key) {
-                Some((_, step)) => run(s, step, r, out, depth + 1),
-                None => skip(s, *values, r, depth + 1),
+            Op::SkipLen => {
+                let len = r.len()?;
+                r.take(len)?;
             }
-        }),
-        P::Array { items, index } => {
-            let mut i = 0;
-            r.blocks(|r| {
-                let res = match index.iter().find(|(j, _)| *j == i) {
-                    Some((_, step)) => run(s, step, r, out, depth + 1),
-                    None => skip(s, *items, r, depth + 1),
+            Op::SkipFixed(n) => {
+                r.take(*n)?;
+            }
+            Op::Skip(n) => skip(s, *n, r, depth)?,
+            Op::Str(slot) => put(&mut out.slots[*slot], Val::Str(Txt::B(r.string()?))),
+            Op::Long(slot) => put(&mut out.slots[*slot], Val::Int(r.long()?)),
+            Op::Double(slot) => put(&mut out.slots[*slot], Val::Float(r.double()?)),
+            Op::Float(slot) => {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(r.take(4)?);
+                put(&mut out.slots[*slot], Val::Float(f64::from(f32::from_le_bytes(b))));
+            }
+            Op::Bool(slot) => put(&mut out.slots[*slot], Val::Bool(r.boolean()?)),
+            Op::Enum(slot, n) => {
+                let v = materialise(s, *n, r, depth)?;
+                put(&mut out.slots[*slot], v);
+            }
+            Op::Capture(slot, n) => {
+                let v = materialise(s, *n, r, depth)?;
+                put(&mut out.slots[*slot], v);
+            }
+            Op::Union(branches) => {
+                let b = r.index()?;
+                let branch = branches
+                    .get(b)
+                    .ok_or(DecodeError::Malformed("union branch out of range"))?;
+                exec(s, branch, r, out, depth + 1)?;
+            }
+            Op::Map { values, keys } => r.blocks(|r| {
+                // Keys compared as bytes: a key equal to one of ours is valid UTF-8, and
+                // the others need not be checked (they are skipped like their values).
+                let len = r.len()?;
+                let key = r.take(len)?;
+                match keys.iter().find(|(k, _)| k.as_bytes() == key) {
+                    Some((_, ops)) => exec(s, ops, r, out, depth + 1),
+                    None => skip(s, *values, r, depth + 1),
+                }
+            })?,
+            Op::Array { items, index } => {
+                let mut i = 0;
+                r.blocks(|r| {
+                    let res = match index.iter().find(|(j, _)| *j == i) {
+                        Some((_, ops)) => exec(s, ops, r, out, depth + 1),
+                        None => skip(s, *items, r, depth + 1),
+                    };
+                    i += 1;
+                    res
+                })?;
+            }
+            Op::List { slot, item } => r.blocks(|r| {
+                let mut kv = [Val::Null, Val::Null];
+                let mut inner = Out {
+                    slots: &mut kv,
+                    pairs: &mut *out.pairs,
+                    bad: &mut *out.bad,
                 };
-                i += 1;
-                res
-            })
-        }
-        P::List { slot, item } => r.blocks(|r| {
-            let mut kv = [Val::Null, Val::Null];
-            let mut inner = Out {
-                slots: &mut kv,
-                pairs: &mut *out.pairs,
-                bad: &mut *out.bad,
-            };
-            run(s, item, r, &mut inner, depth + 1)?;
-            let [k, v] = kv;
-            out.pairs.push((*slot, k, v));
-            Ok(())
-        }),
-        P::Entries { slot, values } => r.blocks(|r| {
-            let k = r.string()?;
-            let v = materialise(s, *values, r, depth + 1)?;
-            out.pairs.push((*slot, Val::Str(Txt::B(k)), v));
-            Ok(())
-        }),
-        P::Fields { slot, record } => {
-            let Node::Record { fields, .. } = &s.nodes[*record] else {
-                unreachable!("planned for a record")
-            };
-            for (name, f) in fields {
-                let v = materialise(s, *f, r, depth + 1)?;
-                out.pairs.push((*slot, Val::Str(Txt::B(name.as_str())), v));
+                exec(s, item, r, &mut inner, depth + 1)?;
+                let [k, v] = kv;
+                out.pairs.push((*slot, k, v));
+                Ok(())
+            })?,
+            Op::Entries { slot, values } => r.blocks(|r| {
+                let k = r.string()?;
+                let v = materialise(s, *values, r, depth + 1)?;
+                out.pairs.push((*slot, Val::Str(Txt::B(k)), v));
+                Ok(())
+            })?,
+            Op::Fields { slot, record } => {
+                let Node::Record { fields, .. } = &s.nodes[*record] else {
+                    unreachable!("planned for a record")
+                };
+                for (name, f) in fields {
+                    let v = materialise(s, *f, r, depth + 1)?;
+                    out.pairs.push((*slot, Val::Str(Txt::B(name.as_str())), v));
+                }
             }
-            Ok(())
-        }
-        P::Bad { slot, node } => {
-            let v = materialise(s, *node, r, depth)?;
-            if v != Val::Null && out.bad.is_none() {
-                *out.bad = Some((*slot as usize, v.kind()));
+            Op::Bad { slot, node } => {
+                let v = materialise(s, *node, r, depth)?;
+                if v != Val::Null && out.bad.is_none() {
+                    *out.bad = Some((*slot as usize, v.kind()));
+                }
             }
-            Ok(())
         }
     }
+    Ok(())
 }
 
 fn skip(s: &AvroSchema, n: usize, r: &mut Cursor<'_>, depth: usize) -> Result<(), DecodeError> {
