@@ -355,13 +355,14 @@ impl Planner<'_> {
                 self.units[slot] = time_unit(s, node);
             }
             out.push(match &s.nodes[node] {
-                Node::Str => Op::Str(slot),
-                Node::Int | Node::Long(_) => Op::Long(slot),
-                Node::Double => Op::Double(slot),
-                Node::Float => Op::Float(slot),
-                Node::Bool => Op::Bool(slot),
-                Node::Enum(_) => Op::Enum(slot, node),
-                _ => Op::Capture(slot, node),
+                // An optional field (`["null", T]`): the branch's own read.
+                Node::Union(branches) if depth <= MAX_DEPTH => Op::Union(
+                    branches
+                        .iter()
+                        .map(|&b| vec![capture_op(s, b, slot)])
+                        .collect(),
+                ),
+                _ => capture_op(s, node, slot),
             });
             return;
         }
@@ -477,6 +478,19 @@ impl Op {
             self,
             Op::SkipVarint | Op::SkipLen | Op::SkipFixed(_) | Op::Skip(_)
         )
+    }
+}
+
+/// The op that captures a value of `node` into `slot`.
+fn capture_op(s: &AvroSchema, node: usize, slot: usize) -> Op {
+    match &s.nodes[node] {
+        Node::Str => Op::Str(slot),
+        Node::Int | Node::Long(_) => Op::Long(slot),
+        Node::Double => Op::Double(slot),
+        Node::Float => Op::Float(slot),
+        Node::Bool => Op::Bool(slot),
+        Node::Enum(_) => Op::Enum(slot, node),
+        _ => Op::Capture(slot, node),
     }
 }
 

@@ -653,6 +653,17 @@ impl Mapping {
         buf: &mut String,
         name: &str,
     ) -> Result<Option<Txt<'a>>, String> {
+        // The common case first: a string at the end of its own path, as it is.
+        if let Src::Path(p) = f.src
+            && f.map.is_empty()
+        {
+            let (slot, rest) = &self.located[p];
+            if rest.is_empty()
+                && let Val::Str(t) = &slots[*slot]
+            {
+                return Ok(Some(*t));
+            }
+        }
         let raw: Option<Txt<'a>> = match &f.src {
             Src::Const(v) => Some(Txt::B(v.as_str())),
             Src::Path(p) => match self.val(slots, *p, buf) {

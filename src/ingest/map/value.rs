@@ -244,6 +244,33 @@ pub struct Captures<'a> {
     pub bad: Option<(usize, &'static str)>,
 }
 
+impl Drop for Captures<'_> {
+    /// Dropping a slot vector element by element costs more than decoding some fields,
+    /// and almost every slot holds a scalar (borrowed text, a number) that owns nothing:
+    /// the values that own memory (lists, objects) are dropped here, then the inline
+    /// vectors are forgotten whole. A vector that spilled to the heap is dropped as usual.
+    fn drop(&mut self) {
+        let owns = |v: &Val<'_>| matches!(v, Val::Array(_) | Val::Map(_));
+        for v in self.slots.iter_mut().filter(|v| owns(v)) {
+            *v = Val::Null;
+        }
+        for (_, k, v) in self.pairs.iter_mut() {
+            if owns(k) {
+                *k = Val::Null;
+            }
+            if owns(v) {
+                *v = Val::Null;
+            }
+        }
+        if !self.slots.spilled() {
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+        if !self.pairs.spilled() {
+            std::mem::forget(std::mem::take(&mut self.pairs));
+        }
+    }
+}
+
 impl<'a> Captures<'a> {
     pub fn new(slots: usize) -> Captures<'a> {
         Captures {
