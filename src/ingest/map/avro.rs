@@ -313,7 +313,11 @@ impl Plan {
     }
 
     /// Reads one datum (the whole of `datum`), filling the captures.
-    pub fn decode<'a>(&'a self, datum: &'a [u8], caps: &mut Captures<'a>) -> Result<(), DecodeError> {
+    pub fn decode<'a>(
+        &'a self,
+        datum: &'a [u8],
+        caps: &mut Captures<'a>,
+    ) -> Result<(), DecodeError> {
         let mut r = Cursor::new(datum);
         let mut out = Out {
             slots: &mut caps.slots,
@@ -521,11 +525,6 @@ fn time_unit(s: &AvroSchema, node: usize) -> Option<TimeUnit> {
     }
 }
 
-/// Stores a captured value (a slot is written once per datum unless a path repeats).
-fn put<'a>(slot: &mut Val<'a>, v: Val<'a>) {
-    *slot = v;
-}
-
 fn exec<'a>(
     s: &'a AvroSchema,
     ops: &'a [Op],
@@ -549,22 +548,22 @@ fn exec<'a>(
                 r.take(*n)?;
             }
             Op::Skip(n) => skip(s, *n, r, depth)?,
-            Op::Str(slot) => put(&mut out.slots[*slot], Val::Str(Txt::B(r.string()?))),
-            Op::Long(slot) => put(&mut out.slots[*slot], Val::Int(r.long()?)),
-            Op::Double(slot) => put(&mut out.slots[*slot], Val::Float(r.double()?)),
+            Op::Str(slot) => out.slots[*slot] = Val::Str(Txt::B(r.string()?)),
+            Op::Long(slot) => out.slots[*slot] = Val::Int(r.long()?),
+            Op::Double(slot) => out.slots[*slot] = Val::Float(r.double()?),
             Op::Float(slot) => {
                 let mut b = [0u8; 4];
                 b.copy_from_slice(r.take(4)?);
-                put(&mut out.slots[*slot], Val::Float(f64::from(f32::from_le_bytes(b))));
+                out.slots[*slot] = Val::Float(f64::from(f32::from_le_bytes(b)));
             }
-            Op::Bool(slot) => put(&mut out.slots[*slot], Val::Bool(r.boolean()?)),
+            Op::Bool(slot) => out.slots[*slot] = Val::Bool(r.boolean()?),
             Op::Enum(slot, n) => {
                 let v = materialise(s, *n, r, depth)?;
-                put(&mut out.slots[*slot], v);
+                out.slots[*slot] = v;
             }
             Op::Capture(slot, n) => {
                 let v = materialise(s, *n, r, depth)?;
-                put(&mut out.slots[*slot], v);
+                out.slots[*slot] = v;
             }
             Op::Union(branches) => {
                 let b = r.index()?;
