@@ -282,6 +282,15 @@ pub async fn run_engine(
         BATCH,
     )
     .context("starting the poller thread")?;
+    // What the flag platform reports applied (`guardrail apply`, SPEC §9).
+    let (applied_tx, mut applied_rx) = tokio::sync::mpsc::channel(1024);
+    let applied_reader = spawn_applied_reader(
+        &k,
+        config.topics.applied.clone(),
+        applied_tx,
+        stop_polling.clone(),
+    )
+    .context("starting the applied-state reader")?;
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
     let mut last_tick = Instant::now();
@@ -329,6 +338,7 @@ pub async fn run_engine(
                     shell.tick().await?;
                     last_tick = Instant::now();
                 }
+                Some(applied) = applied_rx.recv() => shell.on_applied(&applied),
                 _ = commit.tick() => {
                     shell.commit(CommitMode::Async).await?;
                     last_commit = Instant::now();
@@ -356,6 +366,8 @@ pub async fn run_engine(
     stop_polling.store(true, Ordering::Relaxed);
     drop(rx);
     let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    drop(applied_rx);
+    let _ = tokio::task::spawn_blocking(move || applied_reader.join()).await;
     result?;
     // Drain: no more consuming; close what can close, flush, commit.
     let drain = async {
@@ -381,6 +393,99 @@ pub async fn run_engine(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the applied-state topic (`[topics] applied`, compacted) from its beginning on a
+/// thread of its own, without a consumer group, and forwards each record. A topic that
+/// does not exist (no subscriber deployed) is looked for again every 5 s; a record that
+/// is not an applied-state record is logged and skipped.
+fn spawn_applied_reader(
+    k: &crate::config::KafkaConfig,
+    topic: String,
+    tx: tokio::sync::mpsc::Sender<crate::apply::Applied>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::BaseConsumer;
+    let group = format!("{}-applied-reader", k.group_id);
+    let consumer: BaseConsumer = kafka::client_config(
+        k,
+        &[
+            ("group.id", group.as_str()),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+        ],
+    )
+    .create()
+    .context("creating the applied-state consumer")?;
+    let thread = std::thread::Builder::new()
+        .name("guardrail-applied".into())
+        .spawn(move || {
+            let stopped = || stop.load(Ordering::Relaxed) || tx.is_closed();
+            // Wait for the topic.
+            let mut logged = false;
+            let partitions = loop {
+                if stopped() {
+                    return;
+                }
+                let found = consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .ok()
+                    .and_then(|m| {
+                        m.topics()
+                            .iter()
+                            .find(|t| t.name() == topic && t.error().is_none())
+                            .map(|t| t.partitions().len() as i32)
+                    })
+                    .filter(|&n| n > 0);
+                if let Some(n) = found {
+                    break n;
+                }
+                if !logged {
+                    tracing::info!(%topic, "no applied-state topic yet: applied splits are inferred from the traffic (looking again every 5 s)");
+                    logged = true;
+                }
+                for _ in 0..50 {
+                    if stopped() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            };
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                let _ = tpl.add_partition_offset(&topic, p, Offset::Beginning);
+            }
+            if let Err(e) = consumer.assign(&tpl) {
+                tracing::warn!(%topic, error = %e, "cannot read the applied-state topic");
+                return;
+            }
+            while !stopped() {
+                match consumer.poll(Duration::from_millis(200)) {
+                    None => {}
+                    Some(Err(e)) => tracing::debug!(%topic, error = %e, "applied-state read"),
+                    Some(Ok(m)) => {
+                        let Some(payload) = m.payload() else { continue };
+                        match serde_json::from_slice::<crate::apply::Applied>(payload) {
+                            Ok(a) => {
+                                if tx.blocking_send(a).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => tracing::warn!(
+                                %topic,
+                                partition = m.partition(),
+                                offset = m.offset(),
+                                error = %e,
+                                "skipping a record that is not an applied-state record"
+                            ),
+                        }
+                    }
+                }
+            }
+        })?;
+    Ok(thread)
 }
 
 struct Shell {
@@ -659,6 +764,24 @@ impl Shell {
             }
         }
         Ok(())
+    }
+
+    /// An applied-state record: the split the platform serves a cohort.
+    fn on_applied(&mut self, a: &crate::apply::Applied) {
+        let confirmed = self
+            .engine
+            .rules_mut()
+            .applied(&a.flag_key, &a.cohort, a.percent);
+        if confirmed {
+            tracing::info!(
+                flag = %a.flag_key,
+                cohort = %a.cohort,
+                percent = a.percent,
+                command_id = %a.command_id,
+                "the platform applied the advanced split: the sample-ratio test expects it from the next window but one"
+            );
+        }
+        self.shared.record_applied(a);
     }
 
     /// Advances the watermark and hands every decision to the publisher.

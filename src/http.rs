@@ -72,6 +72,8 @@ pub struct CohortView {
     pub state: String,
     pub last_evaluation: Option<WindowEvaluation>,
     pub recent_commands: VecDeque<FlagCommand>,
+    /// What the flag platform last reported applied for this cohort (SPEC §9).
+    pub applied: Option<crate::apply::Applied>,
 }
 
 impl Shared {
@@ -118,6 +120,15 @@ impl Shared {
         if let Some(c) = c {
             view.recent_commands.push_front(c.clone());
             view.recent_commands.truncate(RECENT_COMMANDS);
+        }
+    }
+
+    /// Records what the flag platform applied to a cohort.
+    pub fn record_applied(&self, a: &crate::apply::Applied) {
+        if let Ok(mut flags) = self.flags.lock()
+            && let Some(flag) = flags.get_mut(&a.flag_key)
+        {
+            flag.cohorts.entry(a.cohort.clone()).or_default().applied = Some(a.clone());
         }
     }
 
@@ -344,7 +355,20 @@ async fn status_page(State(s): State<Arc<Shared>>) -> Html<String> {
                 esc(&c.state),
                 esc(cohort),
                 esc(&c.state),
-                c.percent,
+                match &c.applied {
+                    // What guardrail decided, and what the flag platform serves.
+                    Some(a) if a.percent != c.percent => format!(
+                        "{} <small>(platform serves {}%{})</small>",
+                        c.percent,
+                        a.percent,
+                        a.approved_by
+                            .as_deref()
+                            .map(|b| format!(", approved by {}", esc(b)))
+                            .unwrap_or_default()
+                    ),
+                    Some(_) => format!("{} <small>(applied)</small>", c.percent),
+                    None => c.percent.to_string(),
+                },
                 window,
                 guards,
                 last
@@ -428,7 +452,43 @@ mod flag_view_tests {
         assert!(checkout.expired);
         let other = flags.iter().find(|f| f.key != "checkout-redesign").unwrap();
         assert_eq!((other.expires_at, other.expired), (None, false));
+        // What the flag platform reports applied shows beside what was decided.
+        shared.record(
+            &WindowEvaluation {
+                flag_key: "checkout-redesign".into(),
+                cohort: "platform=ios".into(),
+                window_start: 0,
+                window_end: 0,
+                decision: None,
+                evidence: Vec::new(),
+                late_events: 0,
+                evaluated_at: 0,
+                rollout_percent: Some(50.0),
+                state: Some("ramping".into()),
+                healthy_windows: 0,
+                policy_version: None,
+                command_id: None,
+                band: Vec::new(),
+                input_positions: Vec::new(),
+                watermark_lag_ms: None,
+            },
+            None,
+        );
+        shared.record_applied(&crate::apply::Applied {
+            flag_key: "checkout-redesign".into(),
+            cohort: "platform=ios".into(),
+            percent: 20.0,
+            action: "ADVANCE".into(),
+            command_id: "c1".into(),
+            window_end: 0,
+            applied_at: 0,
+            approved_by: Some("bob".into()),
+        });
         let Html(page) = status_page(State(shared)).await;
+        assert!(
+            page.contains("50 <small>(platform serves 20%, approved by bob)</small>"),
+            "{page}"
+        );
         assert!(page.contains("payments-squad · production"), "{page}");
         assert!(page.contains("expired 2020-01-31T00:00:00Z"), "{page}");
     }

@@ -604,6 +604,38 @@ async fn http_endpoints_and_metrics() {
     );
     let (status, _) = http_get(run.addr, "/api/flags/no-such-flag").await;
     assert_eq!(status, 404);
+
+    // What the flag platform reports applied (`guardrail apply`'s applied-state topic,
+    // SPEC §9) reaches the engine: shown beside the decision.
+    let percent = flag["cohorts"][COHORT]["percent"].as_f64().unwrap();
+    let applied = serde_json::json!({
+        "flag_key": FLAG, "cohort": COHORT, "percent": percent, "action": "PAUSE",
+        "command_id": "from-the-platform", "window_end": 0, "applied_at": 1,
+        "approved_by": null,
+    });
+    producer
+        .send(
+            FutureRecord::to(&env.config.topics.applied)
+                .key(&format!("{FLAG}\0{COHORT}"))
+                .payload(&applied.to_string()),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("producing an applied-state record");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http_get(run.addr, &format!("/api/flags/{FLAG}")).await;
+        let flag: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        if flag["cohorts"][COHORT]["applied"]["command_id"] == "from-the-platform" {
+            assert_eq!(flag["cohorts"][COHORT]["applied"]["percent"], percent);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the applied record never showed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (status, page) = http_get(run.addr, "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("paused"), "the status page shows the pause");

@@ -429,6 +429,21 @@ impl Rules {
         Restore::Restored
     }
 
+    /// A flag platform reports that cohort `cohort` of flag `flag_key` is served
+    /// `percent` (an applied-state record, SPEC §9). If that is the split the cohort's
+    /// last ADVANCE expects, the sample-ratio test stops allowing the old one (after one
+    /// window for clients to catch up) without waiting to see the move in the traffic.
+    /// Returns whether it changed anything.
+    pub fn applied(&mut self, flag_key: &str, cohort: &str, percent: f64) -> bool {
+        let Some(fi) = self.policy.flags.iter().position(|f| f.key == flag_key) else {
+            return false;
+        };
+        match self.states[fi].get_mut(cohort) {
+            Some(state) if (state.percent - percent).abs() < 1e-9 => state.srm.confirm_applied(),
+            _ => false,
+        }
+    }
+
     pub fn state(&self, flag: usize, cohort: &str) -> Option<&CohortState> {
         self.states.get(flag)?.get(cohort)
     }

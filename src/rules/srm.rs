@@ -111,6 +111,18 @@ impl SrmState {
         };
     }
 
+    /// The platform reports the pending split applied (the flag platform's applied-state
+    /// record): as if the applied test had just rejected "still at `from`", so the next
+    /// window is the clients' grace window and the one after tests the new split exactly.
+    /// Returns whether a split was pending.
+    pub fn confirm_applied(&mut self) -> bool {
+        if self.pending_from.is_none() {
+            return false;
+        }
+        self.applied_log_e = self.applied_log_e.max((1.0 / SRM_ALPHA).ln());
+        true
+    }
+
     /// Adds a window's sample (`(key, mask)` sorted by key, mask 1 treatment, 2 control,
     /// 3 both; every unit with a key at or below `tau_w` is in it) with the split in
     /// effect `percent`; `spread` widens the null to the percents the flag's cohorts are

@@ -1077,3 +1077,45 @@ fn severity_tiers_by_magnitude() {
         Severity::Critical
     );
 }
+
+/// An applied-state record from the flag platform (SPEC §9) ends the "either split"
+/// allowance after an ADVANCE without waiting for the traffic to show the move: one
+/// window of grace, then the new split is tested exactly.
+#[test]
+fn a_reported_applied_split_ends_the_pending_allowance() {
+    let policy = policy();
+    let run_to_advance = || {
+        let mut rules = Rules::new(policy.clone());
+        for (k, e) in [[300, 700], [300, 700], [52, 948]].into_iter().enumerate() {
+            let w = with_exposures(&policy, k as i64, strongly_improving(), e);
+            rules.decide(&w, T0 + (k as i64 + 1) * SIZE + 1);
+        }
+        let state = rules.state(0, "*").unwrap();
+        assert_eq!((state.percent, state.srm.pending_from), (20.0, Some(5.0)));
+        rules
+    };
+    let pending = |rules: &Rules| rules.state(0, "*").unwrap().srm.pending_from;
+    let mut confirmed = run_to_advance();
+    assert!(
+        !confirmed.applied("p", "*", 50.0),
+        "not the split the ADVANCE expects"
+    );
+    assert!(!confirmed.applied("nope", "*", 20.0));
+    assert!(!confirmed.applied("p", "platform=ios", 20.0));
+    assert!(confirmed.applied("p", "*", 20.0));
+    let mut unconfirmed = run_to_advance();
+    // Few exposed units: the traffic alone cannot tell the splits apart yet.
+    for k in 3..5 {
+        for rules in [&mut confirmed, &mut unconfirmed] {
+            let w = with_exposures(&policy, k, HEALTHY, [2, 8]);
+            rules.decide(&w, T0 + (k + 1) * SIZE + 1);
+        }
+        let expect = if k == 3 { Some(5.0) } else { None };
+        assert_eq!(pending(&confirmed), expect, "window {k}");
+        assert_eq!(pending(&unconfirmed), Some(5.0), "window {k}");
+    }
+    assert!(
+        !confirmed.applied("p", "*", 20.0),
+        "nothing pending any more"
+    );
+}
