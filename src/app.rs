@@ -366,8 +366,10 @@ pub async fn run_engine(
     stop_polling.store(true, Ordering::Relaxed);
     drop(rx);
     let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    // Not joined: during a broker outage its metadata request or close may take seconds,
+    // and shutdown must not wait for them (it stops at its next look at `stop_polling`).
     drop(applied_rx);
-    let _ = tokio::task::spawn_blocking(move || applied_reader.join()).await;
+    drop(applied_reader);
     result?;
     // Drain: no more consuming; close what can close, flush, commit.
     let drain = async {
@@ -430,7 +432,7 @@ fn spawn_applied_reader(
                     return;
                 }
                 let found = consumer
-                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .fetch_metadata(Some(&topic), Duration::from_secs(1))
                     .ok()
                     .and_then(|m| {
                         m.topics()
