@@ -351,16 +351,7 @@ fn initial_file(dir: &Path) -> PathBuf {
 /// The engine on the demo's traffic: 8 windows, a regression on mobile-web checkout.
 /// Returns the commands it published once 7 windows closed.
 async fn run_engine(env: &Env) -> Vec<FlagCommand> {
-    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
-        .await
-        .unwrap();
-    let engine = guardrail::app::spawn_engine(
-        &served,
-        env.config.clone(),
-        env.policy.clone(),
-        Duration::from_secs(10),
-        None,
-    );
+    let running = common::Running::start(&env.config, &env.policy).await;
     let windows = 8;
     let window_ms = env.policy.window.size_ms;
     let start = (wall_ms() / window_ms - i64::from(windows)) * window_ms;
@@ -377,14 +368,13 @@ async fn run_engine(env: &Env) -> Vec<FlagCommand> {
             .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while counter_total(&served.registry, "guardrail_windows_closed_total") < f64::from(windows - 1)
+    while counter_total(&running.metrics, "guardrail_windows_closed_total") < f64::from(windows - 1)
     {
-        assert!(!engine.is_finished(), "the engine stopped early");
+        assert!(!running.engine.is_finished(), "the engine stopped early");
         assert!(Instant::now() < deadline, "windows did not close");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = served.stop.send(true);
-    engine.await.unwrap().expect("engine result");
+    running.stop().await;
     let reader = guardrail::kafka::OutputReader::commands().unwrap();
     read_topic(&env.brokers, &env.config.topics.flag_commands)
         .iter()

@@ -26,6 +26,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 mod common;
+use common::Running;
 use common::{header, read_topic};
 use rdkafka::Message;
 
@@ -134,42 +135,6 @@ async fn produce_mixed(env: &Env, producer: &FutureProducer, events: &[SimEvent]
     events.len() as u64
 }
 
-/// The engine and its HTTP server, running on the env's config.
-struct Running {
-    metrics: Registry,
-    engine: tokio::task::JoinHandle<anyhow::Result<()>>,
-    stop: tokio::sync::watch::Sender<bool>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-async fn start(env: &Env) -> Running {
-    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
-        .await
-        .unwrap();
-    let engine = guardrail::app::spawn_engine(
-        &served,
-        env.config.clone(),
-        env.policy.clone(),
-        Duration::from_secs(10),
-        None,
-    );
-    Running {
-        metrics: served.registry,
-        engine,
-        stop: served.stop,
-        server: served.server,
-    }
-}
-
-impl Running {
-    /// A graceful stop; the engine must end Ok.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        self.engine.await.unwrap().unwrap();
-        let _ = self.server.await;
-    }
-}
-
 fn metric(registry: &Registry, name: &str, label: Option<(&str, &str)>) -> f64 {
     registry
         .gather()
@@ -253,7 +218,7 @@ async fn json_and_confluent_inputs_decide_like_replay_and_registry_failures_dead
             "support-signals"
         ]
     );
-    let running = start(&env).await;
+    let running = Running::start(&env.config, &env.policy).await;
     let (metrics, engine) = (&running.metrics, &running.engine);
     let producer = env.producer();
     let mut sim = Simulator::new(Scenario::demo(env.start, WINDOWS, SESSIONS));
@@ -384,7 +349,7 @@ async fn otlp_spans_stop_the_injected_regression() {
         otlp[1]
     );
     let env = env(&text);
-    let running = start(&env).await;
+    let running = Running::start(&env.config, &env.policy).await;
     let (metrics, engine) = (&running.metrics, &running.engine);
     let producer = env.producer();
     let schemas = SchemaRegistry::shipped().unwrap();

@@ -269,6 +269,12 @@ impl Rules {
             let flag = &self.policy.flags[fi];
             let has_control = flag.control.is_some();
             let mut judged: Vec<CohortJudgement> = Vec::with_capacity(closed.cohorts.len());
+            // Each cohort's own guardrail settings, where the policy overrides them.
+            let flags: Vec<_> = closed
+                .cohorts
+                .iter()
+                .map(|(cohort, _)| flag.for_cohort(cohort))
+                .collect();
             // The percents the flag's cohorts are at (not rolled back): the split of any
             // cohort may be any of them while they differ (see `SrmState::observe`).
             let spread = self.states[fi]
@@ -278,7 +284,7 @@ impl Rules {
                 .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
                     (lo.min(p), hi.max(p))
                 });
-            for (cohort, cell) in &closed.cohorts {
+            for ((cohort, cell), fc) in closed.cohorts.iter().zip(&flags) {
                 let policy = &self.policy;
                 let state = self.states[fi]
                     .entry(cohort.clone())
@@ -290,8 +296,6 @@ impl Rules {
                     abs_detectors,
                     ..
                 } = &mut *state;
-                // The cohort's own guardrail settings, where the policy overrides them.
-                let fc = flag.for_cohort(cohort);
                 let guardrails = fc
                     .guardrails
                     .iter()
@@ -304,7 +308,7 @@ impl Rules {
                             ),
                             false => (None, None),
                         };
-                        let (alpha, family) = family_alpha(policy, &fc, g, cohort);
+                        let (alpha, family) = family_alpha(policy, fc, g, cohort);
                         let (mut ev, status) =
                             judge::guardrail(policy, g, cell, band, detectors, has_control, alpha);
                         ev.method.push_str("; ");
@@ -325,12 +329,11 @@ impl Rules {
                 });
             }
             control_fdr(flag, &mut judged);
-            for ((cohort, _), j) in closed.cohorts.iter().zip(judged) {
+            for (((cohort, _), j), fc) in closed.cohorts.iter().zip(judged).zip(&flags) {
                 let Some(state) = self.states[fi].get_mut(cohort) else {
                     continue;
                 };
-                let fc = flag.for_cohort(cohort);
-                let mut result = judge_cohort(&self.policy, &fc, cohort, j, state, window, now);
+                let mut result = judge_cohort(&self.policy, fc, cohort, j, state, window, now);
                 result.evaluation.late_events = closed.late_events as i64;
                 out.push(result);
             }

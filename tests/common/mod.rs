@@ -1,5 +1,6 @@
 //! Helpers shared by the Kafka end-to-end tests.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use guardrail::clock::wall_ms;
@@ -53,4 +54,43 @@ pub fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
         .find(|h| h.key == key)
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The engine (`guardrail run`'s loop) and its HTTP server, in this process.
+#[allow(dead_code)] // not every test binary starts an engine this way
+pub struct Running {
+    pub metrics: prometheus::Registry,
+    pub engine: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub stop: tokio::sync::watch::Sender<bool>,
+    pub server: tokio::task::JoinHandle<()>,
+}
+
+#[allow(dead_code)]
+impl Running {
+    pub async fn start(
+        config: &guardrail::config::Config,
+        policy: &Arc<guardrail::policy::Policy>,
+    ) -> Running {
+        let served = guardrail::http::start("127.0.0.1:0", policy).await.unwrap();
+        let engine = guardrail::app::spawn_engine(
+            &served,
+            config.clone(),
+            policy.clone(),
+            Duration::from_secs(10),
+            None,
+        );
+        Running {
+            metrics: served.registry,
+            engine,
+            stop: served.stop,
+            server: served.server,
+        }
+    }
+
+    /// A graceful stop; the engine must end Ok.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        self.engine.await.unwrap().unwrap();
+        let _ = self.server.await;
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde_json::Value as Json;
 
-use super::value::{Captures, ListCapture, Seg, Trie, Txt, Val};
+use super::value::{Captures, ListCapture, Out, Seg, Trie, Txt, Val};
 use crate::ingest::decode::{Cursor, DecodeError};
 
 /// The unit of an Avro `long` carrying a timestamp logical type.
@@ -319,11 +319,7 @@ impl Plan {
         caps: &mut Captures<'a>,
     ) -> Result<(), DecodeError> {
         let mut r = Cursor::new(datum);
-        let mut out = Out {
-            slots: &mut caps.slots,
-            pairs: &mut caps.pairs,
-            bad: &mut caps.bad,
-        };
+        let mut out = caps.out();
         exec(&self.schema, &self.root, &mut r, &mut out, 0)?;
         if r.position() != datum.len() {
             return Err(DecodeError::Malformed("trailing bytes after the datum"));
@@ -334,14 +330,6 @@ impl Plan {
 
 /// Deep enough for any real schema; a recursive schema's data is cut off here.
 const MAX_DEPTH: usize = 64;
-
-/// Where a datum is read to (the parts of [`Captures`], so that list elements can be
-/// read into slots of their own).
-struct Out<'o, 'a> {
-    slots: &'o mut [Val<'a>],
-    pairs: &'o mut smallvec::SmallVec<[(u32, Val<'a>, Val<'a>); 8]>,
-    bad: &'o mut Option<(usize, &'static str)>,
-}
 
 struct Planner<'p> {
     s: &'p AvroSchema,
@@ -595,11 +583,7 @@ fn exec<'a>(
             }
             Op::List { slot, item } => r.blocks(|r| {
                 let mut kv = [Val::Null, Val::Null];
-                let mut inner = Out {
-                    slots: &mut kv,
-                    pairs: &mut *out.pairs,
-                    bad: &mut *out.bad,
-                };
+                let mut inner = out.with_slots(&mut kv);
                 exec(s, item, r, &mut inner, depth + 1)?;
                 let [k, v] = kv;
                 out.pairs.push((*slot, k, v));

@@ -2,7 +2,7 @@
 //! one pass, values off the trie are validated and skipped, values at a path's end are
 //! captured with their strings borrowed from the input when they hold no escape.
 
-use super::value::{Captures, ListCapture, Trie, Txt, Val};
+use super::value::{Captures, ListCapture, Out, Trie, Txt, Val};
 
 /// Bytes that end a plain run inside a string: `"`, `\\` and control characters.
 static STOP: [bool; 256] = {
@@ -47,11 +47,7 @@ pub fn project<'a>(
         buf,
     };
     p.ws();
-    let mut out = Out {
-        slots: &mut caps.slots,
-        pairs: &mut caps.pairs,
-        bad: &mut caps.bad,
-    };
+    let mut out = caps.out();
     p.value(Some(trie), &mut out, 0)?;
     p.ws();
     if p.i != p.b.len() {
@@ -69,14 +65,6 @@ pub fn parse<'a>(input: &'a [u8], buf: &mut String) -> Result<Val<'a>, JsonError
     let mut caps = Captures::new(1);
     project(input, &trie, &mut caps, buf)?;
     Ok(std::mem::replace(&mut caps.slots[0], Val::Null))
-}
-
-/// Where a projection writes (the parts of [`Captures`], so that the elements of a list
-/// can be projected into slots of their own).
-struct Out<'o, 'a> {
-    slots: &'o mut [Val<'a>],
-    pairs: &'o mut smallvec::SmallVec<[(u32, Val<'a>, Val<'a>); 8]>,
-    bad: &'o mut Option<(usize, &'static str)>,
 }
 
 struct Parser<'a, 'b> {
@@ -164,11 +152,7 @@ impl<'a> Parser<'a, '_> {
                     return p.value(None, out, depth + 1);
                 }
                 let mut kv = [Val::Null, Val::Null];
-                let mut inner = Out {
-                    slots: &mut kv,
-                    pairs: &mut *out.pairs,
-                    bad: &mut *out.bad,
-                };
+                let mut inner = out.with_slots(&mut kv);
                 p.value(Some(item), &mut inner, depth + 1)?;
                 let [k, v] = kv;
                 out.pairs.push((tag, k, v));

@@ -271,7 +271,36 @@ impl Drop for Captures<'_> {
     }
 }
 
+/// Where a decoder writes: the parts of [`Captures`], so that the elements of a list
+/// can be read into two slots of their own while their pairs go to the record's list.
+pub(crate) struct Out<'o, 'a> {
+    pub slots: &'o mut [Val<'a>],
+    pub pairs: &'o mut smallvec::SmallVec<[(u32, Val<'a>, Val<'a>); 8]>,
+    pub bad: &'o mut Option<(usize, &'static str)>,
+}
+
+impl<'a> Out<'_, 'a> {
+    /// The same lists, with `slots` in place of the record's (a list element's key and
+    /// value).
+    pub fn with_slots<'p>(&'p mut self, slots: &'p mut [Val<'a>]) -> Out<'p, 'a> {
+        Out {
+            slots,
+            pairs: &mut *self.pairs,
+            bad: &mut *self.bad,
+        }
+    }
+}
+
 impl<'a> Captures<'a> {
+    /// Where a decoder writes this record's captures.
+    pub(crate) fn out(&mut self) -> Out<'_, 'a> {
+        Out {
+            slots: &mut self.slots,
+            pairs: &mut self.pairs,
+            bad: &mut self.bad,
+        }
+    }
+
     pub fn new(slots: usize) -> Captures<'a> {
         Captures {
             slots: smallvec::smallvec![Val::Null; slots],
