@@ -180,7 +180,9 @@ fn decode_only(case: &Case, inputs: &[input::InputSpec], schemas: &SchemaRegistr
                 let mut caps = m.captures();
                 text.clear();
                 plan.decode(datum, &mut caps).unwrap();
-                if let Ok(Some(_)) = m.apply(&caps, &plan.units, &mut text, (0, 0)) {
+                if let Ok(Some(_)) = m.apply_with(&caps, &plan.units, &mut text, (0, 0), |e| {
+                    std::hint::black_box(e).timestamp
+                }) {
                     n += 1;
                 }
             }
@@ -189,7 +191,9 @@ fn decode_only(case: &Case, inputs: &[input::InputSpec], schemas: &SchemaRegistr
                 let mut caps = m.captures();
                 text.clear();
                 json::project(bytes, m.trie(), &mut caps, &mut text).unwrap();
-                if let Ok(Some(_)) = m.apply(&caps, &[], &mut text, (0, 0)) {
+                if let Ok(Some(_)) = m.apply_with(&caps, &[], &mut text, (0, 0), |e| {
+                    std::hint::black_box(e).timestamp
+                }) {
                     n += 1;
                 }
             }
@@ -318,6 +322,23 @@ fn main() {
                     .collect(),
             )
         };
+        if std::env::var("FORMATS_VERBOSE").is_ok() {
+            let per_round: Vec<String> = times[i]
+                .iter()
+                .zip(&times[0])
+                .map(|(t, b)| {
+                    format!(
+                        "{:.0}%",
+                        100.0 * case.events as f64 / t.1 / (cases[0].events as f64 / b.1)
+                    )
+                })
+                .collect();
+            eprintln!(
+                "{}: decode + aggregate vs avro per round: {}",
+                case.name,
+                per_round.join(" ")
+            );
+        }
         let bytes: usize = case.records.iter().map(|(_, b)| b.len()).sum();
         println!(
             "| {} | {:.0} | {:.2} | {:.0}% | {:.2} | {:.0}% |",

@@ -620,8 +620,9 @@ impl Sink<'_> {
         text: &'a mut String,
         kind: Source,
     ) -> Ingested {
-        match mapping.apply(caps, units, text, (self.p.partition, self.offset)) {
-            Ok(Some(ev)) => self.event(&ev),
+        let fallback_id = (self.p.partition, self.offset);
+        match mapping.apply_with(caps, units, text, fallback_id, |ev| self.event(ev)) {
+            Ok(Some(ingested)) => ingested,
             Ok(None) => {
                 self.counters.events[kind.index()][4] += 1;
                 Ingested::Unmatched

@@ -245,11 +245,15 @@ enum Op {
     Double(usize),
     Float(usize),
     Bool(usize),
+    /// A null (a union's null branch): the slot is set to null.
+    Null(usize),
     Enum(usize, usize),
     /// Any value of this node, materialised into the slot.
     Capture(usize, usize),
     /// One op list per branch.
     Union(Vec<Vec<Op>>),
+    /// A union whose every branch is one read (an optional field): the branch's op.
+    Choice(Vec<Op>),
     Map {
         values: usize,
         keys: Vec<(String, Vec<Op>)>,
@@ -348,12 +352,9 @@ impl Planner<'_> {
             }
             out.push(match &s.nodes[node] {
                 // An optional field (`["null", T]`): the branch's own read.
-                Node::Union(branches) if depth <= MAX_DEPTH => Op::Union(
-                    branches
-                        .iter()
-                        .map(|&b| vec![capture_op(s, b, slot)])
-                        .collect(),
-                ),
+                Node::Union(branches) if depth <= MAX_DEPTH => {
+                    Op::Choice(branches.iter().map(|&b| capture_op(s, b, slot)).collect())
+                }
                 _ => capture_op(s, node, slot),
             });
             return;
@@ -482,6 +483,7 @@ fn capture_op(s: &AvroSchema, node: usize, slot: usize) -> Op {
         Node::Float => Op::Float(slot),
         Node::Bool => Op::Bool(slot),
         Node::Enum(_) => Op::Enum(slot, node),
+        Node::Null => Op::Null(slot),
         _ => Op::Capture(slot, node),
     }
 }
@@ -524,6 +526,13 @@ fn exec<'a>(
         return Err(DecodeError::Malformed("nested too deeply"));
     }
     for op in ops {
+        let mut op = op;
+        // An optional field: its branch's read, in place.
+        while let Op::Choice(branches) = op {
+            op = branches
+                .get(r.index()?)
+                .ok_or(DecodeError::Malformed("union branch out of range"))?;
+        }
         match op {
             Op::SkipVarint => {
                 r.long()?;
@@ -536,22 +545,33 @@ fn exec<'a>(
                 r.take(*n)?;
             }
             Op::Skip(n) => skip(s, *n, r, depth)?,
-            Op::Str(slot) => out.slots[*slot] = Val::Str(Txt::B(r.string()?)),
-            Op::Long(slot) => out.slots[*slot] = Val::Int(r.long()?),
-            Op::Double(slot) => out.slots[*slot] = Val::Float(r.double()?),
+            Op::Str(slot) => put(&mut out.slots[*slot], Val::Str(Txt::B(r.string()?))),
+            Op::Long(slot) => put(&mut out.slots[*slot], Val::Int(r.long()?)),
+            Op::Double(slot) => put(&mut out.slots[*slot], Val::Float(r.double()?)),
             Op::Float(slot) => {
                 let mut b = [0u8; 4];
                 b.copy_from_slice(r.take(4)?);
-                out.slots[*slot] = Val::Float(f64::from(f32::from_le_bytes(b)));
+                put(
+                    &mut out.slots[*slot],
+                    Val::Float(f64::from(f32::from_le_bytes(b))),
+                );
             }
-            Op::Bool(slot) => out.slots[*slot] = Val::Bool(r.boolean()?),
+            Op::Bool(slot) => put(&mut out.slots[*slot], Val::Bool(r.boolean()?)),
+            Op::Null(slot) => put(&mut out.slots[*slot], Val::Null),
             Op::Enum(slot, n) => {
-                let v = materialise(s, *n, r, depth)?;
-                out.slots[*slot] = v;
+                let Node::Enum(symbols) = &s.nodes[*n] else {
+                    unreachable!("planned for an enum")
+                };
+                let i = r.index()?;
+                let symbol = symbols
+                    .get(i)
+                    .ok_or(DecodeError::Malformed("enum symbol out of range"))?;
+                put(&mut out.slots[*slot], Val::Str(Txt::B(symbol)));
             }
+            Op::Choice(_) => unreachable!("unwrapped above"),
             Op::Capture(slot, n) => {
                 let v = materialise(s, *n, r, depth)?;
-                out.slots[*slot] = v;
+                put(&mut out.slots[*slot], v);
             }
             Op::Union(branches) => {
                 let b = r.index()?;
@@ -613,6 +633,19 @@ fn exec<'a>(
         }
     }
     Ok(())
+}
+
+/// Stores a captured value. A slot is almost always still null here (a map may repeat
+/// a key): the old value is dropped only when it owns memory, so that a plain store
+/// costs no call to drop glue.
+#[inline(always)]
+fn put<'a>(slot: &mut Val<'a>, v: Val<'a>) {
+    let old = std::mem::replace(slot, v);
+    if matches!(old, Val::Array(_) | Val::Map(_)) {
+        drop(old);
+    } else {
+        std::mem::forget(old);
+    }
 }
 
 fn skip(s: &AvroSchema, n: usize, r: &mut Cursor<'_>, depth: usize) -> Result<(), DecodeError> {

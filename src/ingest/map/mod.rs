@@ -39,6 +39,9 @@ enum Src {
 #[derive(Debug, Clone)]
 struct Field {
     src: Src,
+    /// The slot that holds this field's value as it is (a path captured whole, with no
+    /// `map`): read in place when it holds a string.
+    direct: Option<usize>,
     map: Vec<(String, String)>,
     default: Option<String>,
     scale: Option<f64>,
@@ -281,6 +284,7 @@ impl Builder<'_> {
         }
         Some(Field {
             src,
+            direct: None,
             map: spec.map.into_iter().collect(),
             default: spec.default,
             scale: spec.scale,
@@ -442,6 +446,20 @@ impl Mapping {
             return None;
         }
         let (trie, located, as_list) = Trie::build_with_lists(&paths, &lists);
+        let direct = |f: &mut Field| {
+            if let Src::Path(p) = f.src
+                && f.map.is_empty()
+                && located[p].1.is_empty()
+            {
+                f.direct = Some(located[p].0);
+            }
+        };
+        let mut event_id = event_id;
+        let mut unit = unit;
+        event_id.iter_mut().for_each(direct);
+        unit.iter_mut().for_each(direct);
+        attributes.iter_mut().for_each(|(_, f)| direct(f));
+        body.iter_mut().for_each(|(_, f)| direct(f));
         Some(Mapping {
             record,
             paths,
@@ -507,6 +525,20 @@ impl Mapping {
         buf: &'a mut String,
         fallback_id: (i32, i64),
     ) -> Result<Option<EventRef<'a>>, String> {
+        self.apply_with(caps, units, buf, fallback_id, EventRef::clone)
+    }
+
+    /// [`Mapping::apply`], handing the event to `f` where it is built: the hot path
+    /// (an event is a few hundred bytes, and returning it costs copies).
+    #[inline]
+    pub fn apply_with<'a, R>(
+        &'a self,
+        caps: &Captures<'a>,
+        units: &[Option<TimeUnit>],
+        buf: &'a mut String,
+        fallback_id: (i32, i64),
+        f: impl FnOnce(&EventRef<'a>) -> R,
+    ) -> Result<Option<R>, String> {
         let slots = &caps.slots[..];
         // Phase 1: everything that may need text in `buf` becomes a `Txt`.
         for (path, want) in &self.when {
@@ -625,7 +657,7 @@ impl Mapping {
                 }
             }
         };
-        Ok(Some(EventRef {
+        Ok(Some(f(&EventRef {
             event_id: event_id.resolve(buf),
             timestamp,
             flags: flags
@@ -641,11 +673,12 @@ impl Mapping {
                 .collect(),
             user_id: unit.map(|t| t.resolve(buf)),
             body,
-        }))
+        })))
     }
 
     /// A string-valued field: its text (numbers and booleans as text), mapped through
     /// `map`, or the default; `None` if absent.
+    #[inline(always)]
     fn text<'a>(
         &'a self,
         slots: &[Val<'a>],
@@ -653,17 +686,23 @@ impl Mapping {
         buf: &mut String,
         name: &str,
     ) -> Result<Option<Txt<'a>>, String> {
-        // The common case first: a string at the end of its own path, as it is.
-        if let Src::Path(p) = f.src
-            && f.map.is_empty()
+        // The common case first, in place: a string at the end of its own path.
+        if let Some(slot) = f.direct
+            && let Val::Str(t) = &slots[slot]
         {
-            let (slot, rest) = &self.located[p];
-            if rest.is_empty()
-                && let Val::Str(t) = &slots[*slot]
-            {
-                return Ok(Some(*t));
-            }
+            return Ok(Some(*t));
         }
+        self.text_slow(slots, f, buf, name)
+    }
+
+    #[inline(never)]
+    fn text_slow<'a>(
+        &'a self,
+        slots: &[Val<'a>],
+        f: &'a Field,
+        buf: &mut String,
+        name: &str,
+    ) -> Result<Option<Txt<'a>>, String> {
         let raw: Option<Txt<'a>> = match &f.src {
             Src::Const(v) => Some(Txt::B(v.as_str())),
             Src::Path(p) => match self.val(slots, *p, buf) {
@@ -892,7 +931,12 @@ impl Mapping {
                         } else {
                             let part = |i: usize| {
                                 let (slot, rest) = &item[i];
-                                if *slot == 0 { k } else { v }.get(rest, buf)
+                                let whole = if *slot == 0 { k } else { v };
+                                if rest.is_empty() {
+                                    Some(whole)
+                                } else {
+                                    whole.get(rest, buf)
+                                }
                             };
                             match (part(0), part(1)) {
                                 (Some(k), Some(v)) => {
@@ -901,7 +945,9 @@ impl Mapping {
                                 _ => None,
                             }
                         };
-                        out.extend(pair);
+                        if let Some(pair) = pair {
+                            out.push(pair);
+                        }
                     }
                     return Ok(());
                 }
@@ -962,9 +1008,11 @@ fn scalar_text<'a>(v: &Val<'a>) -> Option<Txt<'a>> {
 }
 
 /// A scalar's text, formatting integers and floats into `buf`.
+#[inline]
 fn scalar_text_into<'a>(v: &Val<'a>, buf: &mut String) -> Option<Txt<'a>> {
     use std::fmt::Write as _;
     match v {
+        Val::Str(t) => Some(*t),
         Val::Int(i) => {
             let a = buf.len() as u32;
             let _ = write!(buf, "{i}");

@@ -302,8 +302,14 @@ impl<'a> Captures<'a> {
     }
 
     pub fn new(slots: usize) -> Captures<'a> {
+        // Inline slots start as one block copy of nulls, not a clone per slot.
+        let slots = if slots <= 16 {
+            smallvec::SmallVec::from_buf_and_len([const { Val::Null }; 16], slots)
+        } else {
+            smallvec::smallvec![Val::Null; slots]
+        };
         Captures {
-            slots: smallvec::smallvec![Val::Null; slots],
+            slots,
             pairs: smallvec::SmallVec::new(),
             bad: None,
         }
