@@ -545,19 +545,19 @@ fn exec<'a>(
                 r.take(*n)?;
             }
             Op::Skip(n) => skip(s, *n, r, depth)?,
-            Op::Str(slot) => put(&mut out.slots[*slot], Val::Str(Txt::B(r.string()?))),
-            Op::Long(slot) => put(&mut out.slots[*slot], Val::Int(r.long()?)),
-            Op::Double(slot) => put(&mut out.slots[*slot], Val::Float(r.double()?)),
+            Op::Str(slot) => Val::put(&mut out.slots[*slot], Val::Str(Txt::B(r.string()?))),
+            Op::Long(slot) => Val::put(&mut out.slots[*slot], Val::Int(r.long()?)),
+            Op::Double(slot) => Val::put(&mut out.slots[*slot], Val::Float(r.double()?)),
             Op::Float(slot) => {
                 let mut b = [0u8; 4];
                 b.copy_from_slice(r.take(4)?);
-                put(
+                Val::put(
                     &mut out.slots[*slot],
                     Val::Float(f64::from(f32::from_le_bytes(b))),
                 );
             }
-            Op::Bool(slot) => put(&mut out.slots[*slot], Val::Bool(r.boolean()?)),
-            Op::Null(slot) => put(&mut out.slots[*slot], Val::Null),
+            Op::Bool(slot) => Val::put(&mut out.slots[*slot], Val::Bool(r.boolean()?)),
+            Op::Null(slot) => Val::put(&mut out.slots[*slot], Val::Null),
             Op::Enum(slot, n) => {
                 let Node::Enum(symbols) = &s.nodes[*n] else {
                     unreachable!("planned for an enum")
@@ -566,12 +566,12 @@ fn exec<'a>(
                 let symbol = symbols
                     .get(i)
                     .ok_or(DecodeError::Malformed("enum symbol out of range"))?;
-                put(&mut out.slots[*slot], Val::Str(Txt::B(symbol)));
+                Val::put(&mut out.slots[*slot], Val::Str(Txt::B(symbol)));
             }
             Op::Choice(_) => unreachable!("unwrapped above"),
             Op::Capture(slot, n) => {
                 let v = materialise(s, *n, r, depth)?;
-                put(&mut out.slots[*slot], v);
+                Val::put(&mut out.slots[*slot], v);
             }
             Op::Union(branches) => {
                 let b = r.index()?;
@@ -633,19 +633,6 @@ fn exec<'a>(
         }
     }
     Ok(())
-}
-
-/// Stores a captured value. A slot is almost always still null here (a map may repeat
-/// a key): the old value is dropped only when it owns memory, so that a plain store
-/// costs no call to drop glue.
-#[inline(always)]
-fn put<'a>(slot: &mut Val<'a>, v: Val<'a>) {
-    let old = std::mem::replace(slot, v);
-    if matches!(old, Val::Array(_) | Val::Map(_)) {
-        drop(old);
-    } else {
-        std::mem::forget(old);
-    }
 }
 
 fn skip(s: &AvroSchema, n: usize, r: &mut Cursor<'_>, depth: usize) -> Result<(), DecodeError> {

@@ -72,6 +72,19 @@ impl<'a> Val<'a> {
         next.get(rest, buf)
     }
 
+    /// Stores a captured value. A slot is almost always still null here (a map may
+    /// repeat a key): the old value is dropped only when it owns memory, so that a plain
+    /// store costs no call to drop glue.
+    #[inline(always)]
+    pub(crate) fn put(slot: &mut Val<'a>, v: Val<'a>) {
+        let old = std::mem::replace(slot, v);
+        if matches!(old, Val::Array(_) | Val::Map(_)) {
+            drop(old);
+        } else {
+            std::mem::forget(old);
+        }
+    }
+
     /// As a number: JSON numbers, integers, floats, and numeric strings.
     pub fn as_f64(&self, buf: &str) -> Option<f64> {
         match self {
@@ -395,9 +408,14 @@ impl Trie {
         (root, located, as_list)
     }
 
+    #[inline]
     pub fn child_key(&self, key: &str) -> Option<&Trie> {
+        // Length and first byte before the bytes: most keys of a document are not ours.
+        let (len, first) = (key.len(), key.as_bytes().first().copied());
         self.children.iter().find_map(|(s, t)| match s {
-            Seg::Key(k) if k == key => Some(t),
+            Seg::Key(k) if k.len() == len && k.as_bytes().first().copied() == first && k == key => {
+                Some(t)
+            }
             _ => None,
         })
     }
