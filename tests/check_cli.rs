@@ -126,6 +126,20 @@ fn zero_windows() {
 }
 
 #[test]
+fn rolling_baselines_are_checked_with_their_paths() {
+    assert_rejected(
+        "baseline",
+        &[
+            "flags[0].guardrails[0].max_relative_increase: a relative bound needs the flag's control variant, or a baseline",
+            "flags[0].guardrails[1].baseline.windows: 1 is not in [2, 48]",
+            "flags[0].guardrails[2].baseline.windows: 24 is not in [2, 12] for a quantile metric",
+            "flags[0].guardrails[3].baseline: a baseline is what a relative bound is tested against",
+            "flags[1].guardrails[0].baseline: only for a flag without control",
+        ],
+    );
+}
+
+#[test]
 fn every_error_of_a_config_is_reported() {
     assert_rejected(
         "several_errors",
