@@ -52,6 +52,14 @@ fn the_documented_config_is_valid() {
 }
 
 #[test]
+fn the_rolling_baseline_example_is_valid() {
+    let out = check(&root().join("config/rolling-baseline.toml"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("payment-router-v3"), "{text}");
+}
+
+#[test]
 fn unknown_metric() {
     assert_rejected(
         "unknown_metric",

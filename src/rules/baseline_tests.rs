@@ -580,3 +580,65 @@ fn the_baseline_test_matches_the_scipy_reference() {
         );
     }
 }
+
+/// A quantile guardrail against its baseline: p95 latency pooled over the previous 4
+/// windows' histograms; a doubled latency holds the cohort (a warning). Quantile rings
+/// are not published: after a restart the guardrail warms up again.
+#[test]
+fn a_quantile_baseline_pools_histograms_and_rewarms_after_a_restart() {
+    let text = CONFIG
+        .replace(
+            "[[flags]]",
+            "[[metrics]]\nname = \"p95\"\ntype = \"quantile\"\nquantile = 0.95\nsource = \"product\"\nfield = \"latency_ms\"\n\n[[flags]]",
+        )
+        .replace("metric = \"err\"", "metric = \"p95\"")
+        .replace("windows = 8", "windows = 4")
+        .replace("alpha = 0.01", "alpha = 0.01\n  severity = \"warning\"");
+    let policy = compile(&text);
+    let latency = |k: i64, scale: f64| {
+        let mut a = Agg::new(&policy.metrics[1]);
+        let mut rng = SmallRng::seed_from_u64(k as u64);
+        for u in 0..1500u64 {
+            // Exponential latencies around 200 ms, two requests per user.
+            for _ in 0..2 {
+                let v = -200.0 * scale * rng.random::<f64>().max(1e-12).ln();
+                a.apply(Contribution::Value(v), unit_hash(&u.to_le_bytes()));
+            }
+        }
+        a
+    };
+    // The flag's slot 0 is p95 (its only guardrail's metric).
+    assert_eq!(policy.flags[0].metric_ids, vec![1]);
+    let mut rules = Rules::new(policy.clone());
+    let mut last = None;
+    for k in 0..8 {
+        let j = decide(&mut rules, &policy, k, latency(k, 1.0));
+        let ev = j
+            .evaluation
+            .evidence
+            .iter()
+            .find(|e| e.metric == "p95")
+            .unwrap()
+            .clone();
+        let want = if k < 5 { "insufficient" } else { "healthy" };
+        assert_eq!(ev.status, want, "window {k}: {}", ev.method);
+        assert_eq!(action(&j), None);
+        last = Some(j.evaluation);
+    }
+    let eval = last.unwrap();
+    assert!(
+        eval.band.iter().all(|b| !b.metric.starts_with("baseline#")),
+        "quantile rings are not published"
+    );
+    let mut restarted = Rules::new(policy.clone());
+    assert_eq!(restarted.restore(&eval), Restore::Restored);
+    let doubled: Vec<_> = (8..10)
+        .map(|k| {
+            let a = decide(&mut rules, &policy, k, latency(k, 2.0));
+            let b = decide(&mut restarted, &policy, k, latency(k, 2.0));
+            (action(&a), action(&b))
+        })
+        .collect();
+    // The running engine holds at the second slow window; the restarted one warms up.
+    assert_eq!(doubled, vec![(None, None), (Some(Action::Hold), None)]);
+}
