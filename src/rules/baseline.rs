@@ -22,9 +22,9 @@
 //! absolute bound of the same guardrail breaches, and the evidence says `baseline
 //! warming up: k of N windows`.
 //!
-//! Memory: per (flag, cohort, baseline guardrail) at most N aggregates — for a rate or
-//! mean metric about 1.1 KiB each (its unit buckets), for a quantile metric about
-//! 25 KiB (an HDR histogram and the coarse per-bucket table), hence the lower cap on N
+//! Memory: per (flag, cohort, baseline guardrail) at most N + 1 aggregates (the ring
+//! and the pending window) — for a rate or mean metric about 1.1 KiB each (its unit
+//! buckets), for a quantile metric about 25 KiB (an HDR histogram and the coarse per-bucket table), hence the lower cap on N
 //! for quantiles. Cohorts per flag are bounded by `max_cohorts` (+ `*` and `other`).
 //!
 //! State: the rings of rate and mean metrics are published with each evaluation to the
