@@ -461,6 +461,21 @@ pub struct GuardrailConfig {
     /// the cohorts named (`auth=logged_in`), the rest inherited from this guardrail.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cohorts: Vec<GuardrailOverride>,
+    /// A flag without control: the relative bounds are tested against this baseline,
+    /// the same cohort's own recent windows (SPEC §4 "Policy depth").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineConfig>,
+}
+
+/// `baseline = { windows = 8 }`: what a relative bound of a flag without control is
+/// tested against — the same cohort's treatment traffic over its previous `windows`
+/// closed windows, pooled (windows in which the guardrail breached left out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineConfig {
+    /// How many previous windows are pooled; no decision on the relative bound until
+    /// that many are in (warm-up).
+    pub windows: u32,
 }
 
 /// A guardrail's settings for one cohort: the fields given replace the guardrail's.

@@ -96,6 +96,9 @@ pub struct Guardrail {
     pub action: Action,
     /// Judge the relative bound with the band's sequential test (else per window).
     pub sequential: bool,
+    /// A flag without control: the relative bound is tested against the cohort's
+    /// previous this-many windows, pooled (`rules::baseline`).
+    pub baseline: Option<u32>,
 }
 
 /// A metric that should improve before the ramp advances.
@@ -572,7 +575,8 @@ fn compile_flag(
         let gp = format!("{path}.guardrails[{j}]");
         let metric = resolve(c, format!("{gp}.metric"), &g.metric);
         check_common(c, &gp, g.alpha, g.windows);
-        let base = check_guardrail(c, &gp, g, f.control.is_some());
+        let has_reference = f.control.is_some() || g.baseline.is_some();
+        let base = check_guardrail(c, &gp, g, has_reference);
         let (Some(metric), Some(base)) = (metric, base) else {
             continue;
         };
@@ -590,7 +594,9 @@ fn compile_flag(
             severity,
             action,
             sequential,
+            baseline: g.baseline.as_ref().map(|b| b.windows),
         };
+        check_baseline(c, &gp, g, f.control.is_some(), &config.metrics[metric]);
         guardrails.push(build(g, base));
         for (k, o) in g.cohorts.iter().enumerate() {
             let op = format!("{gp}.cohorts[{k}]");
@@ -618,7 +624,7 @@ fn compile_flag(
                 ..g.clone()
             };
             check_common(c, &op, merged.alpha, merged.windows);
-            if let Some(kind) = check_guardrail(c, &op, &merged, f.control.is_some()) {
+            if let Some(kind) = check_guardrail(c, &op, &merged, has_reference) {
                 let at = match by_cohort.iter().position(|(name, _)| *name == o.cohort) {
                     Some(i) => i,
                     None => {
@@ -729,13 +735,57 @@ fn compile_flag(
     })
 }
 
-/// A guardrail's bounds, severity, test and action (its own, or with a cohort's override
-/// applied); errors under `gp`.
-fn check_guardrail(
+/// A guardrail's `baseline` (SPEC §4 "Policy depth"): only without control, only with
+/// a relative bound, and a window count the ring's memory bound allows.
+fn check_baseline(
     c: &mut Checker,
     gp: &str,
     g: &GuardrailConfig,
     has_control: bool,
+    metric: &MetricConfig,
+) {
+    use crate::rules::baseline::{MAX_QUANTILE_WINDOWS, MAX_WINDOWS, MIN_WINDOWS};
+    let Some(b) = &g.baseline else {
+        return;
+    };
+    if has_control {
+        c.err::<()>(
+            format!("{gp}.baseline"),
+            "only for a flag without control (with control, relative bounds are tested against it)",
+        );
+    }
+    if g.max_relative_increase.is_none() && g.max_relative_decrease.is_none() {
+        c.err::<()>(
+            format!("{gp}.baseline"),
+            "a baseline is what a relative bound is tested against: set max_relative_increase or max_relative_decrease",
+        );
+    }
+    let max = if metric.kind == "quantile" {
+        MAX_QUANTILE_WINDOWS
+    } else {
+        MAX_WINDOWS
+    };
+    if !(MIN_WINDOWS..=max).contains(&b.windows) {
+        let why = if metric.kind == "quantile" {
+            " for a quantile metric (a histogram is kept per window)"
+        } else {
+            ""
+        };
+        c.err::<()>(
+            format!("{gp}.baseline.windows"),
+            format!("{} is not in [{MIN_WINDOWS}, {max}]{why}", b.windows),
+        );
+    }
+}
+
+/// A guardrail's bounds, severity, test and action (its own, or with a cohort's override
+/// applied); errors under `gp`. `has_reference`: the flag has control or the guardrail
+/// a baseline, so a relative bound can be tested.
+fn check_guardrail(
+    c: &mut Checker,
+    gp: &str,
+    g: &GuardrailConfig,
+    has_reference: bool,
 ) -> Option<(Severity, Action, bool)> {
     if g.max.is_none()
         && g.min.is_none()
@@ -752,10 +802,10 @@ fn check_guardrail(
         ("max_relative_decrease", g.max_relative_decrease),
     ] {
         if let Some(v) = v {
-            if !has_control {
+            if !has_reference {
                 c.err::<()>(
                     format!("{gp}.{name}"),
-                    "a relative bound needs the flag's control variant",
+                    "a relative bound needs the flag's control variant, or a baseline (baseline = { windows = 8 }: the cohort's previous windows)",
                 );
             }
             if !(v >= 0.0 && v.is_finite()) || (name == "max_relative_decrease" && v >= 1.0) {

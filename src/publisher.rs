@@ -288,16 +288,20 @@ pub fn key_evidence(c: &FlagCommand) -> String {
         .join("; ")
 }
 
-/// An evaluation without the sample-ratio test's sampled units (see [`Publisher::submit`]).
+/// An evaluation without the sample-ratio test's sampled units and without the rolling
+/// baselines' rings (see [`Publisher::submit`]): state, not evidence.
 pub fn without_sample(e: &WindowEvaluation) -> std::borrow::Cow<'_, WindowEvaluation> {
+    let is_ring =
+        |b: &crate::records::BandState| crate::rules::baseline::band_guardrail(&b.metric).is_some();
     if !e
         .band
         .iter()
-        .any(|b| b.metric == crate::rules::srm::BAND_NAME && !b.control.is_empty())
+        .any(|b| (b.metric == crate::rules::srm::BAND_NAME && !b.control.is_empty()) || is_ring(b))
     {
         return std::borrow::Cow::Borrowed(e);
     }
     let mut e = e.clone();
+    e.band.retain(|b| !is_ring(b));
     for b in &mut e.band {
         if b.metric == crate::rules::srm::BAND_NAME {
             b.control.clear();

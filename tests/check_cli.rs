@@ -52,6 +52,14 @@ fn the_documented_config_is_valid() {
 }
 
 #[test]
+fn the_rolling_baseline_example_is_valid() {
+    let out = check(&root().join("config/rolling-baseline.toml"));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("payment-router-v3"), "{text}");
+}
+
+#[test]
 fn unknown_metric() {
     assert_rejected(
         "unknown_metric",
@@ -122,6 +130,20 @@ fn zero_windows() {
     assert_rejected(
         "zero_windows",
         &["flags[0].guardrails[0].windows: must be at least 1"],
+    );
+}
+
+#[test]
+fn rolling_baselines_are_checked_with_their_paths() {
+    assert_rejected(
+        "baseline",
+        &[
+            "flags[0].guardrails[0].max_relative_increase: a relative bound needs the flag's control variant, or a baseline",
+            "flags[0].guardrails[1].baseline.windows: 1 is not in [2, 48]",
+            "flags[0].guardrails[2].baseline.windows: 24 is not in [2, 12] for a quantile metric",
+            "flags[0].guardrails[3].baseline: a baseline is what a relative bound is tested against",
+            "flags[1].guardrails[0].baseline: only for a flag without control",
+        ],
     );
 }
 

@@ -183,6 +183,17 @@ fn relative_change(t: f64, c: Option<f64>) -> Option<f64> {
     c.filter(|c| *c != 0.0).map(|c| (t - c) / c)
 }
 
+/// What a guardrail's relative bound is tested against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    /// Nothing (no control, or a baseline still warming up): absolute bounds only.
+    None,
+    /// The flag's control variant in the same window.
+    Control,
+    /// The cohort's previous `windows` admitted windows, pooled (`rules::baseline`).
+    Baseline { windows: u32 },
+}
+
 /// A guardrail's detectors: one for the relative bound, one for the absolute bound(s).
 #[derive(Debug)]
 pub struct GuardrailDetectors<'a> {
@@ -191,8 +202,9 @@ pub struct GuardrailDetectors<'a> {
 }
 
 /// Judges a guardrail at level `alpha` (the family's share for this guardrail and
-/// cohort). Every bound is a one-sided test over units: the relative bound against
-/// control, the absolute `max`/`min` against the treatment's own uncertainty (a small
+/// cohort) on `arms` = [treatment, reference] aggregates of its metric. Every bound is
+/// a one-sided test over units: the relative bound against the `reference` (control,
+/// or a flag without control's rolling baseline), the absolute `max`/`min` against the treatment's own uncertainty (a small
 /// cohort's point estimate past `max` is often noise). `detectors` is `Some` for a
 /// sequential guardrail (updated here with this window): its p-value is 1/E, E the mean
 /// of the bounds' e-values, valid at every look; `band` holds the treatment and control
@@ -201,22 +213,22 @@ pub struct GuardrailDetectors<'a> {
 pub fn guardrail(
     policy: &Policy,
     g: &Guardrail,
-    cell: &Cell,
+    [t, c]: [&Agg; 2],
     band: Option<&[Agg; 2]>,
     detectors: Option<GuardrailDetectors<'_>>,
-    has_control: bool,
+    reference: Reference,
     alpha: f64,
 ) -> (MetricEvidence, Status) {
     let metric = &policy.metrics[g.metric];
-    let (t, c) = (&cell[TREATMENT].aggs[g.slot], &cell[CONTROL].aggs[g.slot]);
     let (tv, tn) = value(t, &metric.kind);
     let (cv, cn) = value(c, &metric.kind);
-    let control_value = has_control.then_some(cv);
+    let has_reference = reference != Reference::None;
+    let control_value = has_reference.then_some(cv);
     let relative = g
         .max_relative_increase
         .map(|m| (m, Tail::Greater))
         .or(g.max_relative_decrease.map(|m| (-m, Tail::Less)))
-        .filter(|_| has_control);
+        .filter(|_| has_reference);
     let absolute: Vec<(f64, Tail)> = g
         .max
         .map(|m| (m, Tail::Greater))
@@ -245,7 +257,12 @@ pub fn guardrail(
         .collect();
     let mut bounds_named = Vec::new();
     if let Some((m, _)) = relative {
-        bounds_named.push(format!("relative {m:+} vs control"));
+        bounds_named.push(match reference {
+            Reference::Baseline { windows } => format!(
+                "relative {m:+} vs baseline (this cohort's previous {windows} windows pooled, breached windows left out; shared units counted as independent)"
+            ),
+            _ => format!("relative {m:+} vs control"),
+        });
     }
     for (b, tail) in &absolute {
         let word = if *tail == Tail::Greater { "max" } else { "min" };

@@ -5,6 +5,7 @@
 //! success metric, and the count of consecutive all-healthy windows. It is rebuilt
 //! after a restart from the `WindowEvaluation`s the engine published ([`Rules::restore`]).
 
+pub mod baseline;
 pub mod judge;
 mod reason;
 pub mod srm;
@@ -20,7 +21,8 @@ use crate::records::{BandState, FlagCommand, MetricEvidence, WindowEvaluation};
 use crate::window::aggregate::Agg;
 use crate::window::aggregate::{CELL_SAMPLE, joint_sample};
 use crate::window::{CONTROL, Cell, ClosedWindow, TREATMENT};
-use judge::Status;
+use baseline::Baseline;
+use judge::{Reference, Status};
 use reason::{advance_reason, describe, fmt_pct, pct_if_pause, srm_reason};
 use srm::SrmState;
 use stats::Detector;
@@ -81,6 +83,9 @@ pub struct CohortState {
     pub abs_detectors: Vec<Detector>,
     /// The sample-ratio test of the band, on distinct units.
     pub srm: SrmState,
+    /// Per guardrail, its rolling baseline (a guardrail with `baseline`, flags without
+    /// control): kept across ramp bands.
+    pub baselines: Vec<Option<Baseline>>,
 }
 
 impl CohortState {
@@ -95,6 +100,11 @@ impl CohortState {
             detectors: vec![Detector::default(); flag.guardrails.len()],
             abs_detectors: vec![Detector::default(); flag.guardrails.len()],
             srm: SrmState::default(),
+            baselines: flag
+                .guardrails
+                .iter()
+                .map(|g| g.baseline.map(Baseline::new))
+                .collect(),
         }
     }
 
@@ -245,6 +255,9 @@ struct CohortJudgement {
     guardrails: Vec<(MetricEvidence, Status)>,
     success: Vec<(MetricEvidence, Status)>,
     srm: Option<(MetricEvidence, bool)>,
+    /// Per guardrail with a baseline, this window's treatment aggregate, admitted to
+    /// the ring once the window's decision is known ([`admit_to_baselines`]).
+    baseline_in: Vec<Option<Agg>>,
 }
 
 pub struct Rules {
@@ -294,26 +307,55 @@ impl Rules {
                     band,
                     detectors,
                     abs_detectors,
+                    baselines,
                     ..
                 } = &mut *state;
                 let guardrails = fc
                     .guardrails
                     .iter()
                     .zip(detectors.iter_mut().zip(abs_detectors.iter_mut()))
-                    .map(|(g, (relative, absolute))| {
+                    .zip(baselines.iter())
+                    .map(|((g, (relative, absolute)), baseline)| {
+                        let t = &cell[TREATMENT].aggs[g.slot];
+                        // The reference: control, or the warm baseline pooled.
+                        let pooled = baseline
+                            .as_ref()
+                            .filter(|b| b.warm())
+                            .and_then(Baseline::pooled);
+                        let (c, reference) = match (&pooled, baseline) {
+                            (Some(p), Some(b)) => (p, Reference::Baseline { windows: b.windows }),
+                            (_, Some(_)) => (&cell[CONTROL].aggs[g.slot], Reference::None),
+                            _ if has_control => (&cell[CONTROL].aggs[g.slot], Reference::Control),
+                            _ => (&cell[CONTROL].aggs[g.slot], Reference::None),
+                        };
                         let (band, detectors) = match g.sequential {
+                            // A baseline's evidence is the change-point detector alone:
+                            // the band has no control arm to accumulate.
                             true => (
-                                band[g.slot].as_ref(),
+                                band[g.slot].as_ref().filter(|_| baseline.is_none()),
                                 Some(judge::GuardrailDetectors { relative, absolute }),
                             ),
                             false => (None, None),
                         };
                         let (alpha, family) = family_alpha(policy, fc, g, cohort);
-                        let (mut ev, status) =
-                            judge::guardrail(policy, g, cell, band, detectors, has_control, alpha);
+                        let (mut ev, mut status) =
+                            judge::guardrail(policy, g, [t, c], band, detectors, reference, alpha);
+                        if let Some(b) = baseline.as_ref().filter(|b| !b.warm()) {
+                            baseline::warming_up(&mut ev, &mut status, b);
+                        }
                         ev.method.push_str("; ");
                         ev.method.push_str(&family);
                         (ev, status)
+                    })
+                    .collect();
+                let baseline_in = fc
+                    .guardrails
+                    .iter()
+                    .zip(baselines.iter())
+                    .map(|(g, b)| {
+                        let t = &cell[TREATMENT].aggs[g.slot];
+                        let seen = judge::value(t, &policy.metrics[g.metric].kind).1 > 0;
+                        (b.is_some() && seen).then(|| t.clone())
                     })
                     .collect();
                 let success = flag
@@ -326,6 +368,7 @@ impl Rules {
                     guardrails,
                     success,
                     srm,
+                    baseline_in,
                 });
             }
             control_fdr(flag, &mut judged);
@@ -393,6 +436,16 @@ impl Rules {
             if b.metric == srm::BAND_NAME {
                 if let Some(s) = SrmState::from_band_state(b) {
                     state.srm = s;
+                }
+                continue;
+            }
+            if let Some(i) = baseline::band_guardrail(&b.metric) {
+                let ring = flag.guardrails.get(i).and_then(|g| {
+                    let template = Agg::new(&self.policy.metrics[g.metric]);
+                    Baseline::from_band_state(b, &template, g.baseline?)
+                });
+                if let Some(ring) = ring {
+                    state.baselines[i] = Some(ring);
                 }
                 continue;
             }
@@ -511,7 +564,33 @@ fn band_states(policy: &Policy, flag: &Flag, state: &CohortState) -> Vec<BandSta
     if state.srm != SrmState::default() {
         out.push(state.srm.band_state(true));
     }
+    out.extend(
+        state
+            .baselines
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.as_ref()?.band_state(i)),
+    );
     out
+}
+
+/// Offers this window's treatment aggregates to the guardrails' baselines (admitted one
+/// window late, see `baseline`): a window is clean unless the guardrail's streak is
+/// above 0 (breached now, or a breach episode not yet healed) or the cohort is paused
+/// or rolled back; a window that is not clean drops itself and the pending one, so a
+/// regression does not become its own baseline (SPEC §4 "Policy depth").
+fn admit_to_baselines(state: &mut CohortState, incoming: Vec<Option<Agg>>) {
+    let stopped = state.status.stopped();
+    for ((b, agg), streak) in state
+        .baselines
+        .iter_mut()
+        .zip(incoming)
+        .zip(&state.guardrail_streaks)
+    {
+        if let Some(b) = b {
+            b.observe(!stopped && *streak == 0, agg);
+        }
+    }
 }
 
 /// Benjamini–Hochberg over every tested success p-value of a flag in this window (all
@@ -702,12 +781,13 @@ fn judge_cohort(
     policy: &Policy,
     flag: &Flag,
     cohort: &str,
-    judged: CohortJudgement,
+    mut judged: CohortJudgement,
     state: &mut CohortState,
     window: &ClosedWindow,
     now: i64,
 ) -> Judged {
     let from = state.percent;
+    let baseline_in = std::mem::take(&mut judged.baseline_in);
     let mut sig = update_streaks(flag, judged, state);
     // Distinct exposed units per arm over the band, estimated from the unit sample.
     let rate = state.srm.sampling_rate();
@@ -718,6 +798,7 @@ fn judge_cohort(
         ev.control_units = cu;
     }
     let decision = choose_action(policy, flag, &sig, state);
+    admit_to_baselines(state, baseline_in);
     let evidence = sig.evidence;
     let cmd = decision.map(|(action, to, severity, reason)| FlagCommand {
         command_id: command_id(
@@ -788,6 +869,8 @@ pub struct Judged {
     pub command: Option<FlagCommand>,
 }
 
+#[cfg(test)]
+mod baseline_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -51,8 +51,14 @@ pub(super) fn describe(e: &MetricEvidence, windows: u32) -> String {
         fmt_val(e.treatment_value)
     );
     if let Some(c) = e.control_value {
+        // A flag without control is judged against its rolling baseline (judge.rs).
+        let reference = if e.method.contains("vs baseline (") {
+            "in the cohort's baseline"
+        } else {
+            "in control"
+        };
         s += &format!(
-            " vs {} in control ({}, p={})",
+            " vs {} {reference} ({}, p={})",
             fmt_val(c),
             fmt_rel(e.relative_change),
             fmt_p(e.p_value)

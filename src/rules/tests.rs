@@ -788,6 +788,7 @@ fn benjamini_hochberg_decides_which_success_tests_count() {
     let flag = &policy.flags[0];
     let judged_with = |p: f64| CohortJudgement {
         guardrails: Vec::new(),
+        baseline_in: Vec::new(),
         success: vec![(
             MetricEvidence {
                 metric: "conv".into(),
