@@ -899,7 +899,7 @@ fn child_config(env: &Env, dir: &std::path::Path) -> PathBuf {
         )
         .replace(
             "\"client.id\" = \"guardrail\"",
-            "\"client.id\" = \"guardrail\"\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"",
+            "\"client.id\" = \"guardrail\"\n\"session.timeout.ms\" = \"3000\"\n\"heartbeat.interval.ms\" = \"500\"",
         )
         .replace("idle_timeout = \"30s\"", "idle_timeout = \"2s\"")
         .replace("listen = \"0.0.0.0:9464\"", "listen = \"127.0.0.1:0\"");
@@ -929,13 +929,13 @@ fn spawn_child(config: &std::path::Path, log: &std::path::Path) -> std::process:
 }
 
 /// 6: exactly-once under kill -9. A child `guardrail run` is killed with SIGKILL at
-/// seeded random moments while events stream in, and restarted each time; then one runs
+/// 20 seeded random moments while events stream in, and restarted each time; then one runs
 /// to the end. Compared with `replay` on the same events: the same set of command_ids,
 /// no (flag, cohort, window) evaluated twice, no re-read record dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_streaming_decides_each_window_once() {
     use rand::{Rng, SeedableRng};
-    const KILLS: usize = 6;
+    const KILLS: usize = 20;
     let t0 = Instant::now();
     let env = env();
     let dir = tempfile::tempdir().unwrap();
@@ -943,7 +943,7 @@ async fn kill_9_while_streaming_decides_each_window_once() {
     let log = dir.path().join("guardrail.log");
     let mut rng = rand::rngs::SmallRng::seed_from_u64(20261202);
 
-    // Events stream in, one window every 6 s (about as long as the kills take), while
+    // Events stream in, one window every 24 s (the 20 kills, about 10 s each, take about as long), while
     // the children are killed.
     let streamer = {
         let producer = env.producer();
@@ -956,7 +956,7 @@ async fn kill_9_while_streaming_decides_each_window_once() {
                 produced += guardrail::kafka::produce_events(&producer, &topics, &schemas, &events)
                     .await
                     .expect("producing");
-                tokio::time::sleep(Duration::from_millis(6000)).await;
+                tokio::time::sleep(Duration::from_millis(24000)).await;
             }
             produced
         })
@@ -999,10 +999,10 @@ async fn kill_9_while_streaming_decides_each_window_once() {
             t0.elapsed().as_secs_f64()
         );
     }
-    // Timing decides how many kills land after a close (3 of 6 in most runs): the
-    // test is only meaningful if some do.
+    // Timing decides how many kills land after a close (about one in two): the test is
+    // only meaningful if some do.
     assert!(
-        kills_after_a_close >= 2,
+        kills_after_a_close >= 5,
         "kills after the child closed windows: {kills_after_a_close} of {KILLS}"
     );
     let produced = streamer.await.unwrap();
