@@ -2,7 +2,8 @@
 //! rdkafka consumer reading the same pre-produced messages from librdkafka's mock
 //! cluster; and the decision latency (window closed → command acknowledged).
 //! Run: `cargo bench --bench kafka_throughput` (prints a table, and per engine round the
-//! CPU each thread used on stderr; asserts nothing).
+//! CPU each thread used on stderr; asserts nothing). `KAFKA_BENCH_DELIVERY=exactly-once`
+//! runs the engine with one Kafka transaction per window close; `KAFKA_BENCH_ROUNDS=N`.
 //!
 //! Both sides use the engine's consumer settings and a fresh consumer group, and both
 //! are timed from their first message to their last, so group-join time is excluded.
@@ -167,14 +168,21 @@ fn main() {
         let (mut plain, mut engine) = (Vec::new(), Vec::new());
         let (mut plain_cores, mut engine_cores) = (Vec::new(), Vec::new());
         let mut last = None;
-        for round in 0..ROUNDS {
+        let rounds = std::env::var("KAFKA_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+        for round in 0..rounds {
             let (rate, cores) = plain_consumer(&k, &inputs, total, round).await;
             eprintln!("round {round}: plain {rate:.0} events/s");
             plain.push(rate);
             plain_cores.push(cores);
             // Each engine round gets its own group and output topics: a fresh start.
             let mut config = config.clone();
-            config.kafka.as_mut().expect("kafka").group_id = format!("bench-engine-{round}");
+            let kafka = config.kafka.as_mut().expect("kafka");
+            kafka.group_id = format!("bench-engine-{round}");
+            // `KAFKA_BENCH_DELIVERY=exactly-once`: one transaction per window close.
+            if std::env::var("KAFKA_BENCH_DELIVERY").is_ok_and(|d| d == "exactly-once") {
+                kafka.delivery = guardrail::config::Delivery::ExactlyOnce;
+                kafka.transactional_id = Some(format!("bench-engine-{round}"));
+            }
             config.topics.flag_commands = format!("bench-commands-{round}");
             config.topics.evaluations = format!("bench-evaluations-{round}");
             config.topics.state = format!("bench-state-{round}");
@@ -196,7 +204,8 @@ fn main() {
         println!("\nplain rounds: {} events/s, {} cores busy (broker included)", fmt(&plain), fmt2(&plain_cores));
         println!("engine rounds: {} events/s, {} cores busy (broker included)", fmt(&engine), fmt2(&engine_cores));
         let (p, e) = (median(&mut plain), median(&mut engine));
-        println!("\n| path (median of {ROUNDS}) | events/s |\n|---|---|");
+        let delivery = std::env::var("KAFKA_BENCH_DELIVERY").unwrap_or_else(|_| "at-least-once".into());
+        println!("\n| path (median of {rounds}, {delivery}) | events/s |\n|---|---|");
         println!("| plain rdkafka consumer (ingestion limit) | {p:.0} |");
         println!("| guardrail engine (decode, window, decide, publish, commit) | {e:.0} |");
         println!("| ratio | {:.0}% |", e / p * 100.0);
