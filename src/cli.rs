@@ -88,6 +88,38 @@ pub enum Command {
     },
     /// Applies flag-commands to an OpenFeature flagd flag file (and `apply approve`).
     Apply(ApplyArgs),
+    /// Injects a synthetic regression into one cohort of one flag on a live cluster and
+    /// measures the loop: time to the command and to the change applied (JSON report).
+    /// Exit 0 when a PAUSE/ROLLBACK/HOLD for the cohort arrived, 1 when none did.
+    Gameday {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        flag: String,
+        /// The cohort, as commands name it: name=value[,name=value] of the flag's cohort_by.
+        #[arg(long)]
+        cohort: String,
+        /// METRIC=xFACTOR on treatment, e.g. error_rate=x3 (repeatable); METRIC is a
+        /// guardrail metric's name or its unique ending.
+        #[arg(long = "effect", required = true)]
+        effects: Vec<String>,
+        /// Longest injection (the game day fails if no command came by then).
+        #[arg(long, default_value = "45m")]
+        duration: String,
+        /// After the command, how long to wait for the platform's applied record.
+        #[arg(long, default_value = "5m")]
+        applied_wait: String,
+        /// Synthetic units (sessions) per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+        /// Treatment percent of the synthetic units: the percent the cohort is served
+        /// (default: the flag's start_percent).
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Names the game day: the `gameday` attribute of every synthetic event.
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Writes simulated traffic as Avro container files (for replay and benchmarks).
     Generate {
         /// Output directory: product-events.avro, error-events.avro, support-signals.avro.

@@ -27,6 +27,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod gameday;
 pub mod http;
 pub mod ids;
 pub mod ingest;

@@ -84,6 +84,27 @@ fn main() -> ExitCode {
             ))
         }
         Command::Apply(args) => apply(args),
+        Command::Gameday {
+            config,
+            flag,
+            cohort,
+            effects,
+            duration,
+            applied_wait,
+            rate,
+            percent,
+            id,
+        } => gameday(
+            &config,
+            flag,
+            cohort,
+            &effects,
+            &duration,
+            &applied_wait,
+            rate,
+            percent,
+            id,
+        ),
         Command::Demo {
             config,
             format,
@@ -100,6 +121,79 @@ fn main() -> ExitCode {
             &listen,
             std::time::Duration::from_secs(linger),
         )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the subcommand's flags, spelled out
+fn gameday(
+    path: &std::path::Path,
+    flag: String,
+    cohort: String,
+    effects: &[String],
+    duration: &str,
+    applied_wait: &str,
+    rate: f64,
+    percent: Option<f64>,
+    id: Option<String>,
+) -> ExitCode {
+    let Ok((config, policy)) = load_both(path) else {
+        return ExitCode::from(2);
+    };
+    let spec = (|| -> anyhow::Result<guardrail::gameday::Spec> {
+        let f =
+            policy.flags.iter().find(|f| f.key == flag).ok_or_else(|| {
+                anyhow::anyhow!("--flag {flag:?}: not a flag of {}", path.display())
+            })?;
+        guardrail::gameday::cohort_key(f, &cohort)?;
+        let dur = |name: &str, t: &str| {
+            guardrail::config::parse_duration(t).map_err(|e| anyhow::anyhow!("--{name} {t:?}: {e}"))
+        };
+        if !(rate.is_finite() && rate > 0.0) {
+            anyhow::bail!("--rate must be a positive number of units per second");
+        }
+        let percent = percent.unwrap_or(f.start_percent);
+        if !(0.0..=100.0).contains(&percent) {
+            anyhow::bail!("--percent must be within [0, 100]");
+        }
+        Ok(guardrail::gameday::Spec {
+            id: id.unwrap_or_else(|| format!("gd{}", guardrail::clock::wall_ms() / 1000)),
+            effects: guardrail::gameday::parse_effects(&policy, f, effects)?,
+            flag: flag.clone(),
+            cohort: cohort.clone(),
+            rate,
+            percent,
+            duration: dur("duration", duration)?,
+            applied_wait: dur("applied-wait", applied_wait)?,
+            seed: guardrail::clock::wall_ms() as u64,
+        })
+    })();
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("guardrail gameday: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(guardrail::gameday::run(&config, &policy, &spec)));
+    match report {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            if r.command.is_some() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "guardrail gameday: no PAUSE, ROLLBACK or HOLD for {} within {duration}",
+                    r.cohort
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("guardrail gameday: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -692,3 +692,97 @@ async fn an_advance_waits_for_its_approval_across_a_restart() {
     let held = flagd_evaluate(&flagd, &[case(CHECKOUT, Some("android"))]);
     assert_split(&held[0], "on", "off", 50.0, "android, held at 50%");
 }
+
+/// `guardrail gameday` on a live (mock) cluster: the engine and `apply` running, a
+/// synthetic error-rate regression (×5) injected into the mobile-web cohort of
+/// checkout-redesign in real time (4-second windows), and the loop measured: the PAUSE
+/// arrives, `apply` applies it to the flagd file, and the report gives both cycle times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gameday_measures_the_loop_from_injection_to_the_applied_pause() {
+    let env = env();
+    // Real-time windows short enough for a test: 4 s, closed 1 s after their end.
+    let text = guardrail::demo::example_per_window()
+        .replace("size = \"15m\"", "size = \"4s\"")
+        .replace("allowed_lateness = \"2m\"", "allowed_lateness = \"1s\"")
+        .replace("idle_timeout = \"30s\"", "idle_timeout = \"1s\"");
+    let (mut config, policy) =
+        guardrail::demo::demo_config_text(&text, &env.brokers, "127.0.0.1:0").expect("config");
+    config.kafka = env.config.kafka.clone();
+    config.topics = env.config.topics.clone();
+    let policy = Arc::new(policy);
+    let engine = common::Running::start(&config, &policy).await;
+    let flagd = initial_file(env.dir.path());
+    let apply = {
+        let (stop, rx) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let (config, policy, c) = (config.clone(), policy.clone(), counters.clone());
+        let opts = Options {
+            flagd: flagd.clone(),
+            group_id: "gameday-apply".into(),
+        };
+        let task =
+            tokio::spawn(
+                async move { guardrail::apply::run(&config, &policy, &opts, c, rx).await },
+            );
+        Apply {
+            stop,
+            task,
+            counters,
+        }
+    };
+    let flag = policy.flags.iter().find(|f| f.key == CHECKOUT).unwrap();
+    let spec = guardrail::gameday::Spec {
+        id: "test".into(),
+        flag: CHECKOUT.into(),
+        cohort: MOBILE.into(),
+        effects: guardrail::gameday::parse_effects(&policy, flag, &["error_rate=x5".into()])
+            .unwrap(),
+        rate: 500.0,
+        percent: flag.start_percent,
+        duration: Duration::from_secs(90),
+        applied_wait: Duration::from_secs(30),
+        seed: 3,
+    };
+    let report = guardrail::gameday::run(&config, &policy, &spec)
+        .await
+        .expect("game day");
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let command = report.command.as_ref().expect("a command for the cohort");
+    assert_eq!(command.action, "PAUSE", "{}", command.reason);
+    assert!(
+        command.reason.contains("checkout_error_rate"),
+        "{}",
+        command.reason
+    );
+    let to_command = report.cycle_time_to_command_s.unwrap();
+    // Two breached 4-second windows, each closed about a second after its end.
+    assert!(
+        (4.0..60.0).contains(&to_command),
+        "{to_command}s to the command"
+    );
+    let Some(applied) = report.applied.as_ref() else {
+        panic!(
+            "the pause was not applied: apply {} with {:?}",
+            if apply.task.is_finished() {
+                "stopped"
+            } else {
+                "running"
+            },
+            apply.counters
+        );
+    };
+    assert_eq!(
+        applied.percent, flag.start_percent,
+        "a pause pins the percent"
+    );
+    let to_applied = report.cycle_time_to_applied_s.unwrap();
+    assert!(to_applied >= to_command, "{to_applied} >= {to_command}");
+    assert!(report.command_to_applied_s.unwrap() >= 0.0);
+    assert!(report.unsafe_units > 0 && report.unsafe_units < report.units);
+    // The synthetic events are marked: the flagd file now pins the cohort.
+    let text = std::fs::read_to_string(&flagd).unwrap();
+    assert!(text.contains("mobile-web"), "{text}");
+    apply.stop().await;
+    engine.stop().await;
+    drop(env);
+}

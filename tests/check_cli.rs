@@ -273,3 +273,38 @@ schema_file = "{}"
     assert_eq!(registry.requests(), before, "--offline asks nothing");
     drop(registry);
 }
+
+/// `gameday` refuses what it cannot inject before touching Kafka: exit 2 with the flag's
+/// real cohort attributes or guardrail metrics in the message.
+#[test]
+fn gameday_usage_errors_name_what_the_flag_has() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_guardrail"))
+            .args(["gameday", "--config"])
+            .arg(root().join("config/guardrail.toml"))
+            .args(["--flag", "checkout-redesign"])
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), stderr(&out))
+    };
+    let (code, err) = run(&["--cohort", "region=eu", "--effect", "error_rate=x3"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("forms cohorts by platform"), "{err}");
+    let (code, err) = run(&["--cohort", "platform=ios", "--effect", "bogus=x3"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("no guardrail metric") && err.contains("checkout_error_rate"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "--cohort",
+        "platform=ios",
+        "--effect",
+        "error_rate=x3",
+        "--duration",
+        "soon",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--duration"), "{err}");
+}
