@@ -21,6 +21,7 @@
 
 pub mod app;
 pub mod apply;
+pub mod audit;
 pub mod avro;
 pub mod cli;
 pub mod clock;
