@@ -586,13 +586,17 @@ struct Shell {
     /// Activations handed to the engine and not yet swapped in, mirroring its pending
     /// and queued policy: the documents each judges with, and the approved versions
     /// (flag, version, approver) it brings.
-    staged: Vec<(
-        std::collections::BTreeMap<String, crate::policies::Document>,
-        Vec<(String, String, String)>,
-    )>,
+    staged: Vec<Staged>,
     /// Audit entries to publish with the next window close.
     audit_out: Vec<crate::audit::AuditRecord>,
 }
+
+/// An activation handed to the engine: the documents it judges with, and the approved
+/// versions (flag, version, approver) it brings.
+type Staged = (
+    std::collections::BTreeMap<String, crate::policies::Document>,
+    Vec<(String, String, String)>,
+);
 
 /// How long a failed schema fetch is remembered before the next record retries it.
 const SCHEMA_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -937,7 +941,10 @@ impl Shell {
                         if resets.is_empty() {
                             "every cohort's state carried over".to_string()
                         } else {
-                            format!("started afresh: {}", resets.join(", "))
+                            format!(
+                                "evidence restarted (percent and state kept): {}",
+                                resets.join(", ")
+                            )
                         }
                     ),
                     vec![format!("/api/flags/{flag}/history")],
@@ -1181,10 +1188,3 @@ impl Shell {
         tpl
     }
 }
-
-// SCAFFOLD until the console branch lands (it implements these on `Shared`).
-trait SharedScaffold {
-    fn record_audit(&self, _a: &crate::audit::AuditRecord) {}
-    fn update_policy(&self, _p: &Policy) {}
-}
-impl SharedScaffold for Shared {}

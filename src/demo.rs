@@ -200,7 +200,14 @@ async fn demo(
             .create()?;
     let schemas = crate::ingest::decode::SchemaRegistry::shipped().map_err(anyhow::Error::msg)?;
     let mut produced = 0u64;
+    let mut window = 0u32;
     while let Some(events) = sim.next_window() {
+        window += 1;
+        if window == windows / 2 + 1 {
+            // Half-way: a rule change through the policies topic, judged with from the
+            // next window boundary without a restart (SPEC §10).
+            policy_change(&config, &registry, windows / 2).await?;
+        }
         produced += match format {
             DemoFormat::Avro => crate::kafka::produce_events(&producer, &t, &schemas, &events)
                 .await
@@ -260,6 +267,51 @@ async fn demo(
     summary(&shared, &registry, &commands, produced, started.elapsed());
     drop(producer);
     drop(cluster);
+    Ok(())
+}
+
+/// The demo's rule change: alice hands checkout-redesign over to another team and sets
+/// its expiry; bob approves. Neither decides anything, so every cohort keeps its state.
+/// Waits until the engine has closed `closed` windows, so that the change lands mid-run.
+async fn policy_change(config: &Config, registry: &Registry, closed: u32) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (counter_total(registry, "guardrail_windows_closed_total") as u64)
+        < u64::from(closed.saturating_sub(1))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = crate::policies::load_store(config).map_err(anyhow::Error::new)?;
+    let Some(active) = store.active.get("checkout-redesign") else {
+        return Ok(());
+    };
+    let mut proposal = Config {
+        flags: active.document.flags.clone(),
+        metrics: active.document.metrics.clone(),
+        ..Config::default()
+    };
+    proposal.flags[0].owner = "checkout-platform".into();
+    proposal.flags[0].expires_at = Some("2027-03-31".into());
+    let evidence = ["https://wiki.example/checkout-handover".to_string()];
+    let proposed = crate::policies::propose(
+        config,
+        &proposal,
+        &[],
+        "alice",
+        &evidence,
+        Some("hand-over to checkout-platform; remove by end of Q1"),
+    )
+    .await
+    .map_err(anyhow::Error::new)?;
+    for p in proposed.iter().filter(|p| p.status == "proposed") {
+        crate::policies::approve(config, &p.flag, &p.version, "bob", None, false)
+            .await
+            .map_err(anyhow::Error::new)?;
+        println!(
+            "policy change: alice proposed {} {} (owner checkout-platform, expires 2027-03-31); bob approved it\n",
+            p.flag, p.version
+        );
+    }
     Ok(())
 }
 

@@ -283,7 +283,7 @@ impl Engine {
         for r in &resets {
             tracing::warn!(
                 flag = %r.flag_key, cohort = %r.cohort,
-                "policy changed ({} -> {}): the cohort's state ({} at {}%) starts afresh",
+                "policy changed ({} -> {}): the cohort stays {} at {}%, its evidence starts afresh",
                 r.from_version, r.to_version,
                 r.previous_state.as_deref().unwrap_or("-"),
                 r.previous_percent.unwrap_or(f64::NAN)

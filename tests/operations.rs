@@ -152,7 +152,30 @@ fn prometheus_scrapes_the_demo_and_chromium_shows_a_paused_cohort() {
     assert_eq!(status, 200, "{history}");
     let history: serde_json::Value = serde_json::from_str(&history).expect("history is JSON");
     assert_eq!(history["flag"], "checkout-redesign");
-    assert!(history["audit"].is_array(), "{history}");
+    // The audit trail: the demo's rule change (alice proposes, bob approves, the
+    // engine activates it at a window boundary), the seeding, and the commands.
+    let audit = history["audit"].as_array().expect("audit entries");
+    let entry = |kind: &str| audit.iter().find(|a| a["kind"] == kind);
+    assert_eq!(
+        entry("proposed").map(|a| &a["actor"]),
+        Some(&"alice".into()),
+        "{history}"
+    );
+    assert_eq!(
+        entry("approved").map(|a| &a["actor"]),
+        Some(&"bob".into()),
+        "{history}"
+    );
+    let activated = entry("activated").unwrap_or_else(|| panic!("no activation: {history}"));
+    assert!(activated["effective_from"].is_i64(), "{activated}");
+    assert_eq!(activated["version"], entry("approved").unwrap()["version"]);
+    assert!(entry("seeded").is_some(), "{history}");
+    assert!(
+        audit.iter().any(|a| a["kind"] == "command"
+            && a["action"] == "PAUSE"
+            && a["cohort"] == "platform=mobile-web"),
+        "{history}"
+    );
     let windows = history["cohorts"]["platform=mobile-web"]
         .as_array()
         .unwrap_or_else(|| panic!("no windows for the paused cohort: {history}"));
@@ -279,7 +302,15 @@ fn prometheus_scrapes_the_demo_and_chromium_shows_a_paused_cohort() {
             .nth(1)
             .unwrap_or_else(|| panic!("no command list: {section}"));
         assert!(commands.contains("<b>PAUSE</b>"), "{commands}");
-        assert!(dom.contains("Last rule change") || dom.contains("No rule change recorded."));
+        let rule_change = dom
+            .split("Last rule change")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no rule change on the page: {dom}"));
+        let rule_change = &rule_change[..rule_change.len().min(4000)];
+        assert!(
+            rule_change.contains("alice") && rule_change.contains("bob"),
+            "who proposed and who approved: {rule_change}"
+        );
         assert_png(&shot);
         if std::env::var_os("GUARDRAIL_SAVE_SCREENSHOT").is_some_and(|v| v == "1") {
             let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png");

@@ -510,6 +510,12 @@ impl Rules {
             let mut cohorts: Vec<_> = states.into_iter().collect();
             cohorts.sort_by(|a, b| a.0.cmp(&b.0));
             for (cohort, state) in cohorts {
+                // The rollout stays where it is (a paused cohort stays paused): only
+                // the evidence gathered under the old rules is dropped.
+                let mut fresh = CohortState::new(&self.policy, flag);
+                fresh.percent = state.percent;
+                fresh.status = state.status;
+                self.states[fi].insert(cohort.clone(), fresh);
                 resets.push(crate::http::StateReset {
                     flag_key: flag.key.clone(),
                     cohort,
