@@ -329,7 +329,9 @@ def _num(v):
 #   (a) M breached in C in at least `windows` windows (the guardrail's own streak
 #       length, C's override's when it has one): enough to stop by the policy's own
 #       standard, and
-#   (b) M is still breached in C's most recent judged window (not recovered).
+#   (b) C has not recovered: in its most recent judged window the estimate of M is still
+#       past the threshold (the engine's own condition for a breach to go on; that one
+#       window need not be significant on its own).
 # The regression is *confined* to C when at least one other named cohort was judged on M
 # (had enough samples in some window) and no other named cohort breached M in any window.
 #
@@ -360,7 +362,7 @@ def regressions(cohorts, flag_doc):
                 judged.add(cohort)
             if n:
                 recent = [m for m in ev if m.get("status") != "insufficient"]
-                breached[cohort] = (n, bool(recent) and recent[-1]["breached"])
+                breached[cohort] = (n, bool(recent) and past_bound(recent[-1], guardrail))
         if not breached:
             continue
         if len(breached) > 1:
@@ -374,10 +376,24 @@ def regressions(cohorts, flag_doc):
         elif n < needed:
             notes.append(f"{metric}: {cohort} breached {n} window(s), fewer than the guardrail's windows = {needed}")
         elif not still:
-            notes.append(f"{metric}: {cohort} breached {n} window(s) but its latest judged window is healthy")
+            notes.append(f"{metric}: {cohort} breached {n} window(s) but has recovered: its latest "
+                         "judged window's estimate is within the threshold")
         else:
             found.append((metric, cohort, n, needed))
     return found, notes
+
+
+def past_bound(evidence, guardrail):
+    """Whether a window's own estimate is past the threshold it was judged against (the
+    engine's condition for a breach to go on, SPEC section 5.1): above it for a
+    guardrail with upper bounds (max, max_relative_increase), below it for one with
+    lower bounds only (min, max_relative_decrease)."""
+    t, x = evidence.get("threshold"), evidence.get("treatment_value")
+    if t is None or x is None:
+        return evidence["breached"]
+    lower_only = guardrail is not None and not ({"max", "max_relative_increase"} & set(guardrail)) \
+        and bool({"min", "max_relative_decrease"} & set(guardrail))
+    return x < t if lower_only else x > t
 
 
 def recommend(cohorts, flag_doc):
@@ -405,7 +421,7 @@ def recommend(cohorts, flag_doc):
             "guardrail": index,
             "set": {"severity": "critical", "action": "rollback"},
             "why": (f"{metric} breached in {n} windows of {cohort} (the guardrail acts after {needed}) "
-                    f"and is still breached in its latest window, while {', '.join(others)} "
+                    f"and is still past its threshold in the latest window, while {', '.join(others)} "
                     "never breached it: a regression confined to one cohort; roll that cohort "
                     "back instead of pausing it at its percent"),
         })
