@@ -495,6 +495,32 @@ fn the_twin_and_the_notebook_run_on_replay_output() {
     assert_summary_matches(&r, &replayed);
     let proposal = assert_recommendation(&r, &document_from_config(&config_path));
 
+    // A healthy flag (search-ranking-v2 advances everywhere): no recommendation, exit 1.
+    let out = twin(&[
+        "--evaluations",
+        evaluations.to_str().unwrap(),
+        "--flag",
+        "search-ranking-v2",
+        "--plot",
+        dir.path().join("search.png").to_str().unwrap(),
+        "--config",
+        config_path.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "no recommendation: exit 1");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("recommendation: none"));
+    // A flag without evaluations: exit 2, and it says so.
+    let out = twin(&[
+        "--evaluations",
+        evaluations.to_str().unwrap(),
+        "--flag",
+        "no-such-flag",
+        "--config",
+        config_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no evaluations of no-such-flag"));
+
     // The notebook: its code cells, in order, in one namespace (IPython's display is not
     // needed: the plot cell falls back to a print), from examples/notebook/.
     let nb_dir = dir.path().join("nb");
