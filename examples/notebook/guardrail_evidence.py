@@ -256,17 +256,19 @@ def plot(cohorts, flag, path):
     """One PNG: a row per cohort, a column per guardrail metric; treatment, control and
     threshold per window (by window end), breached windows marked with a red cross,
     windows with too few samples hollow, decisions as labelled vertical lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The Agg canvas directly, without pyplot: no global backend is switched, so this
+    # renders the same in a script, in CI and inside a notebook with an inline backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     metrics = guardrail_metrics([e for evs in cohorts.values() for e in evs])
     if not cohorts or not metrics:
         raise Failure(f"no guardrail evidence for {flag} to plot")
     nrows, ncols = len(cohorts), len(metrics)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 2.6 * nrows), squeeze=False,
-                             sharex=True)
+    fig = Figure(figsize=(5.5 * ncols, 2.6 * nrows))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
     for i, (cohort, evs) in enumerate(cohorts.items()):
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
@@ -294,8 +296,6 @@ def plot(cohorts, flag, path):
                                 ha="right", va="top", fontsize=7, rotation=90)
             ax.set_title(f"{cohort} · {metric}", fontsize=9)
             ax.tick_params(labelsize=7)
-    from matplotlib.lines import Line2D
-
     handles = [
         Line2D([], [], marker="o", color="tab:orange", markersize=4, label="treatment"),
         Line2D([], [], marker="o", color="tab:blue", markersize=4, label="control"),
@@ -312,7 +312,6 @@ def plot(cohorts, flag, path):
     fig.autofmt_xdate()
     fig.tight_layout(rect=(0, 0, 1, 0.965))
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
