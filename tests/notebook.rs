@@ -62,6 +62,7 @@ fn twin(args: &[&str]) -> Output {
         .arg(TWIN)
         .args(args)
         .env("GUARDRAIL_BIN", env!("CARGO_BIN_EXE_guardrail"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap_or_else(|e| panic!("running {} {TWIN}: {e}", python()));
     println!(
@@ -544,6 +545,7 @@ for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
         .env("GUARDRAIL_PLOT", nb_dir.join("nb.png"))
         .env("GUARDRAIL_PROPOSAL", nb_dir.join("proposal.json"))
         .env("MPLBACKEND", "Agg")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -561,4 +563,31 @@ for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
         nb_proposal, proposal,
         "the notebook proposes what the twin does"
     );
+}
+
+/// The twin's unit tests (`examples/notebook/test_guardrail_evidence.py`): every branch of
+/// the recommendation rule, every shipped schema version's framing, JSON detection.
+#[test]
+fn the_twins_unit_tests_pass() {
+    let dir = Path::new(TWIN).parent().unwrap();
+    let out = Command::new(python())
+        .args(["-m", "unittest", "-v", "test_guardrail_evidence"])
+        .current_dir(dir)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", python()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_success(&out, "the twin's unit tests");
+    let ran = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Ran ")?
+                .split(' ')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .expect("unittest's count");
+    assert!(ran >= 10, "{ran} tests ran");
 }
