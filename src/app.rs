@@ -170,6 +170,34 @@ pub async fn run_engine(
     if waited {
         tracing::info!("leading: restoring state and consuming");
     }
+    // Policies as data (SPEC §10): the approved documents on the policies topic, the
+    // file seeding the flags the topic lacks.
+    let (config, docs, policy) = {
+        let (assembled, _) = crate::policies::seed_and_load(&config, "").await?;
+        let docs = crate::policies::documents(&assembled);
+        let compiled = crate::policy::Policy::compile(&assembled).map_err(|e| {
+            anyhow::anyhow!(
+                "the approved policies on {} do not compile with this config: {e}",
+                config.topics.policies
+            )
+        })?;
+        let policy = if compiled
+            .flags
+            .iter()
+            .map(|f| &f.policy_version)
+            .eq(policy.flags.iter().map(|f| &f.policy_version))
+            && compiled
+                .flags
+                .iter()
+                .map(|f| &f.key)
+                .eq(policy.flags.iter().map(|f| &f.key))
+        {
+            policy
+        } else {
+            Arc::new(compiled)
+        };
+        (assembled, docs, policy)
+    };
     let producer: FutureProducer = kafka::output_producer_config(&k)
         .create()
         .context("creating the producer")?;
@@ -236,6 +264,16 @@ pub async fn run_engine(
             .context("creating the consumer")?,
     );
     let t = &config.topics;
+    let audit_topic = match tokio::task::block_in_place(|| {
+        crate::policies::topic_exists(&k, &t.audit)
+    }) {
+        Ok(true) => Some(t.audit.clone()),
+        Ok(false) => {
+            tracing::warn!(topic = %t.audit, "the audit topic does not exist: commands and activations are not written to the audit trail (docs/SPEC.md §10)");
+            None
+        }
+        Err(e) => anyhow::bail!("looking for the audit topic: {e}"),
+    };
     let inputs = config.input_topics();
     consumer
         .subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())
@@ -252,6 +290,7 @@ pub async fn run_engine(
                 commands_topic: t.flag_commands.clone(),
                 evaluations_topic: t.evaluations.clone(),
                 state_topic: t.state.clone(),
+                audit_topic: audit_topic.clone(),
                 metrics: metrics.clone(),
                 shared: shared.clone(),
                 sink,
@@ -270,6 +309,12 @@ pub async fn run_engine(
         pending: Vec::new(),
         registries,
         schema_failures: HashMap::default(),
+        docs: docs
+            .into_iter()
+            .map(|d| (d.flag().key.clone(), d))
+            .collect(),
+        staged: Vec::new(),
+        audit_out: Vec::new(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
@@ -291,6 +336,15 @@ pub async fn run_engine(
         stop_polling.clone(),
     )
     .context("starting the applied-state reader")?;
+    // Approved policy versions and the audit trail (SPEC §10).
+    let (control_tx, mut control_rx) = tokio::sync::mpsc::channel(1024);
+    let control_reader = crate::policies::spawn_control_reader(
+        &k,
+        config.topics.policies.clone(),
+        config.topics.audit.clone(),
+        control_tx,
+        stop_polling.clone(),
+    )?;
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
     let mut last_tick = Instant::now();
@@ -339,6 +393,7 @@ pub async fn run_engine(
                     last_tick = Instant::now();
                 }
                 Some(applied) = applied_rx.recv() => shell.on_applied(&applied),
+                Some(control) = control_rx.recv() => shell.on_control(control),
                 _ = commit.tick() => {
                     shell.commit(CommitMode::Async).await?;
                     last_commit = Instant::now();
@@ -370,6 +425,8 @@ pub async fn run_engine(
     // and shutdown must not wait for them (it stops at its next look at `stop_polling`).
     drop(applied_rx);
     drop(applied_reader);
+    drop(control_rx);
+    drop(control_reader);
     result?;
     // Drain: no more consuming; close what can close, flush, commit.
     let drain = async {
@@ -524,6 +581,17 @@ struct Shell {
     /// until `SCHEMA_RETRY_AFTER` has passed (a consumer does not wait out the fetch
     /// timeout record by record while a registry is down).
     schema_failures: HashMap<(u16, u32), (std::time::Instant, String)>,
+    /// The policy documents judged with (or pending), per flag (SPEC §10).
+    docs: std::collections::BTreeMap<String, crate::policies::Document>,
+    /// Activations handed to the engine and not yet swapped in, mirroring its pending
+    /// and queued policy: the documents each judges with, and the approved versions
+    /// (flag, version, approver) it brings.
+    staged: Vec<(
+        std::collections::BTreeMap<String, crate::policies::Document>,
+        Vec<(String, String, String)>,
+    )>,
+    /// Audit entries to publish with the next window close.
+    audit_out: Vec<crate::audit::AuditRecord>,
 }
 
 /// How long a failed schema fetch is remembered before the next record retries it.
@@ -546,7 +614,7 @@ impl Shell {
             self.epoch.0 = revs;
             // Open windows mix every partition's records and cannot be split: drop them
             // all; the new assignment re-reads from committed offsets.
-            self.engine.windows_mut().clear_open();
+            self.engine.clear_open();
             self.engine.watermark_mut().clear_partitions();
             self.consumed_next.clear();
             self.pending.clear();
@@ -768,6 +836,120 @@ impl Shell {
         Ok(())
     }
 
+    /// A record of the policies or audit topic.
+    fn on_control(&mut self, c: crate::policies::Control) {
+        use crate::policies::{Control, PolicyKind};
+        let r = match c {
+            Control::Audit(a) => {
+                self.shared.record_audit(&a);
+                return;
+            }
+            Control::Policy(r) => r,
+        };
+        let current = self.staged.last().map_or(&self.docs, |(d, _)| d);
+        if r.kind != PolicyKind::Active
+            || current
+                .get(&r.flag)
+                .is_some_and(|d| d.version() == r.version)
+        {
+            return;
+        }
+        let mut docs = current.clone();
+        docs.insert(r.flag.clone(), r.document.clone());
+        // The engine's flags first, in their order; a new flag after them.
+        let order: Vec<&crate::policies::Document> = self
+            .engine
+            .policy()
+            .flags
+            .iter()
+            .filter_map(|f| docs.get(&f.key))
+            .chain(
+                docs.iter()
+                    .filter(|(k, _)| self.engine.policy().flag(k).is_none())
+                    .map(|(_, d)| d),
+            )
+            .collect();
+        let compiled = crate::policies::assemble(&self.config, &order)
+            .and_then(|c| crate::policy::Policy::compile(&c));
+        let policy = match compiled {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(
+                    flag = %r.flag, version = %r.version,
+                    "an approved policy version does not compile with this instance's config; \
+                     still judging with the previous one: {e}"
+                );
+                self.metrics.policy_activation_failures.inc();
+                return;
+            }
+        };
+        let approved = (
+            r.flag.clone(),
+            r.version.clone(),
+            r.approved_by.clone().unwrap_or_default(),
+        );
+        // A policy handed over while another waits replaces the one queued behind it.
+        if self.engine.pending_boundary().is_some() && self.staged.len() == 2 {
+            let (d, a) = &mut self.staged[1];
+            *d = docs;
+            a.push(approved);
+        } else {
+            self.staged.push((docs, vec![approved]));
+        }
+        let boundary = self.engine.activate(Arc::new(policy));
+        tracing::info!(
+            flag = %r.flag, version = %r.version,
+            approved_by = r.approved_by.as_deref().unwrap_or("-"),
+            effective_from = %crate::clock::rfc3339(boundary),
+            "approved policy version: judged with from the next window boundary"
+        );
+        self.take_activations();
+    }
+
+    /// Audit entries and views of the activations the engine made since last asked.
+    fn take_activations(&mut self) {
+        for a in self.engine.take_activations() {
+            if self.staged.is_empty() {
+                continue;
+            }
+            let (docs, approved) = self.staged.remove(0);
+            self.docs = docs;
+            self.shared.update_policy(&a.policy);
+            for r in &a.resets {
+                self.shared.record_reset(r);
+            }
+            for (flag, version, approver) in approved {
+                let resets: Vec<&str> = a
+                    .resets
+                    .iter()
+                    .filter(|r| r.flag_key == flag)
+                    .map(|r| r.cohort.as_str())
+                    .collect();
+                let mut e = crate::audit::AuditRecord::policy(
+                    crate::audit::AuditKind::Activated,
+                    &flag,
+                    &version,
+                    "guardrail",
+                    wall_ms(),
+                    format!(
+                        "judged with from {} (approved by {approver}); {}",
+                        crate::clock::rfc3339(a.effective_from),
+                        if resets.is_empty() {
+                            "every cohort's state carried over".to_string()
+                        } else {
+                            format!("started afresh: {}", resets.join(", "))
+                        }
+                    ),
+                    vec![format!("/api/flags/{flag}/history")],
+                );
+                e.id = format!("{}:{}", e.id, a.effective_from);
+                e.effective_from = Some(a.effective_from);
+                e.policy_version = a.policy.flag(&flag).map(|f| f.policy_version.clone());
+                self.audit_out.push(e);
+            }
+        }
+    }
+
     /// An applied-state record: the split the platform serves a cohort.
     fn on_applied(&mut self, a: &crate::apply::Applied) {
         let confirmed = self
@@ -810,10 +992,21 @@ impl Shell {
             return Ok(());
         }
         let mut judged = self.engine.tick(now);
+        self.take_activations();
+        for c in judged.iter().filter_map(|j| j.command.as_ref()) {
+            let version = self.docs.get(&c.flag_key).map(|d| d.version());
+            self.audit_out
+                .push(crate::audit::AuditRecord::command(c, version.as_deref()));
+        }
         if let Some(last) = judged.last_mut() {
             // The close's read positions travel with its last evaluation (restore).
             last.evaluation.input_positions = self.positions();
-            self.publisher.submit(judged, Instant::now()).await?;
+        }
+        if !judged.is_empty() || !self.audit_out.is_empty() {
+            let audit = std::mem::take(&mut self.audit_out);
+            self.publisher
+                .submit_with(judged, audit, Instant::now())
+                .await?;
         }
         self.metrics.publish_counters(self.engine.counters());
         self.metrics
@@ -963,7 +1156,6 @@ impl Shell {
         for (p, next) in &self.consumed_next {
             let offset = self
                 .engine
-                .windows()
                 .min_open_offset(*p)
                 .map_or(*next, |o| o.min(*next));
             let topic = self.config.input_topic(p.input);
@@ -989,3 +1181,10 @@ impl Shell {
         tpl
     }
 }
+
+// SCAFFOLD until the console branch lands (it implements these on `Shared`).
+trait SharedScaffold {
+    fn record_audit(&self, _a: &crate::audit::AuditRecord) {}
+    fn update_policy(&self, _p: &Policy) {}
+}
+impl SharedScaffold for Shared {}

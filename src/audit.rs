@@ -157,10 +157,7 @@ impl AuditRecord {
     pub fn from_json(bytes: &[u8]) -> Result<AuditRecord, String> {
         let r: AuditRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if r.schema != AUDIT_SCHEMA {
-            return Err(format!(
-                "schema {:?}, expected {AUDIT_SCHEMA:?}",
-                r.schema
-            ));
+            return Err(format!("schema {:?}, expected {AUDIT_SCHEMA:?}", r.schema));
         }
         Ok(r)
     }

@@ -88,6 +88,12 @@ pub enum Command {
     },
     /// Applies flag-commands to an OpenFeature flagd flag file (and `apply approve`).
     Apply(ApplyArgs),
+    /// Policies as versioned data on the policies topic: propose, approve, reject, list,
+    /// show (SPEC §10). An approved version is judged with from the next window.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
     /// Injects a synthetic regression into one cohort of one flag on a live cluster and
     /// measures the loop: time to the command and to the change applied (JSON report).
     /// Exit 0 when a PAUSE/ROLLBACK/HOLD for the cohort arrived, 1 when none did.
@@ -132,6 +138,73 @@ pub enum Command {
         /// Event time of the first window, epoch millis (default: aligned, ending now).
         #[arg(long)]
         start_ms: Option<i64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Validates a file of [[flags]] and [[metrics]] (TOML, or JSON for a .json path)
+    /// exactly as `check` does and publishes a proposal per flag whose document differs
+    /// from its active version. Prints one JSON line per flag; exit 2 on invalid input.
+    Propose {
+        /// The guardrail config: [kafka], [topics], [window] (the file's policies are
+        /// checked with it).
+        #[arg(long)]
+        config: PathBuf,
+        /// The proposed policies.
+        #[arg(long)]
+        file: PathBuf,
+        /// Propose only this flag of the file (repeatable; default: every flag).
+        #[arg(long = "flag")]
+        flags: Vec<String>,
+        /// Who proposes (recorded on the proposal and the audit trail).
+        #[arg(long)]
+        by: String,
+        /// A link to the evidence behind it: a notebook, a replay report (repeatable).
+        #[arg(long)]
+        evidence: Vec<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Approves a pending proposal: it becomes the flag's active version, judged with
+    /// from the next window boundary. The approver must not be the proposer.
+    Approve {
+        #[arg(long)]
+        config: PathBuf,
+        flag: String,
+        version: String,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        comment: Option<String>,
+        /// Let the proposer approve their own proposal (a one-person team).
+        #[arg(long)]
+        allow_self_approval: bool,
+    },
+    /// Rejects a pending proposal.
+    Reject {
+        #[arg(long)]
+        config: PathBuf,
+        flag: String,
+        version: String,
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Every flag's active version and the pending proposals (JSON lines).
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A flag's active policy record, or one proposal's (JSON).
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        flag: String,
+        /// A proposal's version (default: the active one).
+        #[arg(long)]
+        version: Option<String>,
     },
 }
 

@@ -119,6 +119,11 @@ pub struct Topics {
     pub approvals: String,
     /// What `guardrail apply` applied, compacted: the newest per (flag, cohort) (SPEC §9).
     pub applied: String,
+    /// Policies as data, compacted: the active policy document per flag and every
+    /// proposal (`guardrail policy`, SPEC §10).
+    pub policies: String,
+    /// The audit trail: proposals, approvals, rejections, activations, commands (SPEC §10).
+    pub audit: String,
 }
 
 impl Topics {
@@ -152,6 +157,8 @@ impl Default for Topics {
             state: "guardrail-state".into(),
             approvals: "flag-approvals".into(),
             applied: "guardrail-applied".into(),
+            policies: "guardrail-policies".into(),
+            audit: "guardrail-audit".into(),
         }
     }
 }

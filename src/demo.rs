@@ -136,7 +136,14 @@ async fn demo(
             .create_topic(&topic, INPUT_PARTITIONS, 1)
             .context("creating topics")?;
     }
-    for topic in [&t.flag_commands, &t.evaluations, &t.dlq, &t.state] {
+    for topic in [
+        &t.flag_commands,
+        &t.evaluations,
+        &t.dlq,
+        &t.state,
+        &t.policies,
+        &t.audit,
+    ] {
         cluster
             .create_topic(topic, 1, 1)
             .context("creating topics")?;

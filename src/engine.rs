@@ -128,6 +128,31 @@ pub struct Engine {
     unknown_logged: HashSet<u64>,
     /// Decisions carry their watermark lag (replay has no wall clock to measure it by).
     live: bool,
+    /// A policy waiting for its window boundary (`activate`), with the windows from
+    /// the boundary on, aggregated under it already.
+    pending: Option<Pending>,
+    /// A policy activated while another was pending: scheduled when that one swaps in.
+    queued: Option<Arc<Policy>>,
+    /// Swaps done and not yet taken by the caller (`take_activations`).
+    activations: Vec<Activation>,
+}
+
+/// A policy that takes over at `boundary`: windows starting there or later are
+/// aggregated into `windows`, under it, while the older ones close under the current.
+struct Pending {
+    policy: Arc<Policy>,
+    windows: Windows,
+    boundary: i64,
+}
+
+/// A policy that became the one the engine judges with.
+#[derive(Debug)]
+pub struct Activation {
+    pub policy: Arc<Policy>,
+    /// The first window judged under it starts here (epoch ms).
+    pub effective_from: i64,
+    /// Cohorts whose state did not carry over: their flag's decisive policy changed.
+    pub resets: Vec<crate::http::StateReset>,
 }
 
 impl Engine {
@@ -180,7 +205,117 @@ impl Engine {
             unknown_logged: Default::default(),
             live,
             policy,
+            pending: None,
+            queued: None,
+            activations: Vec::new(),
         })
+    }
+
+    /// Makes `policy` the one the engine judges with, from the next window boundary on
+    /// (SPEC §10): every window already open (the newest included, whatever its
+    /// partitions' skew) closes under the current policy; windows starting at or after
+    /// the boundary are aggregated and judged under the new one. Cohort state carries
+    /// over for flags whose decisive `policy_version` is unchanged and starts afresh
+    /// for the others ([`Activation::resets`] says which). The window settings are the
+    /// engine's own: only flags and metrics change. Returns the boundary; with no window
+    /// open the new policy applies at once.
+    pub fn activate(&mut self, policy: Arc<Policy>) -> i64 {
+        if self.pending.is_some() {
+            // Once the pending one is in, this one waits for the boundary after it.
+            self.queued = Some(policy);
+            return self.pending.as_ref().map_or(i64::MIN, |p| p.boundary);
+        }
+        let size = self.policy.window.size_ms;
+        let closed = self.windows.closed_before();
+        let newest = self.windows.newest_open_start();
+        let wm = self.watermark.current();
+        let Some(newest) = newest else {
+            let from = if wm > i64::MIN {
+                closed.max(self.windows.window_start(wm))
+            } else {
+                closed
+            };
+            self.swap(policy, None, from);
+            return from;
+        };
+        let mut boundary = newest.saturating_add(size).max(closed);
+        if wm > i64::MIN {
+            boundary = boundary.max(self.windows.window_start(wm).saturating_add(size));
+        }
+        let mut windows = Windows::new(policy.clone());
+        windows.set_closed_before(boundary);
+        self.pending = Some(Pending {
+            policy,
+            windows,
+            boundary,
+        });
+        boundary
+    }
+
+    /// The pending activation's boundary, if one waits.
+    pub fn pending_boundary(&self) -> Option<i64> {
+        self.pending.as_ref().map(|p| p.boundary)
+    }
+
+    /// Activations done since the last call.
+    pub fn take_activations(&mut self) -> Vec<Activation> {
+        std::mem::take(&mut self.activations)
+    }
+
+    fn swap(&mut self, policy: Arc<Policy>, windows: Option<Windows>, from: i64) {
+        let old_policy = std::mem::replace(&mut self.policy, policy.clone());
+        let old_rules = std::mem::replace(&mut self.rules, Rules::new(policy.clone()));
+        let resets = self.rules.carry_over(old_rules, &old_policy, from);
+        let mut windows = windows.unwrap_or_else(|| {
+            let mut w = Windows::new(policy.clone());
+            w.set_closed_before(self.windows.closed_before());
+            w
+        });
+        // Cohorts judged so far keep their place under the cap.
+        for (fi, cohort, _) in self.rules.states() {
+            if cohort != "*"
+                && let Some(t) = windows.cohort_table_mut(fi)
+            {
+                t.intern(cohort.to_string());
+            }
+        }
+        self.windows = windows;
+        for r in &resets {
+            tracing::warn!(
+                flag = %r.flag_key, cohort = %r.cohort,
+                "policy changed ({} -> {}): the cohort's state ({} at {}%) starts afresh",
+                r.from_version, r.to_version,
+                r.previous_state.as_deref().unwrap_or("-"),
+                r.previous_percent.unwrap_or(f64::NAN)
+            );
+        }
+        self.activations.push(Activation {
+            policy,
+            effective_from: from,
+            resets,
+        });
+    }
+
+    /// The lowest offset of `p` an open window still needs (commit bound), pending
+    /// windows included.
+    pub fn min_open_offset(&self, p: PartitionKey) -> Option<i64> {
+        let pending = self
+            .pending
+            .as_ref()
+            .and_then(|x| x.windows.min_open_offset(p));
+        match (self.windows.min_open_offset(p), pending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Drops every open window, pending ones included (a revoke: they are rebuilt from
+    /// the committed offsets).
+    pub fn clear_open(&mut self) {
+        self.windows.clear_open();
+        if let Some(p) = &mut self.pending {
+            p.windows.clear_open();
+        }
     }
 
     /// Decodes and records one single-object encoded record from partition `p`.
@@ -205,6 +340,7 @@ impl Engine {
             counters,
             policy,
             unknown_logged,
+            pending,
             ..
         } = self;
         let input = usize::from(p.input);
@@ -217,6 +353,9 @@ impl Engine {
         };
         let mut st = Sink {
             windows,
+            next: pending
+                .as_mut()
+                .map(|x| (&mut x.windows, &*x.policy, x.boundary)),
             watermark,
             counters,
             policy,
@@ -324,16 +463,21 @@ impl Engine {
         ev: &EventRef<'_>,
         now: i64,
     ) -> Ingested {
-        record(
-            &mut self.windows,
-            &mut self.watermark,
-            &mut self.counters,
-            &self.policy,
+        let mut st = Sink {
+            windows: &mut self.windows,
+            next: self
+                .pending
+                .as_mut()
+                .map(|x| (&mut x.windows, &*x.policy, x.boundary)),
+            watermark: &mut self.watermark,
+            counters: &mut self.counters,
+            policy: &self.policy,
             p,
             offset,
-            ev,
             now,
-        )
+            reread: false,
+        };
+        st.record(ev)
     }
 
     /// Advances the watermark to wall time `now`, closes passed windows, decides.
@@ -341,8 +485,7 @@ impl Engine {
         self.counters.legacy_fingerprint = self.registry.legacy_records();
         let wm = self.watermark.advance(now);
         self.counters.watermark_clamped = self.watermark.clamped();
-        let closed = self.windows.close_until(wm);
-        let mut judged = self.decide(closed, now);
+        let mut judged = self.close_and_decide(wm, now);
         if self.live && wm > i64::MIN {
             // Freshness of the data behind each decision (replay has no wall clock).
             for j in &mut judged {
@@ -358,8 +501,44 @@ impl Engine {
     /// End of input (replay): every open window closes.
     pub fn finish(&mut self, now: i64) -> Vec<Judged> {
         self.counters.legacy_fingerprint = self.registry.legacy_records();
+        let mut judged = Vec::new();
+        if let Some(p) = &self.pending {
+            // The windows before the boundary close under the current policy.
+            let closed = self.windows.close_until(p.boundary);
+            judged = self.decide(closed, now);
+            self.swap_pending();
+        }
         let closed = self.windows.close_all();
-        self.decide(closed, now)
+        judged.extend(self.decide(closed, now));
+        judged
+    }
+
+    /// Closes the windows the watermark passed and judges them; a pending policy
+    /// takes over once every window before its boundary is closed.
+    fn close_and_decide(&mut self, wm: i64, now: i64) -> Vec<Judged> {
+        let Some(boundary) = self.pending_boundary() else {
+            let closed = self.windows.close_until(wm);
+            return self.decide(closed, now);
+        };
+        // The current policy's windows end at the boundary: none past it is made up.
+        let closed = self.windows.close_until(wm.min(boundary));
+        let mut judged = self.decide(closed, now);
+        if self.windows.closed_before() >= boundary {
+            self.swap_pending();
+            let closed = self.windows.close_until(wm);
+            judged.extend(self.decide(closed, now));
+        }
+        judged
+    }
+
+    fn swap_pending(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        self.swap(p.policy, Some(p.windows), p.boundary);
+        if let Some(next) = self.queued.take() {
+            self.activate(next);
+        }
     }
 
     fn decide(&mut self, closed: Vec<crate::window::ClosedWindow>, now: i64) -> Vec<Judged> {
@@ -533,6 +712,9 @@ pub fn resolve(mapping: &Mapping, id: u32, schema: &str) -> Result<(Plan, Vec<St
 /// Where decoded events go: the disjoint parts of the engine one record touches.
 struct Sink<'e> {
     windows: &'e mut Windows,
+    /// A pending policy's windows, its policy and boundary: events of windows starting
+    /// at or after the boundary go there.
+    next: Option<(&'e mut Windows, &'e Policy, i64)>,
     watermark: &'e mut Watermark,
     counters: &'e mut Counters,
     policy: &'e Policy,
@@ -552,11 +734,20 @@ impl Sink<'_> {
             self.counters.events[ev.source().index()][5] += 1;
             return Ingested::Duplicate;
         }
+        self.record(ev)
+    }
+
+    /// Windows one event under the policy of its window.
+    fn record(&mut self, ev: &EventRef<'_>) -> Ingested {
+        let (windows, policy) = match &mut self.next {
+            Some((w, p, boundary)) if w.window_start(ev.timestamp) >= *boundary => (&mut **w, *p),
+            _ => (&mut *self.windows, self.policy),
+        };
         record(
-            self.windows,
+            windows,
             self.watermark,
             self.counters,
-            self.policy,
+            policy,
             self.p,
             self.offset,
             ev,

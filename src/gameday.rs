@@ -425,14 +425,15 @@ pub async fn run(config: &Config, policy: &Policy, spec: &Spec) -> anyhow::Resul
     let (mut units, mut events, mut unsafe_units) = (0u64, 0u64, 0u64);
     let mut command: Option<CommandSeen> = None;
     let mut applied: Option<AppliedSeen> = None;
+    let mut commanded_at: Option<Instant> = None;
     let tick = Duration::from_millis(100);
     let mut due = 0.0;
     loop {
         let elapsed = t0.elapsed();
         let injecting = command.is_none() && elapsed < spec.duration;
-        let waiting_applied = command.is_some()
-            && applied.is_none()
-            && t0.elapsed() < spec.duration + spec.applied_wait;
+        // After the command, up to `applied_wait` for the platform's record.
+        let waiting_applied = applied.is_none()
+            && commanded_at.is_some_and(|t: Instant| t.elapsed() < spec.applied_wait);
         if !injecting && !waiting_applied {
             break;
         }
@@ -477,6 +478,7 @@ pub async fn run(config: &Config, policy: &Policy, spec: &Spec) -> anyhow::Resul
                     && c.window_end > started_at
                 {
                     tracing::info!(command_id = %c.command_id, action = ?c.action, "command");
+                    commanded_at = Some(Instant::now());
                     command = Some(CommandSeen {
                         command_id: c.command_id,
                         action: format!("{:?}", c.action).to_uppercase(),

@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod leader;
 pub mod model;
+pub mod policies;
 pub mod policy;
 pub mod population;
 pub mod publisher;

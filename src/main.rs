@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use guardrail::cli::{ApplyAction, ApplyArgs, Cli, Command, LogFormat};
+use guardrail::cli::{ApplyAction, ApplyArgs, Cli, Command, LogFormat, PolicyAction};
 use guardrail::model::Source;
 use guardrail::replay::{self, ReplayError};
 use guardrail::{policy, sim};
@@ -84,6 +84,7 @@ fn main() -> ExitCode {
             ))
         }
         Command::Apply(args) => apply(args),
+        Command::Policy { action } => policy_command(action),
         Command::Gameday {
             config,
             flag,
@@ -208,6 +209,160 @@ fn exit(r: anyhow::Result<()>) -> ExitCode {
 }
 
 /// `guardrail apply` and `guardrail apply approve`.
+/// `guardrail policy ...`: exit 0 done, 2 invalid input or refused, 1 cluster error.
+fn policy_command(action: PolicyAction) -> ExitCode {
+    use guardrail::policies::{self, PolicyError};
+    let config_path = match &action {
+        PolicyAction::Propose { config, .. }
+        | PolicyAction::Approve { config, .. }
+        | PolicyAction::Reject { config, .. }
+        | PolicyAction::List { config }
+        | PolicyAction::Show { config, .. } => config.clone(),
+    };
+    let base = match guardrail::config::Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            for err in &e.0 {
+                eprintln!("{}: {err}", config_path.display());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("guardrail policy: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = |v: &dyn erased_json::Json| println!("{}", v.json());
+    let result: Result<(), (PolicyError, String)> = rt.block_on(async {
+        match action {
+            PolicyAction::Propose {
+                file,
+                flags,
+                by,
+                evidence,
+                comment,
+                ..
+            } => {
+                let proposal = policies::read_proposal_file(&file)
+                    .map_err(|e| (PolicyError::Invalid(e), file.display().to_string()))?;
+                let out = policies::propose(&base, &proposal, &flags, &by, &evidence, comment.as_deref())
+                    .await
+                    .map_err(|e| (e, file.display().to_string()))?;
+                for p in &out {
+                    json(p);
+                }
+                Ok(())
+            }
+            PolicyAction::Approve {
+                flag,
+                version,
+                by,
+                comment,
+                allow_self_approval,
+                ..
+            } => {
+                let r = policies::approve(&base, &flag, &version, &by, comment.as_deref(), allow_self_approval)
+                    .await
+                    .map_err(|e| (e, format!("{flag} {version}")))?;
+                eprintln!(
+                    "{flag} {version} is the active version (approved by {}); the engine judges with it from the next window boundary",
+                    r.approved_by.as_deref().unwrap_or("?")
+                );
+                json(&r);
+                Ok(())
+            }
+            PolicyAction::Reject {
+                flag,
+                version,
+                by,
+                comment,
+                ..
+            } => {
+                let r = policies::reject(&base, &flag, &version, &by, comment.as_deref())
+                    .await
+                    .map_err(|e| (e, format!("{flag} {version}")))?;
+                json(&r);
+                Ok(())
+            }
+            PolicyAction::List { .. } => {
+                let store = policies::load_store(&base).map_err(|e| (e, String::new()))?;
+                for r in store.active.values() {
+                    json(&serde_json::json!({
+                        "flag": r.flag, "active": r.version, "approved_by": r.approved_by,
+                        "approved_at": r.approved_at, "proposed_by": r.proposed_by,
+                    }));
+                }
+                for p in store.proposals.values() {
+                    let active = store.active.get(&p.flag).is_some_and(|a| a.version == p.version);
+                    let status = match p.kind {
+                        policies::PolicyKind::Rejected => "rejected",
+                        _ if active => "active",
+                        _ => "pending",
+                    };
+                    json(&serde_json::json!({
+                        "flag": p.flag, "proposal": p.version, "status": status,
+                        "proposed_by": p.proposed_by, "proposed_at": p.proposed_at,
+                        "comment": p.comment,
+                    }));
+                }
+                Ok(())
+            }
+            PolicyAction::Show { flag, version, .. } => {
+                let store = policies::load_store(&base).map_err(|e| (e, String::new()))?;
+                let r = match &version {
+                    None => store.active.get(&flag),
+                    Some(v) => store.proposals.get(&(flag.clone(), v.clone())),
+                };
+                match r {
+                    Some(r) => {
+                        json(r);
+                        Ok(())
+                    }
+                    None => Err((
+                        PolicyError::Refused(format!(
+                            "no {} record for flag {flag:?}",
+                            version.as_deref().unwrap_or("active")
+                        )),
+                        String::new(),
+                    )),
+                }
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((PolicyError::Invalid(errors), at)) => {
+            for e in &errors.0 {
+                eprintln!("{at}: {e}");
+            }
+            ExitCode::from(2)
+        }
+        Err((PolicyError::Refused(e), _)) => {
+            eprintln!("guardrail policy: {e}");
+            ExitCode::from(2)
+        }
+        Err((PolicyError::Cluster(e), _)) => {
+            eprintln!("guardrail policy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+mod erased_json {
+    /// Prints any serialisable value as one JSON line.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
+        }
+    }
+}
+
 fn apply(args: ApplyArgs) -> ExitCode {
     let runtime =
         || tokio::runtime::Runtime::new().map_err(|e| anyhow::anyhow!("starting the runtime: {e}"));

@@ -46,6 +46,7 @@ struct Batch {
     evaluations: Vec<(String, Vec<u8>)>,
     /// The evaluations again, keyed by flag and cohort for the state changelog.
     state: Vec<(Vec<u8>, Vec<u8>)>,
+    audit: Vec<crate::audit::AuditRecord>,
     closed_at: Instant,
 }
 
@@ -66,6 +67,9 @@ pub struct Outputs {
     pub evaluations_topic: String,
     /// The compacted state changelog, keyed by [`state_key`].
     pub state_topic: String,
+    /// The audit trail (SPEC §10): an entry per command and per activation; `None`
+    /// when the topic does not exist (an upgrade that has not created it yet).
+    pub audit_topic: Option<String>,
     pub metrics: Metrics,
     pub shared: Arc<Shared>,
     pub sink: Option<CommandSink>,
@@ -97,6 +101,17 @@ impl Publisher {
     /// Encodes and queues one window close's decisions; waits only while
     /// [`QUEUED_BATCHES`] closes are already queued.
     pub async fn submit(&mut self, judged: Vec<Judged>, closed_at: Instant) -> anyhow::Result<()> {
+        self.submit_with(judged, Vec::new(), closed_at).await
+    }
+
+    /// [`Publisher::submit`] with audit entries, published after the commands, in the
+    /// same transaction under exactly-once.
+    pub async fn submit_with(
+        &mut self,
+        judged: Vec<Judged>,
+        audit: Vec<crate::audit::AuditRecord>,
+        closed_at: Instant,
+    ) -> anyhow::Result<()> {
         let commands = judged
             .iter()
             .filter_map(|j| j.command.as_ref())
@@ -130,6 +145,7 @@ impl Publisher {
             commands,
             evaluations,
             state,
+            audit,
             closed_at,
         };
         let sent = match &self.tx {
@@ -252,6 +268,14 @@ async fn publish(out: &Outputs, b: Batch) -> Result<(), String> {
         if let Some(s) = &out.sink {
             let _ = s.send(c.clone());
         }
+    }
+    if let Some(topic) = &out.audit_topic {
+        let audit: Vec<(String, Vec<u8>)> = b
+            .audit
+            .iter()
+            .map(|a| (a.flag.clone(), a.to_json()))
+            .collect();
+        send_all(&out.producer, topic, &audit).await?;
     }
     send_all(&out.producer, &out.evaluations_topic, &b.evaluations).await?;
     // State last: a cohort's state on the changelog implies its evaluation and command.

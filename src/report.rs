@@ -110,22 +110,75 @@ fn metric_names(evals: &[WindowEvaluation]) -> Vec<String> {
 
 /// One SVG: a metric per window, both arms, the threshold, decisions as markers.
 fn plot(h: &mut String, metric: &str, evals: &[WindowEvaluation]) {
-    let rows: Vec<(usize, Option<&crate::records::MetricEvidence>, Option<&str>)> = evals
+    let points: Vec<MetricPoint> = evals
         .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            (
-                i,
-                e.evidence.iter().find(|x| x.metric == metric),
-                e.decision.map(|d| d.as_str()),
-            )
+        .map(|e| MetricPoint {
+            time: e.window_start,
+            decision: e.decision.map(|d| d.as_str()),
+            value: e
+                .evidence
+                .iter()
+                .find(|x| x.metric == metric)
+                .and_then(MetricValue::of),
         })
         .collect();
-    let values: Vec<f64> = rows
+    metric_plot(h, &esc(metric), &points, REPORT_PLOT);
+}
+
+/// The size of one plot (pixels).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlotSize {
+    pub w: f64,
+    pub h: f64,
+}
+
+/// The replay report's plots.
+const REPORT_PLOT: PlotSize = PlotSize { w: W, h: H };
+
+/// One window of a metric plot: its time (the x label), the decision taken there, and
+/// the metric's values (`None`: not judged in that window, or no samples).
+pub(crate) struct MetricPoint<'a> {
+    pub time: i64,
+    pub decision: Option<&'a str>,
+    pub value: Option<MetricValue>,
+}
+
+/// What a metric plot draws of one window's evidence.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetricValue {
+    pub treatment: f64,
+    pub control: Option<f64>,
+    pub threshold: Option<f64>,
+    pub breached: bool,
+}
+
+impl MetricValue {
+    /// The values of `e`, or `None` when neither arm had samples (nothing to draw).
+    pub(crate) fn of(e: &crate::records::MetricEvidence) -> Option<MetricValue> {
+        (e.treatment_samples > 0 || e.control_samples > 0).then_some(MetricValue {
+            treatment: e.treatment_value,
+            control: e.control_value,
+            threshold: e.threshold,
+            breached: e.breached,
+        })
+    }
+}
+
+/// The x position of window `i` of `n` in a plot of `size`.
+fn x_of(size: PlotSize, i: usize, n: usize) -> f64 {
+    let n = n.max(2) as f64;
+    PAD + (size.w - 2.0 * PAD) * i as f64 / (n - 1.0)
+}
+
+/// One SVG (`class=metric-plot`) titled `title` (already HTML): per window, treatment
+/// (red) and control (grey) lines, the threshold (dashed), breached windows as red
+/// dots and decisions as markers.
+pub(crate) fn metric_plot(h: &mut String, title: &str, points: &[MetricPoint], size: PlotSize) {
+    let PlotSize { w: sw, h: sh } = size;
+    let values: Vec<f64> = points
         .iter()
-        .filter_map(|r| r.1)
-        .filter(|e| e.treatment_samples > 0 || e.control_samples > 0)
-        .flat_map(|e| [Some(e.treatment_value), e.control_value, e.threshold])
+        .filter_map(|p| p.value)
+        .flat_map(|v| [Some(v.treatment), v.control, v.threshold])
         .flatten()
         .filter(|v| v.is_finite())
         .collect();
@@ -139,72 +192,145 @@ fn plot(h: &mut String, metric: &str, evals: &[WindowEvaluation]) {
     } else {
         (0.0, 1.0)
     };
-    let n = evals.len().max(2) as f64;
-    let x = |i: usize| PAD + (W - 2.0 * PAD) * i as f64 / (n - 1.0);
-    let y = |v: f64| H - PAD / 2.0 - (H - PAD) * (v - lo) / (hi - lo);
-    let line = |pick: &dyn Fn(&crate::records::MetricEvidence) -> Option<f64>| -> String {
-        rows.iter()
-            .filter_map(|(i, e, _)| {
-                let e = (*e)?;
-                if e.treatment_samples == 0 && e.control_samples == 0 {
-                    return None;
-                }
-                pick(e)
+    let x = |i: usize| x_of(size, i, points.len());
+    let y = |v: f64| sh - PAD / 2.0 - (sh - PAD) * (v - lo) / (hi - lo);
+    let line = |pick: &dyn Fn(&MetricValue) -> Option<f64>| -> String {
+        points
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                pick(p.value.as_ref()?)
                     .filter(|v| v.is_finite())
-                    .map(|v| format!("{:.1},{:.1}", x(*i), y(v)))
+                    .map(|v| format!("{:.1},{:.1}", x(i), y(v)))
             })
             .collect::<Vec<_>>()
             .join(" ")
     };
     let _ = write!(
         h,
-        "<div class=plot><h4>{m}</h4><svg class=metric-plot width='{W}' height='{H}' viewBox='0 0 {W} {H}'>\
-         <rect width='{W}' height='{H}' fill='#fafafa' stroke='#ddd'/>\
+        "<div class=plot><h4>{title}</h4><svg class=metric-plot width='{sw}' height='{sh}' viewBox='0 0 {sw} {sh}'>\
+         <rect width='{sw}' height='{sh}' fill='#fafafa' stroke='#ddd'/>\
          <text x='4' y='{ty:.0}' font-size='10'>{hi:.4}</text><text x='4' y='{by:.0}' font-size='10'>{lo:.4}</text>\
          <polyline fill='none' stroke='#555' stroke-width='1.5' points='{c}'/>\
          <polyline fill='none' stroke='#d62728' stroke-width='1.5' points='{t}'/>\
          <polyline fill='none' stroke='#ff7f0e' stroke-dasharray='4 3' points='{th}'/>",
-        m = esc(metric),
         ty = y(hi) + 10.0,
         by = y(lo),
-        c = line(&|e| e.control_value),
-        t = line(&|e| Some(e.treatment_value)),
-        th = line(&|e| e.threshold),
+        c = line(&|v| v.control),
+        t = line(&|v| Some(v.treatment)),
+        th = line(&|v| v.threshold),
     );
-    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
-        let _ = write!(
-            h,
-            "<text x='{PAD}' y='{H}' dy='-2' font-size='10'>{}</text><text x='{:.0}' y='{H}' dy='-2' font-size='10' text-anchor='end'>{}</text>",
-            crate::clock::rfc3339(first.window_start),
-            W - PAD,
-            crate::clock::rfc3339(last.window_start)
-        );
-    }
-    for (i, e, decision) in &rows {
-        if let Some(e) = e.filter(|e| e.breached) {
+    time_axis(
+        h,
+        size,
+        points.first().map(|p| p.time),
+        points.last().map(|p| p.time),
+    );
+    for (i, p) in points.iter().enumerate() {
+        if let Some(v) = p.value.filter(|v| v.breached && v.treatment.is_finite()) {
             let _ = write!(
                 h,
                 "<circle cx='{:.1}' cy='{:.1}' r='3' fill='#d62728'><title>breached</title></circle>",
-                x(*i),
-                y(e.treatment_value)
-            );
-        }
-        if let Some(d) = decision {
-            let _ = write!(
-                h,
-                "<g class=decision><line x1='{0:.1}' x2='{0:.1}' y1='4' y2='{1:.0}' stroke='#333' stroke-dasharray='2 2'/>\
-                 <text x='{2:.1}' y='14' font-size='11'>▲ {3}</text></g>",
-                x(*i),
-                H - 4.0,
-                x(*i) + 3.0,
-                d
+                x(i),
+                y(v.treatment)
             );
         }
     }
+    decision_marks(h, size, points.iter().map(|p| p.decision));
     h.push_str("</svg></div>");
 }
 
-fn esc(s: &str) -> String {
+/// One SVG (`class=percent-plot`) titled `title` (already HTML): the rollout percent
+/// per window as a step line on a 0–100 axis, decisions as markers. `points` are
+/// (time, percent, decision) per window; a window without a percent draws no step.
+pub(crate) fn percent_plot(
+    h: &mut String,
+    title: &str,
+    points: &[(i64, Option<f64>, Option<&str>)],
+    size: PlotSize,
+) {
+    let PlotSize { w: sw, h: sh } = size;
+    let n = points.len();
+    let x = |i: usize| x_of(size, i, n);
+    let y = |v: f64| sh - PAD / 2.0 - (sh - PAD) * v.clamp(0.0, 100.0) / 100.0;
+    // Each window's percent holds until the next window.
+    let mut steps = Vec::new();
+    for (i, (_, p, _)) in points.iter().enumerate() {
+        if let Some(p) = p.filter(|p| p.is_finite()) {
+            let end = if i + 1 < n { x(i + 1) } else { x(i) };
+            steps.push(format!("{:.1},{:.1} {:.1},{:.1}", x(i), y(p), end, y(p)));
+        }
+    }
+    let _ = write!(
+        h,
+        "<div class=plot><h4>{title}</h4><svg class=percent-plot width='{sw}' height='{sh}' viewBox='0 0 {sw} {sh}'>\
+         <rect width='{sw}' height='{sh}' fill='#fafafa' stroke='#ddd'/>\
+         <line x1='{PAD}' x2='{r}' y1='{y50:.1}' y2='{y50:.1}' stroke='#eee'/>\
+         <text x='4' y='{ty:.0}' font-size='10'>100%</text><text x='4' y='{y50:.0}' font-size='10'>50%</text>\
+         <text x='4' y='{by:.0}' font-size='10'>0%</text>\
+         <polyline fill='none' stroke='#1f77b4' stroke-width='2' points='{s}'/>",
+        r = sw - PAD,
+        y50 = y(50.0),
+        ty = y(100.0) + 10.0,
+        by = y(0.0),
+        s = steps.join(" "),
+    );
+    if let Some((_, Some(p), _)) = points.last() {
+        let _ = write!(
+            h,
+            "<text x='{:.1}' y='{:.1}' dy='-3' font-size='11' text-anchor='end'>{p}%</text>",
+            x(n.saturating_sub(1)),
+            y(*p)
+        );
+    }
+    time_axis(
+        h,
+        size,
+        points.first().map(|p| p.0),
+        points.last().map(|p| p.0),
+    );
+    decision_marks(h, size, points.iter().map(|p| p.2));
+    h.push_str("</svg></div>");
+}
+
+/// The first and last window's times under a plot.
+fn time_axis(h: &mut String, size: PlotSize, first: Option<i64>, last: Option<i64>) {
+    let PlotSize { w: sw, h: sh } = size;
+    if let (Some(first), Some(last)) = (first, last) {
+        let _ = write!(
+            h,
+            "<text x='{PAD}' y='{sh}' dy='-2' font-size='10'>{}</text><text x='{:.0}' y='{sh}' dy='-2' font-size='10' text-anchor='end'>{}</text>",
+            crate::clock::rfc3339(first),
+            sw - PAD,
+            crate::clock::rfc3339(last)
+        );
+    }
+}
+
+/// A dashed vertical line and `▲ ACTION` at each window with a decision.
+fn decision_marks<'a>(
+    h: &mut String,
+    size: PlotSize,
+    decisions: impl ExactSizeIterator<Item = Option<&'a str>>,
+) {
+    let n = decisions.len();
+    for (i, d) in decisions.enumerate() {
+        if let Some(d) = d {
+            let x = x_of(size, i, n);
+            let _ = write!(
+                h,
+                "<g class=decision><line x1='{x:.1}' x2='{x:.1}' y1='4' y2='{:.0}' stroke='#333' stroke-dasharray='2 2'/>\
+                 <text x='{:.1}' y='14' font-size='11'>▲ {}</text></g>",
+                size.h - 4.0,
+                x + 3.0,
+                esc(d)
+            );
+        }
+    }
+}
+
+/// Escapes text for HTML content and (single- or double-quoted) attributes.
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

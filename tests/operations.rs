@@ -1,7 +1,9 @@
 //! Operations checks against real tools: the dashboard and alert rules reference only
 //! metrics guardrail registers; a real Prometheus scrapes a running `guardrail demo`
 //! and its query API returns guardrail's series with the expected labels; headless
-//! Chromium renders the status page (a paused cohort) and a `replay --report`.
+//! Chromium renders the operator console (a paused cohort with its percent history,
+//! metric plots and commands) and a `replay --report`. With
+//! GUARDRAIL_SAVE_SCREENSHOT=1 the console's screenshot is saved as docs/console.png.
 //!
 //! `prometheus` and `chromium` come from Debian (`.ci/run` installs them). Without them
 //! these tests fail, unless GUARDRAIL_SKIP_PROMETHEUS=1 / GUARDRAIL_SKIP_BROWSER=1.
@@ -144,6 +146,32 @@ fn prometheus_scrapes_the_demo_and_chromium_shows_a_paused_cohort() {
         body.contains("\"platform=mobile-web\"") && body.contains("\"paused\""),
         "{body}"
     );
+    // The history: the paused cohort's windows with the PAUSE and its evidence.
+    let (status, history) =
+        http_get(addr, "/api/flags/checkout-redesign/history").expect("history answers");
+    assert_eq!(status, 200, "{history}");
+    let history: serde_json::Value = serde_json::from_str(&history).expect("history is JSON");
+    assert_eq!(history["flag"], "checkout-redesign");
+    assert!(history["audit"].is_array(), "{history}");
+    let windows = history["cohorts"]["platform=mobile-web"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no windows for the paused cohort: {history}"));
+    assert!(
+        windows
+            .iter()
+            .any(|w| w["decision"] == "PAUSE" && w["state"] == "paused"),
+        "{history}"
+    );
+    assert!(
+        windows.iter().any(|w| w["evidence"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|m| m["breached"] == true))),
+        "{history}"
+    );
+    assert_eq!(
+        http_get(addr, "/api/flags/no-such-flag/history").map(|(s, _)| s),
+        Some(404)
+    );
 
     if let Some(prometheus) = prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -216,15 +244,53 @@ fn prometheus_scrapes_the_demo_and_chromium_shows_a_paused_cohort() {
 
     if let Some(chromium) = chromium {
         let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-        let dom = headless(&chromium, &format!("http://{addr}/"), &shot);
+        let dom = headless(&chromium, &format!("http://{addr}/"), &shot, CONSOLE_WINDOW);
         assert!(
             dom.contains("platform=mobile-web") && dom.contains("paused"),
             "status page: {dom}"
         );
         assert!(dom.contains("checkout_error_rate"));
+        // The operator console: the paused cohort's section has its percent history,
+        // a plot per guardrail and success metric, and its commands with the PAUSE.
+        let section = dom
+            .split(r#"<section class="cohort" data-flag="checkout-redesign" data-cohort="platform=mobile-web">"#)
+            .nth(1)
+            .and_then(|s| s.split("</section>").next())
+            .unwrap_or_else(|| panic!("no section for the paused cohort: {dom}"));
+        assert!(
+            section.contains("<span class=\"paused\">paused</span>"),
+            "{section}"
+        );
+        assert_eq!(
+            section.matches(r#"<svg class="percent-plot""#).count(),
+            1,
+            "{section}"
+        );
+        assert!(
+            section.contains("<h4>checkout_error_rate <small") && section.contains("breached in "),
+            "error-rate plot with breached windows: {section}"
+        );
+        let plots = section.matches(r#"<svg class="metric-plot""#).count();
+        assert!(plots >= 2, "{plots} metric plots: {section}");
+        assert!(section.matches("<polyline").count() > plots, "lines drawn");
+        assert!(section.contains("▲ PAUSE"), "decision marked: {section}");
+        let commands = section
+            .split(r#"<table class="commands">"#)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no command list: {section}"));
+        assert!(commands.contains("<b>PAUSE</b>"), "{commands}");
+        assert!(dom.contains("Last rule change") || dom.contains("No rule change recorded."));
         assert_png(&shot);
+        if std::env::var_os("GUARDRAIL_SAVE_SCREENSHOT").is_some_and(|v| v == "1") {
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console.png");
+            std::fs::copy(&shot, &docs).expect("save docs/console.png");
+            eprintln!("saved {}", docs.display());
+        }
     }
 }
+
+/// Chromium's window for the console screenshot (docs/console.png).
+const CONSOLE_WINDOW: &str = "1400,2400";
 
 #[test]
 fn replay_report_renders_in_chromium() {
@@ -266,7 +332,12 @@ fn replay_report_renders_in_chromium() {
         "the report is self-contained"
     );
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report.png");
-    let dom = headless(&chromium, &format!("file://{}", report.display()), &shot);
+    let dom = headless(
+        &chromium,
+        &format!("file://{}", report.display()),
+        &shot,
+        "1280,1600",
+    );
     // 2 flags x 5 cohorts (* and 4 platforms) x (3 metrics + the sample ratio).
     assert_eq!(
         dom.matches("class=\"metric-plot\"").count(),
@@ -281,8 +352,9 @@ fn replay_report_renders_in_chromium() {
     assert_png(&shot);
 }
 
-/// Renders `url` in headless Chromium: writes a screenshot and returns the DOM.
-fn headless(chromium: &Path, url: &str, screenshot: &Path) -> String {
+/// Renders `url` in headless Chromium: writes a screenshot of a `window` ("w,h")
+/// window and returns the DOM.
+fn headless(chromium: &Path, url: &str, screenshot: &Path, window: &str) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let common = [
         "--headless",
@@ -311,7 +383,7 @@ fn headless(chromium: &Path, url: &str, screenshot: &Path) -> String {
     let shot = Command::new(chromium)
         .args(common)
         .arg(&profile_arg)
-        .arg("--window-size=1280,1600")
+        .arg(format!("--window-size={window}"))
         .arg(format!("--screenshot={}", screenshot.display()))
         .arg(url)
         .output()

@@ -485,6 +485,47 @@ impl Rules {
         Restore::Restored
     }
 
+    /// Takes over the state of `old` (judging under `old_policy`) for a new policy:
+    /// a flag whose decisive `policy_version` is unchanged keeps every cohort's state
+    /// as it is (lossless: streaks, bands, detectors, baselines, the SRM test); a flag
+    /// whose version changed starts its cohorts afresh, each listed in the result with
+    /// what it was. Flags the new policy no longer has are dropped.
+    pub fn carry_over(
+        &mut self,
+        mut old: Rules,
+        old_policy: &Policy,
+        from: i64,
+    ) -> Vec<crate::http::StateReset> {
+        let mut resets = Vec::new();
+        for (fi, flag) in self.policy.flags.iter().enumerate() {
+            let Some(ofi) = old_policy.flags.iter().position(|f| f.key == flag.key) else {
+                continue;
+            };
+            let states = std::mem::take(&mut old.states[ofi]);
+            let before = &old_policy.flags[ofi];
+            if before.policy_version == flag.policy_version {
+                self.states[fi] = states;
+                continue;
+            }
+            let mut cohorts: Vec<_> = states.into_iter().collect();
+            cohorts.sort_by(|a, b| a.0.cmp(&b.0));
+            for (cohort, state) in cohorts {
+                resets.push(crate::http::StateReset {
+                    flag_key: flag.key.clone(),
+                    cohort,
+                    from_version: before.policy_version.clone(),
+                    to_version: flag.policy_version.clone(),
+                    previous_state: Some(state.status.as_str().to_string()),
+                    previous_percent: Some(state.percent),
+                    window_end: from,
+                    reason: "an approved policy changed what decides (variants, cohorts,                              ramp, guardrails, success metrics or their metric definitions)"
+                        .into(),
+                });
+            }
+        }
+        resets
+    }
+
     /// A flag platform reports that cohort `cohort` of flag `flag_key` is served
     /// `percent` (an applied-state record, SPEC §9). If that is the split the cohort's
     /// last ADVANCE expects, the sample-ratio test stops allowing the old one (after one

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub partial_assignment: IntGauge,
     pub schema_fetches: IntCounterVec,
     pub flag_expired: IntGaugeVec,
+    /// Approved policy versions this instance could not compile (SPEC §10).
+    pub policy_activation_failures: IntCounter,
     published: Counters,
     published_overflow: u64,
     published_without_unit: Vec<u64>,
@@ -103,6 +105,10 @@ impl Metrics {
             unknown_fingerprint: reg!(IntCounterVec::new(
                 Opts::new("guardrail_unknown_fingerprint_total", "Input records dead-lettered for an unknown writer-schema fingerprint, by source"),
                 &["source"]
+            )),
+            policy_activation_failures: reg!(IntCounter::new(
+                "guardrail_policy_activation_failures_total",
+                "Approved policy versions that did not compile with this instance's config (it keeps judging with the previous version)"
             )),
             flag_expired: reg!(IntGaugeVec::new(
                 Opts::new("guardrail_flag_expired", "1 when the flag is past its expires_at (remove it from code and from the policy), else 0; only flags with expires_at"),

@@ -326,6 +326,11 @@ impl Windows {
         self.cells
     }
 
+    /// Start of the newest open window.
+    pub fn newest_open_start(&self) -> Option<i64> {
+        self.open.keys().next_back().copied()
+    }
+
     pub fn open_windows(&self) -> usize {
         self.open.len()
     }
