@@ -21,10 +21,12 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use guardrail::audit::{AuditKind, AuditRecord};
 use guardrail::clock::wall_ms;
 use guardrail::config::OutputFormat;
 use guardrail::ingest::decode::SchemaRegistry;
 use guardrail::model::Action;
+use guardrail::policies::{PolicyKind, PolicyRecord};
 use guardrail::records::{FlagCommand, WindowEvaluation};
 use guardrail::sim::{Scenario, Simulator};
 use guardrail::telemetry::counter_total;
@@ -51,6 +53,8 @@ const NOTEBOOK: &str = concat!(
     "/examples/notebook/guardrail_evidence.ipynb"
 );
 const WINDOWS: u32 = 8;
+/// Who the twin proposes as.
+const BY: &str = "notebook-ci";
 
 fn python() -> String {
     std::env::var("GUARDRAIL_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -263,7 +267,7 @@ async fn the_twin_reads_the_cluster_plots_and_proposes_a_rollback_override() {
     for topic in config.input_topics() {
         cluster.create_topic(&topic, 32, 1).unwrap();
     }
-    for topic in [&t.flag_commands, &t.dlq, &t.state] {
+    for topic in [&t.flag_commands, &t.dlq, &t.state, &t.policies, &t.audit] {
         cluster.create_topic(topic, 1, 1).unwrap();
     }
     // Several partitions: the twin reads each to its end.
@@ -313,7 +317,13 @@ async fn the_twin_reads_the_cluster_plots_and_proposes_a_rollback_override() {
         })
         .unwrap_or_else(|| panic!("the engine pauses {FLAG} on {MOBILE}"));
 
-    // The twin on the Avro topic.
+    // The engine seeded the policies topic from its config: the flag's active record.
+    let seeded = policies(&brokers, &t.policies)
+        .into_iter()
+        .find(|r| r.kind == PolicyKind::Active && r.flag == FLAG)
+        .expect("the engine seeds the flag's active policy");
+
+    // The twin on the Avro topic: it reads the active policy and proposes the change.
     let plot = dir.path().join("evidence.png");
     let json_out = dir.path().join("result.json");
     let t1 = Instant::now();
@@ -329,10 +339,7 @@ async fn the_twin_reads_the_cluster_plots_and_proposes_a_rollback_override() {
         "--config",
         config_path.to_str().unwrap(),
         "--by",
-        "notebook-ci",
-        "--policy-from",
-        "config",
-        "--dry-run",
+        BY,
         "--json-out",
         json_out.to_str().unwrap(),
     ]);
@@ -348,8 +355,61 @@ async fn the_twin_reads_the_cluster_plots_and_proposes_a_rollback_override() {
         serde_json::json!([{"action": "PAUSE", "window_end": pause.window_end}])
     );
     assert_summary_matches(&r, &evaluations);
-    let original = document_from_config(&config_path);
-    assert_recommendation(&r, &original);
+    let original = serde_json::to_value(&seeded.document).unwrap();
+    let proposal = assert_recommendation(&r, &original);
+
+    // The proposal on the policies topic: the twin's document, by the twin's proposer,
+    // with the plot as evidence, pending (the active version is still the seeded one).
+    let version = r["proposed"]["version"]
+        .as_str()
+        .expect("a proposed version");
+    assert_eq!(r["proposed"]["status"], "proposed");
+    assert!(
+        stdout.contains(&format!(
+            "policy approve --config {}",
+            config_path.display()
+        )) && stdout.contains(&format!("{FLAG} {version} --by")),
+        "the approve command is printed:\n{stdout}"
+    );
+    let records = policies(&brokers, &t.policies);
+    let proposed = records
+        .iter()
+        .find(|p| p.kind == PolicyKind::Proposal && p.flag == FLAG && p.version == version)
+        .unwrap_or_else(|| panic!("proposal {version} on {}", t.policies));
+    assert_eq!(proposed.proposed_by, BY);
+    assert_eq!(
+        proposed.previous_version.as_deref(),
+        Some(seeded.version.as_str())
+    );
+    assert_eq!(
+        serde_json::to_value(&proposed.document).unwrap(),
+        proposal,
+        "the proposed document is the twin's"
+    );
+    assert_eq!(proposed.evidence, vec![plot.display().to_string()]);
+    assert!(
+        proposed
+            .comment
+            .as_deref()
+            .unwrap_or("")
+            .contains("confined"),
+        "{:?}",
+        proposed.comment
+    );
+    let active = records
+        .iter()
+        .rev()
+        .find(|p| p.kind == PolicyKind::Active && p.flag == FLAG)
+        .unwrap();
+    assert_eq!(
+        active.version, seeded.version,
+        "nothing active before approval"
+    );
+    let audited = read_topic(&brokers, &t.audit)
+        .iter()
+        .filter_map(|m| AuditRecord::from_json(m.payload()?).ok())
+        .any(|a| a.kind == AuditKind::Proposed && a.flag == FLAG && a.actor == BY);
+    assert!(audited, "the proposal is on the audit trail");
 
     // The same evaluations as JSON (`[output] format = "json"`): the same result.
     let json_topic = "guardrail-evaluations-json";
@@ -379,8 +439,6 @@ async fn the_twin_reads_the_cluster_plots_and_proposes_a_rollback_override() {
         dir.path().join("evidence-json.png").to_str().unwrap(),
         "--config",
         config_path.to_str().unwrap(),
-        "--policy-from",
-        "config",
         "--dry-run",
         "--json-out",
         json_result.to_str().unwrap(),
@@ -390,6 +448,14 @@ async fn the_twin_reads_the_cluster_plots_and_proposes_a_rollback_override() {
     assert_eq!(rj["summary"], r["summary"], "JSON and Avro read alike");
     assert_eq!(rj["recommendation"], r["recommendation"]);
     println!("total {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+/// The records of the policies topic.
+fn policies(brokers: &str, topic: &str) -> Vec<PolicyRecord> {
+    read_topic(brokers, topic)
+        .iter()
+        .map(|m| PolicyRecord::from_json(m.payload().unwrap()).expect("a policy record"))
+        .collect()
 }
 
 /// The flag's document built from the config file: `{"flags": [flag], "metrics": [...]}`.
