@@ -447,6 +447,21 @@ async fn the_twin_reads_the_cluster_plots_and_proposes_a_rollback_override() {
     let rj = result(&json_result);
     assert_eq!(rj["summary"], r["summary"], "JSON and Avro read alike");
     assert_eq!(rj["recommendation"], r["recommendation"]);
+
+    // The notebook's code cells against the cluster: the active policy from `policy show`,
+    // the same proposal (written, not submitted).
+    let nb_proposal = run_notebook(
+        dir.path(),
+        &[
+            ("GUARDRAIL_BOOTSTRAP", brokers.as_str()),
+            ("GUARDRAIL_TOPIC", t.evaluations.as_str()),
+            ("GUARDRAIL_CONFIG", config_path.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(
+        nb_proposal, proposal,
+        "the notebook proposes what the twin did"
+    );
     println!("total {:.1}s", t0.elapsed().as_secs_f64());
 }
 
@@ -588,10 +603,26 @@ fn the_twin_and_the_notebook_run_on_replay_output() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no evaluations of no-such-flag"));
 
-    // The notebook: its code cells, in order, in one namespace (IPython's display is not
-    // needed: the plot cell falls back to a print), from examples/notebook/.
-    let nb_dir = dir.path().join("nb");
-    std::fs::create_dir(&nb_dir).unwrap();
+    // The notebook's code cells on the same file write the same proposal.
+    let nb_proposal = run_notebook(
+        dir.path(),
+        &[
+            ("GUARDRAIL_EVALUATIONS", evaluations.to_str().unwrap()),
+            ("GUARDRAIL_CONFIG", config_path.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(
+        nb_proposal, proposal,
+        "the notebook proposes what the twin does"
+    );
+}
+
+/// Runs the notebook's code cells in order in one namespace, as a kernel would (IPython's
+/// display is not needed: the plot cell falls back to a print), from examples/notebook/,
+/// with `env` (GUARDRAIL_SUBMIT unset: the proposal is written, not submitted). Checks
+/// its plot and the paused cohort in its output; returns the proposal it wrote.
+fn run_notebook(dir: &Path, env: &[(&str, &str)]) -> Value {
+    let nb_dir = tempfile::tempdir_in(dir).unwrap();
     let runner = r#"
 import json, os, sys
 nb = json.load(open(sys.argv[1]))
@@ -603,13 +634,12 @@ for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
 "#;
     let out = Command::new(python())
         .args(["-c", runner, NOTEBOOK])
-        .env("GUARDRAIL_EVALUATIONS", &evaluations)
+        .envs(env.iter().copied())
         .env("GUARDRAIL_FLAG", FLAG)
-        .env("GUARDRAIL_CONFIG", &config_path)
-        .env("GUARDRAIL_BIN", bin)
-        .env("GUARDRAIL_SUBMIT", "0")
-        .env("GUARDRAIL_PLOT", nb_dir.join("nb.png"))
-        .env("GUARDRAIL_PROPOSAL", nb_dir.join("proposal.json"))
+        .env("GUARDRAIL_BIN", env!("CARGO_BIN_EXE_guardrail"))
+        .env_remove("GUARDRAIL_SUBMIT")
+        .env("GUARDRAIL_PLOT", nb_dir.path().join("nb.png"))
+        .env("GUARDRAIL_PROPOSAL", nb_dir.path().join("proposal.json"))
         .env("MPLBACKEND", "Agg")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
@@ -620,15 +650,11 @@ for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
         String::from_utf8_lossy(&out.stderr)
     );
     assert_success(&out, "the notebook's code cells");
-    assert!(stdout.contains(MOBILE), "{stdout}");
-    assert_png(&nb_dir.join("nb.png"));
-    let nb_proposal: Value =
-        serde_json::from_str(&std::fs::read_to_string(nb_dir.join("proposal.json")).unwrap())
-            .unwrap();
-    assert_eq!(
-        nb_proposal, proposal,
-        "the notebook proposes what the twin does"
-    );
+    assert_paused_in_table(&stdout);
+    assert!(stdout.contains("not submitted"), "{stdout}");
+    assert_png(&nb_dir.path().join("nb.png"));
+    serde_json::from_str(&std::fs::read_to_string(nb_dir.path().join("proposal.json")).unwrap())
+        .unwrap()
 }
 
 /// The twin's unit tests (`examples/notebook/test_guardrail_evidence.py`): every branch of
