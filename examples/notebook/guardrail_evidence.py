@@ -537,7 +537,9 @@ def parse_args(argv):
     ap.add_argument("--topic", default="guardrail-evaluations")
     ap.add_argument("--flag", required=True)
     ap.add_argument("--plot", default="guardrail-evidence.png", help="the PNG to write")
-    ap.add_argument("--config", help="guardrail's config (for policy show / propose)")
+    ap.add_argument("--config", required=True,
+                    help="guardrail's config (policy show / propose; the policy itself with "
+                         "--policy-from config)")
     ap.add_argument("--guardrail-bin", default=os.environ.get("GUARDRAIL_BIN", "guardrail"))
     ap.add_argument("--by", default=os.environ.get("USER", "notebook"), help="who proposes")
     ap.add_argument("--evidence", help="evidence link for the proposal (default: the plot's path)")
@@ -578,8 +580,6 @@ def run(args):
     print(f"plot: {args.plot}")
     result = {"flag": args.flag, "summary": rows, "plot": os.path.abspath(args.plot)}
 
-    if not args.config:
-        raise Failure("--config is needed to read the flag's policy and propose a change")
     document, based_on = current_document(args)
     changes, notes = recommend(cohorts, flag_document(document, args.flag))
     for n in notes:
