@@ -17,6 +17,9 @@ and calls the same functions; CI runs this file through tests/notebook.rs).
      `guardrail policy propose` (--config, --by); print the version and the command a
      reviewer runs to approve it.
 
+One file on purpose (the notebook imports it, CI runs it, a reader copies it): its
+sections follow the notebook's steps.
+
 Exit codes: 0 a proposal was made (or written, with --dry-run), 1 no recommendation,
 2 usage or runtime errors (unreadable topic, unknown schema, a proposal refused).
 """
