@@ -948,6 +948,99 @@ advance_when = "healthy"
         }
     }
 
+    /// A policy activated while windows are open takes over at the boundary after the
+    /// newest open one: a record of an older window, arriving after the activation, is
+    /// still judged under the old policy; windows from the boundary on under the new.
+    /// A decisive change keeps each cohort's percent and state; a prose change keeps
+    /// everything.
+    #[test]
+    fn an_activated_policy_takes_over_at_the_next_window_boundary() {
+        let base = 1_000 * SIZE;
+        let compile =
+            |text: &str| Arc::new(Policy::compile(&Config::parse(text).unwrap()).unwrap());
+        let v1 = compile(CONFIG);
+        let v2 = compile(&CONFIG.replace("max = 0.05", "max = 0.5"));
+        let v3 = compile(
+            &CONFIG
+                .replace("max = 0.05", "max = 0.5")
+                .replace("owner = \"o\"", "owner = \"p\""),
+        );
+        let version = |p: &Policy| p.flags[0].policy_version.clone();
+        assert_ne!(version(&v1), version(&v2));
+        assert_eq!(version(&v2), version(&v3), "owner is prose");
+        let mut e = Engine::new(v1.clone(), false).unwrap();
+        let now = base + 100 * SIZE;
+        let mut offset = 0;
+        let mut feed = |e: &mut Engine, t: i64| {
+            offset += 1;
+            e.ingest_event(part(0), offset, &started(t), now)
+        };
+        let mut judged = Vec::new();
+        for t in [base + MIN, base + SIZE + MIN] {
+            assert_eq!(feed(&mut e, t), Ingested::Accepted);
+        }
+        judged.extend(e.tick(now));
+        // Windows 0 and 1 are open (replay: the watermark trails the newest event).
+        let boundary = e.activate(v2.clone());
+        assert_eq!(boundary, base + 2 * SIZE, "after the newest open window");
+        assert!(
+            e.take_activations().is_empty(),
+            "pending until the boundary"
+        );
+        // A late record of window 1 goes to the old policy's window, later ones to v2's.
+        for t in [
+            base + SIZE + 2 * MIN,
+            base + 2 * SIZE + MIN,
+            base + 3 * SIZE + MIN,
+        ] {
+            assert_eq!(feed(&mut e, t), Ingested::Accepted);
+        }
+        judged.extend(e.tick(now));
+        let swapped = e.take_activations();
+        assert_eq!(swapped.len(), 1);
+        assert_eq!(swapped[0].effective_from, boundary);
+        // The decisive change restarted the evidence of the cohort judged so far, at
+        // its percent and state.
+        assert_eq!(swapped[0].resets.len(), 1, "{:?}", swapped[0].resets);
+        assert_eq!(swapped[0].resets[0].cohort, "*");
+        assert_eq!(swapped[0].resets[0].previous_percent, Some(50.0));
+        assert_eq!(e.rules().state(0, "*").map(|s| s.percent), Some(50.0));
+        // A prose edit (owner) carries every cohort's state over, nothing reset.
+        let healthy = e.rules().state(0, "*").map(|s| s.healthy_windows);
+        assert_eq!(e.activate(v3.clone()), base + 4 * SIZE);
+        judged.extend(e.finish(now));
+        let swapped = e.take_activations();
+        assert_eq!(swapped.len(), 1);
+        assert!(swapped[0].resets.is_empty());
+        assert!(e.rules().state(0, "*").map(|s| s.healthy_windows) >= healthy);
+        let by_window: Vec<(i64, String, i64)> = judged
+            .iter()
+            .map(|j| {
+                let ev = &j.evaluation;
+                let events = ev
+                    .evidence
+                    .iter()
+                    .find(|x| x.metric == "err")
+                    .map_or(0, |x| x.treatment_samples);
+                (
+                    (ev.window_start - base) / SIZE,
+                    ev.policy_version.clone().unwrap_or_default(),
+                    events,
+                )
+            })
+            .collect();
+        assert_eq!(
+            by_window,
+            vec![
+                (0, version(&v1), 1),
+                (1, version(&v1), 2),
+                (2, version(&v2), 1),
+                (3, version(&v2), 1),
+            ],
+            "window, version, events"
+        );
+    }
+
     /// One event from a clock 4m50s fast on a quiet system does not close the current
     /// window early: it closes when the wall clock passes its end + lateness.
     #[test]
