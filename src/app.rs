@@ -172,32 +172,20 @@ pub async fn run_engine(
     }
     // Policies as data (SPEC §10): the approved documents on the policies topic, the
     // file seeding the flags the topic lacks.
-    let (config, docs, policy) = {
-        let (assembled, _) = crate::policies::seed_and_load(&config, "").await?;
-        let docs = crate::policies::documents(&assembled);
-        let compiled = crate::policy::Policy::compile(&assembled).map_err(|e| {
-            anyhow::anyhow!(
-                "the approved policies on {} do not compile with this config: {e}",
-                config.topics.policies
-            )
-        })?;
-        let policy = if compiled
-            .flags
-            .iter()
-            .map(|f| &f.policy_version)
-            .eq(policy.flags.iter().map(|f| &f.policy_version))
-            && compiled
-                .flags
-                .iter()
-                .map(|f| &f.key)
-                .eq(policy.flags.iter().map(|f| &f.key))
-        {
-            policy
-        } else {
-            Arc::new(compiled)
-        };
-        (assembled, docs, policy)
+    let (config, policy) = match crate::policies::seed_and_load(&config, "").await? {
+        None => (config, policy),
+        Some(assembled) => {
+            let compiled = Policy::compile(&assembled).map_err(|e| {
+                anyhow::anyhow!(
+                    "the approved policies on {} do not compile with this config: {e}",
+                    config.topics.policies
+                )
+            })?;
+            (assembled, Arc::new(compiled))
+        }
     };
+    let docs = crate::policies::documents(&config);
+    shared.update_policy(&policy);
     let producer: FutureProducer = kafka::output_producer_config(&k)
         .create()
         .context("creating the producer")?;
@@ -315,6 +303,7 @@ pub async fn run_engine(
             .collect(),
         staged: Vec::new(),
         audit_out: Vec::new(),
+        issued: Default::default(),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
@@ -589,7 +578,13 @@ struct Shell {
     staged: Vec<Staged>,
     /// Audit entries to publish with the next window close.
     audit_out: Vec<crate::audit::AuditRecord>,
+    /// Recent commands by id: (issued_at, onset of a stop's breach or None, action),
+    /// to measure the loop when the platform reports them applied; the oldest first.
+    issued: std::collections::VecDeque<(String, i64, Option<i64>, &'static str)>,
 }
+
+/// Commands remembered for [`Shell::issued`].
+const ISSUED_KEPT: usize = 4096;
 
 /// An activation handed to the engine: the documents it judges with, and the approved
 /// versions (flag, version, approver) it brings.
@@ -972,6 +967,21 @@ impl Shell {
                 "the platform applied the advanced split: the sample-ratio test expects it from the next window but one"
             );
         }
+        // The loop's length, once per command this instance issued.
+        if let Some(i) = self.issued.iter().position(|x| x.0 == a.command_id) {
+            let (_, issued_at, onset, action) = self.issued.remove(i).unwrap_or_default();
+            let secs = |from: i64| (a.applied_at.saturating_sub(from)).max(0) as f64 / 1000.0;
+            self.metrics
+                .signal_to_applied
+                .with_label_values(&[action])
+                .observe(secs(issued_at));
+            if let Some(onset) = onset {
+                self.metrics
+                    .unsafe_exposure
+                    .with_label_values(&[action])
+                    .observe(secs(onset));
+            }
+        }
         self.shared.record_applied(a);
     }
 
@@ -1000,7 +1010,28 @@ impl Shell {
         }
         let mut judged = self.engine.tick(now);
         self.take_activations();
+        let size = self.engine.policy().window.size_ms;
         for c in judged.iter().filter_map(|j| j.command.as_ref()) {
+            // A stop's breach began with the first window of its longest breach streak.
+            let onset = matches!(
+                c.action,
+                crate::model::Action::Pause | crate::model::Action::Rollback
+            )
+            .then(|| {
+                let streak = c
+                    .evidence
+                    .iter()
+                    .filter(|e| e.breached)
+                    .map(|e| e.consecutive_windows.max(1))
+                    .max()
+                    .unwrap_or(1);
+                c.window_end - i64::from(streak) * size
+            });
+            if self.issued.len() >= ISSUED_KEPT {
+                self.issued.pop_front();
+            }
+            self.issued
+                .push_back((c.command_id.clone(), c.issued_at, onset, c.action.as_str()));
             let version = self.docs.get(&c.flag_key).map(|d| d.version());
             self.audit_out
                 .push(crate::audit::AuditRecord::command(c, version.as_deref()));

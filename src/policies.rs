@@ -357,12 +357,9 @@ pub async fn publish(
 }
 
 /// What `run` judges with at start: the file's config with the topic's active
-/// documents, after seeding the topic with the file's documents it lacks. Returns the
-/// config, the active versions per flag, and the audit entries of the seeding.
-pub async fn seed_and_load(
-    config: &Config,
-    config_path: &str,
-) -> anyhow::Result<(Config, BTreeMap<String, String>)> {
+/// documents, after seeding the topic with the file's documents it lacks; `None` when
+/// the policies topic does not exist (the file's policies apply).
+pub async fn seed_and_load(config: &Config, config_path: &str) -> anyhow::Result<Option<Config>> {
     let k = config.kafka.as_ref().context("[kafka] is required")?;
     let topics = &config.topics;
     let store = tokio::task::block_in_place(|| read_store(k, &topics.policies))
@@ -374,11 +371,7 @@ pub async fn seed_and_load(
             "the policies topic does not exist: judging with the config file's policies; \
              `guardrail policy` changes need the topic (docs/SPEC.md §10)"
         );
-        let versions = file_docs
-            .iter()
-            .map(|d| (d.flag().key.clone(), d.version()))
-            .collect();
-        return Ok((config.clone(), versions));
+        return Ok(None);
     };
     let now = crate::clock::wall_ms();
     let mut seeds = Vec::new();
@@ -394,7 +387,7 @@ pub async fn seed_and_load(
                     flag: key.clone(),
                     version: version.clone(),
                     document: d.clone(),
-                    proposed_by: format!("config file {config_path}"),
+                    proposed_by: format!("config file {config_path}").trim_end().to_string(),
                     proposed_at: now,
                     approved_by: Some("config file (seed)".into()),
                     approved_at: Some(now),
@@ -410,7 +403,9 @@ pub async fn seed_and_load(
                     &version,
                     "guardrail",
                     now,
-                    format!("seeded from the config file {config_path}"),
+                    format!("seeded from the config file {config_path}")
+                        .trim_end()
+                        .to_string(),
                     Vec::new(),
                 ));
             }
@@ -435,11 +430,7 @@ pub async fn seed_and_load(
     }
     let effective = store.effective(&file_docs);
     let assembled = assemble(config, &effective).map_err(anyhow::Error::new)?;
-    let versions = effective
-        .iter()
-        .map(|d| (d.flag().key.clone(), d.version()))
-        .collect();
-    Ok((assembled, versions))
+    Ok(Some(assembled))
 }
 
 /// What the tail reader hands the engine.

@@ -782,6 +782,41 @@ async fn a_gameday_measures_the_loop_from_injection_to_the_applied_pause() {
     // The synthetic events are marked: the flagd file now pins the cohort.
     let text = std::fs::read_to_string(&flagd).unwrap();
     assert!(text.contains("mobile-web"), "{text}");
+    // The engine measures the same loop from the applied record: command -> applied,
+    // and first breached window -> applied (time in unsafe exposure).
+    let histogram = |name: &str| {
+        engine
+            .metrics
+            .gather()
+            .into_iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .filter(|m| m.get_label().iter().any(|l| l.value() == "PAUSE"))
+                    .map(|m| {
+                        let h = m.get_histogram();
+                        (h.get_sample_count(), h.get_sample_sum())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .fold((0, 0.0), |(n, s), (a, b)| (n + a, s + b))
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while histogram("guardrail_unsafe_exposure_seconds").0 == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One per PAUSE applied: mobile-web's, and `*`'s when all traffic paused too.
+    let (n, signal_to_applied) = histogram("guardrail_signal_to_applied_seconds");
+    assert!(n >= 1, "the PAUSE applied");
+    let (m, exposure) = histogram("guardrail_unsafe_exposure_seconds");
+    assert_eq!(m, n, "each applied PAUSE has its exposure");
+    // Each breach began at least a 4-second window before its command was issued.
+    let k = n as f64;
+    assert!(
+        exposure >= signal_to_applied + 4.0 * k && exposure < k * (to_applied + 10.0),
+        "{n} PAUSE(s): exposure {exposure}s, command to applied {signal_to_applied}s, game day {to_applied}s"
+    );
     apply.stop().await;
     engine.stop().await;
     drop(env);

@@ -19,6 +19,11 @@ pub struct Metrics {
     pub windows_closed: IntCounter,
     pub commands: IntCounterVec,
     pub decision_latency: Histogram,
+    /// Command issued → the flag platform applied it (`guardrail-applied`), per action.
+    pub signal_to_applied: HistogramVec,
+    /// PAUSE/ROLLBACK: start of the first breached window → the platform applied it:
+    /// how long treatment was served with the regression after it showed.
+    pub unsafe_exposure: HistogramVec,
     pub watermark_lag: Gauge,
     pub metric_value: GaugeVec,
     pub metric_threshold: GaugeVec,
@@ -105,6 +110,16 @@ impl Metrics {
             unknown_fingerprint: reg!(IntCounterVec::new(
                 Opts::new("guardrail_unknown_fingerprint_total", "Input records dead-lettered for an unknown writer-schema fingerprint, by source"),
                 &["source"]
+            )),
+            signal_to_applied: reg!(HistogramVec::new(
+                HistogramOpts::new("guardrail_signal_to_applied_seconds", "From a command being issued to the flag platform reporting it applied (guardrail-applied), by action")
+                    .buckets(LOOP_BUCKETS.to_vec()),
+                &["action"]
+            )),
+            unsafe_exposure: reg!(HistogramVec::new(
+                HistogramOpts::new("guardrail_unsafe_exposure_seconds", "PAUSE and ROLLBACK: from the start of the first breached window to the flag platform applying the stop (time in unsafe exposure), by action")
+                    .buckets(LOOP_BUCKETS.to_vec()),
+                &["action"]
             )),
             policy_activation_failures: reg!(IntCounter::new(
                 "guardrail_policy_activation_failures_total",
@@ -268,6 +283,12 @@ impl Metrics {
 
 /// The sum of a counter family's series in a registry (0 when absent): how the demo,
 /// tests and benchmarks read the engine's counters from outside its task.
+/// Seconds: the loop from a breach to the platform's change spans a second (tests) to
+/// hours (15-minute windows, approvals).
+const LOOP_BUCKETS: [f64; 14] = [
+    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 2700.0, 3600.0, 7200.0, 14400.0, 43200.0,
+];
+
 pub fn counter_total(registry: &Registry, name: &str) -> f64 {
     registry
         .gather()
