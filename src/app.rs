@@ -172,19 +172,25 @@ pub async fn run_engine(
     }
     // Policies as data (SPEC §10): the approved documents on the policies topic, the
     // file seeding the flags the topic lacks.
-    let (config, policy) = match crate::policies::seed_and_load(&config, "").await? {
-        None => (config, policy),
-        Some(assembled) => {
-            let compiled = Policy::compile(&assembled).map_err(|e| {
-                anyhow::anyhow!(
-                    "the approved policies on {} do not compile with this config: {e}",
-                    config.topics.policies
-                )
-            })?;
-            (assembled, Arc::new(compiled))
-        }
-    };
-    let docs = crate::policies::documents(&config);
+    let file_docs = crate::policies::documents(&config);
+    let (config, policy, docs, policies_from) =
+        match crate::policies::seed_and_load(&config, "").await? {
+            None => (config, policy, file_docs, Vec::new()),
+            Some(loaded) => match Policy::compile(&loaded.config) {
+                Ok(compiled) => (loaded.config, Arc::new(compiled), loaded.docs, loaded.ends),
+                // Approved versions another config validated: judge with the file's
+                // rather than not at all (SPEC §10), and say so.
+                Err(e) => {
+                    tracing::error!(
+                        topic = %config.topics.policies,
+                        "the approved policies do not compile with this instance's config; \
+                         judging with the config file's until they do: {e}"
+                    );
+                    metrics.policy_activation_failures.inc();
+                    (config, policy, file_docs, loaded.ends)
+                }
+            },
+        };
     shared.update_policy(&policy);
     let producer: FutureProducer = kafka::output_producer_config(&k)
         .create()
@@ -330,6 +336,7 @@ pub async fn run_engine(
     let control_reader = crate::policies::spawn_control_reader(
         &k,
         config.topics.policies.clone(),
+        policies_from,
         config.topics.audit.clone(),
         control_tx,
         stop_polling.clone(),
@@ -456,17 +463,9 @@ fn spawn_applied_reader(
     use rdkafka::Message as _;
     use rdkafka::consumer::BaseConsumer;
     let group = format!("{}-applied-reader", k.group_id);
-    let consumer: BaseConsumer = kafka::client_config(
-        k,
-        &[
-            ("group.id", group.as_str()),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("isolation.level", "read_committed"),
-        ],
-    )
-    .create()
-    .context("creating the applied-state consumer")?;
+    let consumer: BaseConsumer = kafka::tail_reader_config(k, &group)
+        .create()
+        .context("creating the applied-state consumer")?;
     let thread = std::thread::Builder::new()
         .name("guardrail-applied".into())
         .spawn(move || {
@@ -891,6 +890,8 @@ impl Shell {
         if self.engine.pending_boundary().is_some() && self.staged.len() == 2 {
             let (d, a) = &mut self.staged[1];
             *d = docs;
+            // A queued version replaced before it judged anything is not activated.
+            a.retain(|(f, ..)| f != &r.flag);
             a.push(approved);
         } else {
             self.staged.push((docs, vec![approved]));
@@ -902,12 +903,15 @@ impl Shell {
             effective_from = %crate::clock::rfc3339(boundary),
             "approved policy version: judged with from the next window boundary"
         );
-        self.take_activations();
+        let _ = self.take_activations();
     }
 
-    /// Audit entries and views of the activations the engine made since last asked.
-    fn take_activations(&mut self) {
+    /// Audit entries and views of the activations the engine made since last asked;
+    /// returns the first one's boundary.
+    fn take_activations(&mut self) -> Option<i64> {
+        let mut first = None;
         for a in self.engine.take_activations() {
+            first = first.or(Some(a.effective_from));
             if self.staged.is_empty() {
                 continue;
             }
@@ -950,6 +954,7 @@ impl Shell {
                 self.audit_out.push(e);
             }
         }
+        first
     }
 
     /// An applied-state record: the split the platform serves a cohort.
@@ -1009,7 +1014,10 @@ impl Shell {
             return Ok(());
         }
         let mut judged = self.engine.tick(now);
-        self.take_activations();
+        // Commands of windows before a boundary crossed in this tick were decided under
+        // the documents judged with until then.
+        let before = self.docs.clone();
+        let swapped_at = self.take_activations();
         let size = self.engine.policy().window.size_ms;
         for c in judged.iter().filter_map(|j| j.command.as_ref()) {
             // A stop's breach began with the first window of its longest breach streak.
@@ -1032,7 +1040,11 @@ impl Shell {
             }
             self.issued
                 .push_back((c.command_id.clone(), c.issued_at, onset, c.action.as_str()));
-            let version = self.docs.get(&c.flag_key).map(|d| d.version());
+            let docs = match swapped_at {
+                Some(from) if c.window_end <= from => &before,
+                _ => &self.docs,
+            };
+            let version = docs.get(&c.flag_key).map(|d| d.version());
             self.audit_out
                 .push(crate::audit::AuditRecord::command(c, version.as_deref()));
         }

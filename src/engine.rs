@@ -244,12 +244,36 @@ impl Engine {
         }
         let mut windows = Windows::new(policy.clone());
         windows.set_closed_before(boundary);
+        // The cohorts judged so far keep their places under the cap from the first
+        // event after the boundary on (a newcomer must not take one).
+        self.inherit_cohorts(&policy, &mut windows);
         self.pending = Some(Pending {
             policy,
             windows,
             boundary,
         });
         boundary
+    }
+
+    /// Interns into `windows` (of `policy`) the cohorts the current windows know, for
+    /// every flag whose `cohort_by` is unchanged, in the order they were first seen.
+    fn inherit_cohorts(&self, policy: &Policy, windows: &mut Windows) {
+        for (fi, flag) in policy.flags.iter().enumerate() {
+            let Some(ofi) = self.policy.flags.iter().position(|f| f.key == flag.key) else {
+                continue;
+            };
+            if self.policy.flags[ofi].cohort_by != flag.cohort_by {
+                continue;
+            }
+            let (Some(old), Some(new)) =
+                (self.windows.cohort_table(ofi), windows.cohort_table_mut(fi))
+            else {
+                continue;
+            };
+            for id in 1..old.len() as u32 {
+                new.intern(old.name(id).to_string());
+            }
+        }
     }
 
     /// The pending activation's boundary, if one waits.
@@ -271,6 +295,10 @@ impl Engine {
             w.set_closed_before(self.windows.closed_before());
             w
         });
+        // (The old policy's flags: `self.policy` is the new one by now.)
+        let current = std::mem::replace(&mut self.policy, old_policy.clone());
+        self.inherit_cohorts(&policy, &mut windows);
+        self.policy = current;
         // Cohorts judged so far keep their place under the cap.
         for (fi, cohort, _) in self.rules.states() {
             if cohort != "*"
@@ -523,7 +551,11 @@ impl Engine {
         // The current policy's windows end at the boundary: none past it is made up.
         let closed = self.windows.close_until(wm.min(boundary));
         let mut judged = self.decide(closed, now);
-        if self.windows.closed_before() >= boundary {
+        // Closed up to the boundary, or nothing left open before it that the watermark
+        // has not passed (open windows dropped by a revoke before any close).
+        let done = self.windows.closed_before() >= boundary
+            || (self.windows.open_windows() == 0 && wm >= boundary);
+        if done {
             self.swap_pending();
             let closed = self.windows.close_until(wm);
             judged.extend(self.decide(closed, now));
@@ -1039,6 +1071,46 @@ advance_when = "healthy"
             ],
             "window, version, events"
         );
+    }
+
+    /// The cohorts judged before an activation keep their places under the cap: a
+    /// newcomer seen first after the boundary folds into `other`.
+    #[test]
+    fn cohorts_keep_their_places_under_the_cap_across_an_activation() {
+        let base = 1_000 * SIZE;
+        let capped = CONFIG.replace(
+            "start_percent = 50",
+            "start_percent = 50\ncohort_by = [\"platform\"]\nmax_cohorts = 1",
+        );
+        let compile =
+            |text: &str| Arc::new(Policy::compile(&Config::parse(text).unwrap()).unwrap());
+        let v1 = compile(&capped);
+        let v2 = compile(&capped.replace("max = 0.05", "max = 0.5"));
+        let mut e = Engine::new(v1, false).unwrap();
+        let now = base + 100 * SIZE;
+        let on = |t: i64, platform: &'static str| {
+            let mut ev = started(t);
+            ev.attributes = smallvec![("platform", platform)];
+            ev
+        };
+        let mut judged = Vec::new();
+        e.ingest_event(part(0), 1, &on(base + MIN, "ios"), now);
+        e.ingest_event(part(0), 2, &on(base + SIZE + MIN, "ios"), now);
+        judged.extend(e.tick(now));
+        let boundary = e.activate(v2);
+        assert_eq!(boundary, base + 2 * SIZE);
+        // After the boundary android comes first, then ios.
+        e.ingest_event(part(0), 3, &on(base + 2 * SIZE + MIN, "android"), now);
+        e.ingest_event(part(0), 4, &on(base + 2 * SIZE + 2 * MIN, "ios"), now);
+        judged.extend(e.finish(now));
+        let after: Vec<&str> = judged
+            .iter()
+            .filter(|j| j.evaluation.window_start == boundary)
+            .map(|j| j.evaluation.cohort.as_str())
+            .collect();
+        assert!(after.contains(&"platform=ios"), "{after:?}");
+        assert!(after.contains(&"other"), "{after:?}");
+        assert!(!after.contains(&"platform=android"), "{after:?}");
     }
 
     /// One event from a clock 4m50s fast on a quiet system does not close the current

@@ -54,6 +54,20 @@ pub fn client_config(k: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig
     c
 }
 
+/// A reader of a control topic (applied state, policies, audit) that assigns its
+/// partitions itself and never commits: from the beginning, read_committed.
+pub fn tail_reader_config(k: &KafkaConfig, group: &str) -> ClientConfig {
+    client_config(
+        k,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("isolation.level", "read_committed"),
+        ],
+    )
+}
+
 /// The input consumer: manual commits of what closed windows cover.
 pub fn consumer_config(k: &KafkaConfig) -> ClientConfig {
     client_config(

@@ -194,6 +194,8 @@ pub struct Store {
     pub active: BTreeMap<String, PolicyRecord>,
     /// Per (flag, version): the newest proposal or rejection record.
     pub proposals: BTreeMap<(String, String), PolicyRecord>,
+    /// Per partition, the offset the store was read up to (where following it goes on).
+    pub ends: Vec<(i32, i64)>,
 }
 
 impl Store {
@@ -232,10 +234,13 @@ impl Store {
 /// with part of the policies would be judging with the wrong ones.
 pub fn read_store(k: &KafkaConfig, topic: &str) -> Result<Option<Store>, String> {
     let records = read_to_end(k, topic)?;
-    let Some(records) = records else {
+    let Some((records, ends)) = records else {
         return Ok(None);
     };
-    let mut store = Store::default();
+    let mut store = Store {
+        ends,
+        ..Store::default()
+    };
     for (partition, offset, payload) in records {
         let r = PolicyRecord::from_json(&payload)
             .map_err(|e| format!("{topic} partition {partition} offset {offset}: {e}"))?;
@@ -244,10 +249,13 @@ pub fn read_store(k: &KafkaConfig, topic: &str) -> Result<Option<Store>, String>
     Ok(Some(store))
 }
 
-/// Every record of `topic` as (partition, offset, payload), tombstones left out;
-/// `None` when the topic does not exist.
+/// Every record of `topic` as (partition, offset, payload), tombstones left out, and
+/// each partition's end offset; `None` when the topic does not exist.
 #[allow(clippy::type_complexity)]
-fn read_to_end(k: &KafkaConfig, topic: &str) -> Result<Option<Vec<(i32, i64, Vec<u8>)>>, String> {
+fn read_to_end(
+    k: &KafkaConfig,
+    topic: &str,
+) -> Result<Option<(Vec<(i32, i64, Vec<u8>)>, Vec<(i32, i64)>)>, String> {
     let mut cfg = kafka::client_config(
         k,
         &[
@@ -269,10 +277,12 @@ fn read_to_end(k: &KafkaConfig, topic: &str) -> Result<Option<Vec<(i32, i64, Vec
     }
     let mut tpl = TopicPartitionList::new();
     let mut unread = std::collections::BTreeSet::new();
+    let mut ends = Vec::new();
     for p in t.partitions() {
         let (low, high) = consumer
             .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
             .map_err(|e| format!("offsets of {topic}: {e}"))?;
+        ends.push((p.id(), high));
         if high > low {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                 .map_err(|e| e.to_string())?;
@@ -281,7 +291,7 @@ fn read_to_end(k: &KafkaConfig, topic: &str) -> Result<Option<Vec<(i32, i64, Vec
     }
     let mut out = Vec::new();
     if unread.is_empty() {
-        return Ok(Some(out));
+        return Ok(Some((out, ends)));
     }
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let deadline = std::time::Instant::now() + READ_TIMEOUT;
@@ -304,7 +314,7 @@ fn read_to_end(k: &KafkaConfig, topic: &str) -> Result<Option<Vec<(i32, i64, Vec
             }
         }
     }
-    Ok(Some(out))
+    Ok(Some((out, ends)))
 }
 
 /// Whether `topic` exists (metadata without creating it).
@@ -356,10 +366,20 @@ pub async fn publish(
     Ok(())
 }
 
+/// What `run` judges with at start (see [`seed_and_load`]).
+pub struct Loaded {
+    /// The file's config with the topic's active documents.
+    pub config: Config,
+    /// Those documents, as the topic holds them (their versions are the topic's).
+    pub docs: Vec<Document>,
+    /// Where following the policies topic goes on: what was read and seeded is known.
+    pub ends: Vec<(i32, i64)>,
+}
+
 /// What `run` judges with at start: the file's config with the topic's active
 /// documents, after seeding the topic with the file's documents it lacks; `None` when
 /// the policies topic does not exist (the file's policies apply).
-pub async fn seed_and_load(config: &Config, config_path: &str) -> anyhow::Result<Option<Config>> {
+pub async fn seed_and_load(config: &Config, config_path: &str) -> anyhow::Result<Option<Loaded>> {
     let k = config.kafka.as_ref().context("[kafka] is required")?;
     let topics = &config.topics;
     let store = tokio::task::block_in_place(|| read_store(k, &topics.policies))
@@ -430,7 +450,11 @@ pub async fn seed_and_load(config: &Config, config_path: &str) -> anyhow::Result
     }
     let effective = store.effective(&file_docs);
     let assembled = assemble(config, &effective).map_err(anyhow::Error::new)?;
-    Ok(Some(assembled))
+    Ok(Some(Loaded {
+        config: assembled,
+        docs: effective.into_iter().cloned().collect(),
+        ends: store.ends.clone(),
+    }))
 }
 
 /// What the tail reader hands the engine.
@@ -440,28 +464,22 @@ pub enum Control {
     Audit(Box<AuditRecord>),
 }
 
-/// Reads the policies and audit topics from their beginnings and keeps following them
-/// (no group, read_committed); a topic that does not exist yet is looked for every 5 s.
+/// Follows the policies topic from `policies_from` (the offsets start-up read it to)
+/// and the audit topic from its beginning (no group, read_committed); a topic that does
+/// not exist yet is looked for every 5 s.
 pub fn spawn_control_reader(
     k: &KafkaConfig,
     policies_topic: String,
+    policies_from: Vec<(i32, i64)>,
     audit_topic: String,
     tx: tokio::sync::mpsc::Sender<Control>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     use std::sync::atomic::Ordering;
     let group = format!("{}-control-reader", k.group_id);
-    let consumer: BaseConsumer = kafka::client_config(
-        k,
-        &[
-            ("group.id", group.as_str()),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("isolation.level", "read_committed"),
-        ],
-    )
-    .create()
-    .context("creating the policies/audit consumer")?;
+    let consumer: BaseConsumer = kafka::tail_reader_config(k, &group)
+        .create()
+        .context("creating the policies/audit consumer")?;
     let thread = std::thread::Builder::new()
         .name("guardrail-control".into())
         .spawn(move || {
@@ -488,7 +506,14 @@ pub fn spawn_control_reader(
                             .unwrap_or(0);
                         if n > 0 {
                             for p in 0..n {
-                                let _ = tpl.add_partition_offset(topic, p, Offset::Beginning);
+                                // Policies: from where start-up read them to (an older
+                                // active record must not look like a new approval); a
+                                // partition that was not there then, from its beginning.
+                                let from = policies_from
+                                    .iter()
+                                    .find(|(q, _)| *q == p && topic == &policies_topic)
+                                    .map_or(Offset::Beginning, |(_, o)| Offset::Offset(*o));
+                                let _ = tpl.add_partition_offset(topic, p, from);
                             }
                             assigned.push(topic.clone());
                         }
@@ -778,6 +803,15 @@ pub async fn approve(
     let proposal = pending(&store, flag, version)?;
     if let Some(active) = store.active.get(flag).filter(|a| a.version == version) {
         return Ok(active.clone());
+    }
+    let active_now = store.active.get(flag).map(|r| r.version.clone());
+    if proposal.previous_version != active_now {
+        return Err(PolicyError::Refused(format!(
+            "{flag} {version} was proposed as a change of {} but {} is active now: \
+             propose it again from the active version (`guardrail policy show`)",
+            proposal.previous_version.as_deref().unwrap_or("nothing"),
+            active_now.as_deref().unwrap_or("nothing")
+        )));
     }
     if proposal.proposed_by == by && !allow_self {
         return Err(PolicyError::Refused(format!(

@@ -288,6 +288,10 @@ async fn publish(out: &Outputs, b: Batch) -> Result<(), String> {
         out.metrics.evaluation(&j.evaluation);
         out.shared.record(&j.evaluation, j.command.as_ref());
     }
+    // The console shows them at once (the audit topic's copy, read back, has the same id).
+    for a in &b.audit {
+        out.shared.record_audit(a);
+    }
     Ok(())
 }
 

@@ -30,16 +30,13 @@ use guardrail::policies::{PolicyKind, PolicyRecord};
 use guardrail::records::{FlagCommand, WindowEvaluation};
 use guardrail::sim::{Scenario, Simulator};
 use guardrail::telemetry::counter_total;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
 mod common;
-use common::read_topic;
+use common::{read_partition, read_topic};
 
 const FLAG: &str = "checkout-redesign";
 const MOBILE: &str = "platform=mobile-web";
@@ -112,41 +109,6 @@ fn config_file(dir: &Path, brokers: &str) -> PathBuf {
     assert_ne!(with_brokers, text, "the example config names its brokers");
     std::fs::write(&path, with_brokers).unwrap();
     path
-}
-
-/// One partition of `topic`, from the beginning to its end (partition EOF), read_committed.
-fn read_partition(brokers: &str, topic: &str, partition: i32) -> Vec<OwnedMessage> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("notebook-reader-{}", wall_ms()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("reader");
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .expect("watermarks");
-    let mut out = Vec::new();
-    if high <= low {
-        return out;
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            None => continue,
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => return out,
-            Some(m) => out.push(m.expect("reading").detach()),
-        }
-    }
-    panic!(
-        "timed out reading {topic}/{partition}: {} records",
-        out.len()
-    );
 }
 
 /// The twin's `--json-out` result.

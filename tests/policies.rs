@@ -247,6 +247,30 @@ async fn an_approved_policy_is_judged_with_from_the_next_window_without_a_restar
     assert_eq!(proposed["status"], "proposed", "{proposed}");
     assert_eq!(proposed["previous_version"], seeded_version.as_str());
     let version = proposed["version"].as_str().unwrap().to_string();
+    // A rival proposal from the same starting point; it goes stale once the first one
+    // is approved.
+    let rival = write(
+        dir.path(),
+        "rival.toml",
+        &strict.replacen("max = 0.05 ", "max = 0.06 ", 1),
+    );
+    let out = guardrail(&[
+        "policy",
+        "propose",
+        "--config",
+        &config_file,
+        "--file",
+        &rival,
+        "--flag",
+        CHECKOUT,
+        "--by",
+        "carol",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rival: serde_json::Value =
+        serde_json::from_slice(out.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    let rival = rival["version"].as_str().unwrap().to_string();
+    assert_ne!(rival, version);
     let out = guardrail(&[
         "policy",
         "approve",
@@ -270,6 +294,22 @@ async fn an_approved_policy_is_judged_with_from_the_next_window_without_a_restar
         "bob",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = guardrail(&[
+        "policy",
+        "approve",
+        "--config",
+        &config_file,
+        CHECKOUT,
+        &rival,
+        "--by",
+        "bob",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "stale: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is active now"),
+        "{}",
+        text(&out)
+    );
 
     phase("approved");
     // The engine, still running, pauses the cohort under the new version.
@@ -290,8 +330,9 @@ async fn an_approved_policy_is_judged_with_from_the_next_window_without_a_restar
     };
     assert_eq!(of(AuditKind::Seeded).len(), 1, "{records:#?}");
     let p = of(AuditKind::Proposed);
+    assert_eq!(p.len(), 2, "alice's and carol's: {records:#?}");
+    let p: Vec<_> = p.into_iter().filter(|r| r.actor == "alice").collect();
     assert_eq!(p.len(), 1, "{records:#?}");
-    assert_eq!(p[0].actor, "alice");
     assert_eq!(p[0].version.as_deref(), Some(version.as_str()));
     assert_eq!(
         p[0].evidence,
@@ -367,5 +408,16 @@ async fn an_approved_policy_is_judged_with_from_the_next_window_without_a_restar
         pause.window_start
     );
     engine.stop().await;
+
+    // A restart judges with the approved version at once and activates nothing again
+    // (the seed record before it on the topic is history, not a new approval).
+    let again = common::Running::start(&config, &policy).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    again.stop().await;
+    let activations = audit(&brokers, &t.audit)
+        .into_iter()
+        .filter(|r| r.kind == AuditKind::Activated)
+        .count();
+    assert_eq!(activations, 1, "no activation at the restart");
     drop(cluster);
 }

@@ -515,6 +515,15 @@ impl Rules {
                 let mut fresh = CohortState::new(&self.policy, flag);
                 fresh.percent = state.percent;
                 fresh.status = state.status;
+                // The split test is about the assignment, not the thresholds: it goes on
+                // (an ADVANCE not yet applied, a mismatch hold) while the arms and the
+                // unit are the same.
+                if before.treatment == flag.treatment
+                    && before.control == flag.control
+                    && before.unit == flag.unit
+                {
+                    fresh.srm = state.srm;
+                }
                 self.states[fi].insert(cohort.clone(), fresh);
                 resets.push(crate::http::StateReset {
                     flag_key: flag.key.clone(),

@@ -353,6 +353,10 @@ impl Windows {
         self.cohorts.iter().map(|c| c.overflowed).sum()
     }
 
+    pub fn cohort_table(&self, flag: usize) -> Option<&CohortTable> {
+        self.cohorts.get(flag)
+    }
+
     pub fn cohort_table_mut(&mut self, flag: usize) -> Option<&mut CohortTable> {
         self.cohorts.get_mut(flag)
     }

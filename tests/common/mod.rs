@@ -13,6 +13,11 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 /// flag platform sees). The end is partition EOF: under exactly-once the last offsets
 /// hold transaction markers, which are never delivered.
 pub fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
+    read_partition(brokers, topic, 0)
+}
+
+/// Reads one partition of `topic` from the beginning to its end, read_committed.
+pub fn read_partition(brokers: &str, topic: &str, partition: i32) -> Vec<OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("e2e-reader-{}", wall_ms()))
@@ -22,14 +27,14 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         .create()
         .expect("reader");
     let (low, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .expect("watermarks");
     let mut out = Vec::new();
     if high <= low {
         return out;
     }
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+    tpl.add_partition_offset(topic, partition, Offset::Beginning)
         .unwrap();
     consumer.assign(&tpl).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -41,7 +46,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<OwnedMessage> {
         }
     }
     panic!(
-        "timed out reading {topic}: {} records, high watermark {high}",
+        "timed out reading {topic}/{partition}: {} records, high watermark {high}",
         out.len()
     );
 }
