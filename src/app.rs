@@ -56,6 +56,10 @@ const DLQ_KEPT_BYTES: usize = 64 * 1024;
 /// Timeout of each transaction call (init, send offsets, commit, abort).
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After SIGTERM, how much longer than the grace period the process may take before
+/// it exits regardless (stopping the poller, then the drain, which is bounded by grace).
+const SHUTDOWN_SLACK: Duration = Duration::from_millis(2500);
+
 /// Callbacks for the demo: sees every command once it is acknowledged.
 pub type CommandSink = tokio::sync::mpsc::UnboundedSender<FlagCommand>;
 
@@ -74,6 +78,21 @@ pub fn run(config: Config, policy: Policy, grace: Duration) -> anyhow::Result<()
             shutdown_signal().await;
             tracing::info!("shutdown requested; draining");
             let _ = stop.send(true);
+            // Whatever a client library may be blocked on (a broker outage), the process
+            // ends soon after the grace period: what was not committed is re-read by the
+            // next start (SPEC §6), as after a SIGKILL.
+            let limit = grace + SHUTDOWN_SLACK;
+            let _ = std::thread::Builder::new()
+                .name("guardrail-shutdown-watchdog".into())
+                .spawn(move || {
+                    std::thread::sleep(limit);
+                    tracing::error!(
+                        "shutdown did not finish within {limit:?} (the grace period and \
+                         {SHUTDOWN_SLACK:?} to stop consuming): exiting with nothing more \
+                         committed; the next start re-reads from the last commit"
+                    );
+                    std::process::exit(1);
+                });
         });
         let result = run_engine(
             config,
