@@ -589,7 +589,7 @@ struct Shell {
     /// timeout record by record while a registry is down).
     schema_failures: HashMap<(u16, u32), (std::time::Instant, String)>,
     /// The policy documents judged with (or pending), per flag (SPEC §10).
-    docs: std::collections::BTreeMap<String, crate::policies::Document>,
+    docs: Docs,
     /// Activations handed to the engine and not yet swapped in, mirroring its pending
     /// and queued policy: the documents each judges with, and the approved versions
     /// (flag, version, approver) it brings.
@@ -606,10 +606,10 @@ const ISSUED_KEPT: usize = 4096;
 
 /// An activation handed to the engine: the documents it judges with, and the approved
 /// versions (flag, version, approver) it brings.
-type Staged = (
-    std::collections::BTreeMap<String, crate::policies::Document>,
-    Vec<(String, String, String)>,
-);
+type Staged = (Docs, Vec<(String, String, String)>);
+
+/// Policy documents per flag key.
+type Docs = std::collections::BTreeMap<String, crate::policies::Document>;
 
 /// How long a failed schema fetch is remembered before the next record retries it.
 const SCHEMA_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -926,16 +926,16 @@ impl Shell {
     }
 
     /// Audit entries and views of the activations the engine made since last asked;
-    /// returns the first one's boundary.
-    fn take_activations(&mut self) -> Option<i64> {
-        let mut first = None;
+    /// returns the first one's boundary and the documents judged with until then.
+    fn take_activations(&mut self) -> Option<(i64, Docs)> {
+        let mut first: Option<(i64, Docs)> = None;
         for a in self.engine.take_activations() {
-            first = first.or(Some(a.effective_from));
             if self.staged.is_empty() {
                 continue;
             }
             let (docs, approved) = self.staged.remove(0);
-            self.docs = docs;
+            let before = std::mem::replace(&mut self.docs, docs);
+            first.get_or_insert((a.effective_from, before));
             self.shared.update_policy(&a.policy);
             for r in &a.resets {
                 self.shared.record_reset(r);
@@ -1035,8 +1035,7 @@ impl Shell {
         let mut judged = self.engine.tick(now);
         // Commands of windows before a boundary crossed in this tick were decided under
         // the documents judged with until then.
-        let before = self.docs.clone();
-        let swapped_at = self.take_activations();
+        let swapped = self.take_activations();
         let size = self.engine.policy().window.size_ms;
         for c in judged.iter().filter_map(|j| j.command.as_ref()) {
             // A stop's breach began with the first window of its longest breach streak.
@@ -1059,8 +1058,8 @@ impl Shell {
             }
             self.issued
                 .push_back((c.command_id.clone(), c.issued_at, onset, c.action.as_str()));
-            let docs = match swapped_at {
-                Some(from) if c.window_end <= from => &before,
+            let docs = match &swapped {
+                Some((from, before)) if c.window_end <= *from => before,
                 _ => &self.docs,
             };
             let version = docs.get(&c.flag_key).map(|d| d.version());

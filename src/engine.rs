@@ -246,34 +246,13 @@ impl Engine {
         windows.set_closed_before(boundary);
         // The cohorts judged so far keep their places under the cap from the first
         // event after the boundary on (a newcomer must not take one).
-        self.inherit_cohorts(&policy, &mut windows);
+        inherit_cohorts(&self.policy, &self.windows, &policy, &mut windows);
         self.pending = Some(Pending {
             policy,
             windows,
             boundary,
         });
         boundary
-    }
-
-    /// Interns into `windows` (of `policy`) the cohorts the current windows know, for
-    /// every flag whose `cohort_by` is unchanged, in the order they were first seen.
-    fn inherit_cohorts(&self, policy: &Policy, windows: &mut Windows) {
-        for (fi, flag) in policy.flags.iter().enumerate() {
-            let Some(ofi) = self.policy.flags.iter().position(|f| f.key == flag.key) else {
-                continue;
-            };
-            if self.policy.flags[ofi].cohort_by != flag.cohort_by {
-                continue;
-            }
-            let (Some(old), Some(new)) =
-                (self.windows.cohort_table(ofi), windows.cohort_table_mut(fi))
-            else {
-                continue;
-            };
-            for id in 1..old.len() as u32 {
-                new.intern(old.name(id).to_string());
-            }
-        }
     }
 
     /// The pending activation's boundary, if one waits.
@@ -295,10 +274,7 @@ impl Engine {
             w.set_closed_before(self.windows.closed_before());
             w
         });
-        // (The old policy's flags: `self.policy` is the new one by now.)
-        let current = std::mem::replace(&mut self.policy, old_policy.clone());
-        self.inherit_cohorts(&policy, &mut windows);
-        self.policy = current;
+        inherit_cohorts(&old_policy, &self.windows, &policy, &mut windows);
         // Cohorts judged so far keep their place under the cap.
         for (fi, cohort, _) in self.rules.states() {
             if cohort != "*"
@@ -625,6 +601,27 @@ impl Engine {
 
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
+    }
+}
+
+/// Interns into `windows` (of `policy`) the cohorts `old_windows` (of `old`) know, for
+/// every flag whose `cohort_by` is unchanged, in the order they were first seen: the
+/// cohorts judged so far keep their places under the cap across an activation.
+fn inherit_cohorts(old: &Policy, old_windows: &Windows, policy: &Policy, windows: &mut Windows) {
+    for (fi, flag) in policy.flags.iter().enumerate() {
+        let Some(ofi) = old.flags.iter().position(|f| f.key == flag.key) else {
+            continue;
+        };
+        if old.flags[ofi].cohort_by != flag.cohort_by {
+            continue;
+        }
+        let (Some(from), Some(to)) = (old_windows.cohort_table(ofi), windows.cohort_table_mut(fi))
+        else {
+            continue;
+        };
+        for id in 1..from.len() as u32 {
+            to.intern(from.name(id).to_string());
+        }
     }
 }
 

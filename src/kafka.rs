@@ -510,105 +510,51 @@ fn read_state(
     reader: &OutputReader,
     strict: bool,
 ) -> Result<TopicState, KafkaError> {
-    let mut unreadable = 0u64;
-    let mut records = 0u64;
-    // read_committed: outputs of a transaction that was never committed (an instance
-    // that died mid-close) are not state. Partition EOF marks the end, whatever control
-    // records (transaction markers) occupy the last offsets.
-    let mut cfg = client_config(
-        k,
-        &[
-            ("enable.partition.eof", "true"),
-            ("isolation.level", "read_committed"),
-        ],
-    );
-    // Partitions are assigned by hand: this group never joins nor commits.
-    cfg.set("group.id", format!("{}-restore", k.group_id))
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = cfg.create()?;
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return Err(KafkaError::Restore(format!("no metadata for {topic}")));
+    let group = format!("{}-restore", k.group_id);
+    let read = read_to_end(k, topic, &group, RESTORE_TIMEOUT).map_err(|e| {
+        // Judging on part of the state could ADVANCE a paused cohort: refuse.
+        KafkaError::Restore(format!("{e}; not starting on partial state"))
+    })?;
+    let Some(TopicRecords { records: all, .. }) = read else {
+        return Err(KafkaError::Restore(format!(
+            "topic {topic} does not exist or has no partitions (create it before starting, \
+             docs/SPEC.md §1)"
+        )));
     };
-    if let Some(e) = t.error() {
-        return Err(KafkaError::Restore(format!(
-            "topic {topic}: {:?} (create it before starting, docs/SPEC.md §1)",
-            e
-        )));
-    }
-    if t.partitions().is_empty() {
-        return Err(KafkaError::Restore(format!(
-            "topic {topic} has no partitions"
-        )));
-    }
-    let mut tpl = TopicPartitionList::new();
-    let mut unread = std::collections::BTreeSet::new();
-    for p in t.partitions() {
-        let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-        if high > low {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-            unread.insert(p.id());
-        }
-    }
+    let mut unreadable = 0u64;
+    let records = all.len() as u64;
     let mut newest: HashMap<(String, String), WindowEvaluation> = HashMap::new();
     // (window_end, positions) of the newest close that recorded positions.
     let mut positions: (i64, Vec<InputPosition>) = (i64::MIN, Vec::new());
-    if !unread.is_empty() {
-        consumer.assign(&tpl)?;
-        let deadline = std::time::Instant::now() + RESTORE_TIMEOUT;
-        while !unread.is_empty() {
-            if std::time::Instant::now() >= deadline {
-                // Judging on part of the state could ADVANCE a paused cohort: refuse.
+    for (partition, offset, payload) in all {
+        let e = match reader.decode::<WindowEvaluation>(&payload) {
+            Ok(e) => e,
+            Err(err) if strict => {
                 return Err(KafkaError::Restore(format!(
-                    "{topic} was not read to its end within {RESTORE_TIMEOUT:?} \
-                     (partitions {unread:?} unread); not starting on partial state"
+                    "{topic} partition {partition} offset {offset}: {err}; not starting on partial state"
                 )));
             }
-            let msg = match consumer.poll(Duration::from_millis(500)) {
-                None => continue,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                    unread.remove(&p);
-                    continue;
+            Err(err) => {
+                if unreadable == 0 {
+                    tracing::warn!(
+                        partition,
+                        offset,
+                        "skipping an unreadable record in {topic}: {err}"
+                    );
                 }
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(msg)) => msg,
-            };
-            let Some(payload) = msg.payload() else {
+                unreadable += 1;
                 continue;
-            };
-            records += 1;
-            let decoded = reader.decode::<WindowEvaluation>(payload);
-            let e = match decoded {
-                Ok(e) => e,
-                Err(err) if strict => {
-                    return Err(KafkaError::Restore(format!(
-                        "{topic} partition {} offset {}: {err}; not starting on partial state",
-                        msg.partition(),
-                        msg.offset()
-                    )));
-                }
-                Err(err) => {
-                    if unreadable == 0 {
-                        tracing::warn!(
-                            partition = msg.partition(),
-                            offset = msg.offset(),
-                            "skipping an unreadable record in {topic}: {err}"
-                        );
-                    }
-                    unreadable += 1;
-                    continue;
-                }
-            };
-            if !e.input_positions.is_empty() && e.window_end >= positions.0 {
-                positions = (e.window_end, e.input_positions.clone());
             }
-            let key = (e.flag_key.clone(), e.cohort.clone());
-            if newest
-                .get(&key)
-                .is_none_or(|old| old.window_end <= e.window_end)
-            {
-                newest.insert(key, e);
-            }
+        };
+        if !e.input_positions.is_empty() && e.window_end >= positions.0 {
+            positions = (e.window_end, e.input_positions.clone());
+        }
+        let key = (e.flag_key.clone(), e.cohort.clone());
+        if newest
+            .get(&key)
+            .is_none_or(|old| old.window_end <= e.window_end)
+        {
+            newest.insert(key, e);
         }
     }
     if unreadable > 0 {
@@ -619,6 +565,85 @@ fn read_state(
         positions,
         records,
     })
+}
+
+/// A topic read to its end: every record as (partition, offset, payload), tombstones
+/// left out, and each partition's end offset.
+pub struct TopicRecords {
+    pub records: Vec<(i32, i64, Vec<u8>)>,
+    pub ends: Vec<(i32, i64)>,
+}
+
+/// Reads every partition of `topic` from its beginning to its end (read_committed, to
+/// partition EOF: under exactly-once the last offsets hold transaction markers, which
+/// are never delivered), assigning the partitions itself as `group` (which never joins
+/// nor commits). `None` when the topic does not exist or has no partitions; an error
+/// when it is not read to its end within `timeout`.
+pub fn read_to_end(
+    k: &KafkaConfig,
+    topic: &str,
+    group: &str,
+    timeout: Duration,
+) -> Result<Option<TopicRecords>, String> {
+    let mut cfg = client_config(
+        k,
+        &[
+            ("enable.partition.eof", "true"),
+            ("isolation.level", "read_committed"),
+        ],
+    );
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut unread = std::collections::BTreeSet::new();
+    let mut ends = Vec::new();
+    for p in t.partitions() {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+            .map_err(|e| format!("offsets of {topic}: {e}"))?;
+        ends.push((p.id(), high));
+        if high > low {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+            unread.insert(p.id());
+        }
+    }
+    let mut out = Vec::new();
+    if unread.is_empty() {
+        return Ok(Some(TopicRecords { records: out, ends }));
+    }
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !unread.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{topic} was not read to its end within {timeout:?} (partitions {unread:?} unread)"
+            ));
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                unread.remove(&p);
+            }
+            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            Some(Ok(m)) => {
+                if let Some(payload) = m.payload() {
+                    out.push((m.partition(), m.offset(), payload.to_vec()));
+                }
+            }
+        }
+    }
+    Ok(Some(TopicRecords { records: out, ends }))
 }
 
 /// Restores decision state at start: the state changelog (`topics.state`) read to its

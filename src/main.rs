@@ -235,7 +235,6 @@ fn policy_command(action: PolicyAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let json = |v: &dyn erased_json::Json| println!("{}", v.json());
     let result: Result<(), (PolicyError, String)> = rt.block_on(async {
         match action {
             PolicyAction::Propose {
@@ -351,16 +350,9 @@ fn policy_command(action: PolicyAction) -> ExitCode {
     }
 }
 
-mod erased_json {
-    /// Prints any serialisable value as one JSON line.
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_default()
-        }
-    }
+/// Prints a value as one JSON line.
+fn json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(v).unwrap_or_default());
 }
 
 fn apply(args: ApplyArgs) -> ExitCode {

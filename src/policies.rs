@@ -233,8 +233,8 @@ impl Store {
 /// `Ok(None)`: the topic does not exist. An unreadable record is an error: judging
 /// with part of the policies would be judging with the wrong ones.
 pub fn read_store(k: &KafkaConfig, topic: &str) -> Result<Option<Store>, String> {
-    let records = read_to_end(k, topic)?;
-    let Some((records, ends)) = records else {
+    let read = kafka::read_to_end(k, topic, &format!("{}-policies", k.group_id), READ_TIMEOUT)?;
+    let Some(kafka::TopicRecords { records, ends }) = read else {
         return Ok(None);
     };
     let mut store = Store {
@@ -247,74 +247,6 @@ pub fn read_store(k: &KafkaConfig, topic: &str) -> Result<Option<Store>, String>
         store.add(r);
     }
     Ok(Some(store))
-}
-
-/// Every record of `topic` as (partition, offset, payload), tombstones left out, and
-/// each partition's end offset; `None` when the topic does not exist.
-#[allow(clippy::type_complexity)]
-fn read_to_end(
-    k: &KafkaConfig,
-    topic: &str,
-) -> Result<Option<(Vec<(i32, i64, Vec<u8>)>, Vec<(i32, i64)>)>, String> {
-    let mut cfg = kafka::client_config(
-        k,
-        &[
-            ("enable.partition.eof", "true"),
-            ("isolation.level", "read_committed"),
-        ],
-    );
-    cfg.set("group.id", format!("{}-policies", k.group_id))
-        .set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
-    let md = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| format!("metadata of {topic}: {e}"))?;
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return Ok(None);
-    };
-    if t.error().is_some() || t.partitions().is_empty() {
-        return Ok(None);
-    }
-    let mut tpl = TopicPartitionList::new();
-    let mut unread = std::collections::BTreeSet::new();
-    let mut ends = Vec::new();
-    for p in t.partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
-            .map_err(|e| format!("offsets of {topic}: {e}"))?;
-        ends.push((p.id(), high));
-        if high > low {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .map_err(|e| e.to_string())?;
-            unread.insert(p.id());
-        }
-    }
-    let mut out = Vec::new();
-    if unread.is_empty() {
-        return Ok(Some((out, ends)));
-    }
-    consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + READ_TIMEOUT;
-    while !unread.is_empty() {
-        if std::time::Instant::now() >= deadline {
-            return Err(format!(
-                "{topic} was not read to its end within {READ_TIMEOUT:?} (partitions {unread:?})"
-            ));
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            None => {}
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                unread.remove(&p);
-            }
-            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
-            Some(Ok(m)) => {
-                if let Some(payload) = m.payload() {
-                    out.push((m.partition(), m.offset(), payload.to_vec()));
-                }
-            }
-        }
-    }
-    Ok(Some((out, ends)))
 }
 
 /// Whether `topic` exists (metadata without creating it).
@@ -819,12 +751,11 @@ pub async fn approve(
              --allow-self-approval)"
         )));
     }
-    let mut file = Config {
+    let file = Config {
         flags: proposal.document.flags.clone(),
         metrics: proposal.document.metrics.clone(),
         ..Config::default()
     };
-    file.kafka = None;
     validate(
         base,
         &file,
