@@ -614,6 +614,98 @@ type Docs = std::collections::BTreeMap<String, crate::policies::Document>;
 /// How long a failed schema fetch is remembered before the next record retries it.
 const SCHEMA_RETRY_AFTER: Duration = Duration::from_secs(30);
 
+/// Exactly-once: adds `tpl` (the input offsets) to the open transaction, commits it and
+/// begins the next. A failure aborts the transaction (nothing of it becomes visible)
+/// and is returned: the caller stops, and the restart re-does the work from the
+/// committed offsets and state. Everything produced must be delivered before.
+pub(crate) fn commit_transaction(
+    producer: &FutureProducer,
+    consumer: &kafka::InputConsumer,
+    tpl: &TopicPartitionList,
+) -> anyhow::Result<()> {
+    let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        if tpl.count() > 0 {
+            let group = consumer
+                .group_metadata()
+                .context("the consumer has no group metadata")?;
+            producer
+                .send_offsets_to_transaction(tpl, &group, TXN_TIMEOUT)
+                .context("adding the input offsets to the transaction")?;
+        }
+        producer
+            .commit_transaction(TXN_TIMEOUT)
+            .context("committing the transaction")?;
+        producer
+            .begin_transaction()
+            .context("beginning the next transaction")?;
+        Ok(())
+    });
+    if let Err(e) = result {
+        if let Err(abort) = tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT))
+        {
+            tracing::warn!(error = %abort, "aborting the failed transaction");
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Enqueues a rejected input record to the DLQ with headers saying where it came from
+/// and why (SPEC §5). A value larger than a broker accepts would stop the engine at
+/// every restart (a crash loop): the DLQ keeps its head, and the headers say where the
+/// whole record is. Waits while the producer queue is full.
+pub(crate) async fn dead_letter(
+    producer: &FutureProducer,
+    dlq: &str,
+    topic: &str,
+    (partition, offset): (i32, i64),
+    (reason, detail): (&str, &str),
+    key: Option<&[u8]>,
+    payload: &[u8],
+) -> anyhow::Result<rdkafka::producer::DeliveryFuture> {
+    let part = partition.to_string();
+    let off = offset.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "guardrail.source.topic",
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: "guardrail.source.partition",
+            value: Some(&part),
+        })
+        .insert(Header {
+            key: "guardrail.source.offset",
+            value: Some(&off),
+        })
+        .insert(Header {
+            key: "guardrail.reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "guardrail.detail",
+            value: Some(detail),
+        });
+    let (payload, headers) = if payload.len() > DLQ_MAX_VALUE_BYTES {
+        let size = payload.len().to_string();
+        let headers = headers.insert(Header {
+            key: "guardrail.truncated_from",
+            value: Some(&size),
+        });
+        (&payload[..DLQ_KEPT_BYTES], headers)
+    } else {
+        (payload, headers)
+    };
+    let mut rec: FutureRecord<'_, [u8], [u8]> =
+        FutureRecord::to(dlq).payload(payload).headers(headers);
+    if let Some(key) = key {
+        rec = rec.key(key);
+    }
+    kafka::enqueue(producer, rec)
+        .await
+        .context("producing to the DLQ")
+}
+
 impl Shell {
     /// Feeds one polled batch to the engine.
     async fn on_batch(&mut self, polled: &Polled) -> anyhow::Result<()> {
@@ -796,51 +888,16 @@ impl Shell {
         let s = self.seen_until.entry(p).or_insert(offset + 1);
         *s = (*s).max(offset + 1);
         if let Ingested::Rejected { reason, detail } = outcome {
-            let partition = m.partition.to_string();
-            let off = offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "guardrail.source.topic",
-                    value: Some(self.config.input_topic(m.input)),
-                })
-                .insert(Header {
-                    key: "guardrail.source.partition",
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: "guardrail.source.offset",
-                    value: Some(&off),
-                })
-                .insert(Header {
-                    key: "guardrail.reason",
-                    value: Some(reason.as_str()),
-                })
-                .insert(Header {
-                    key: "guardrail.detail",
-                    value: Some(&detail),
-                });
-            // A value larger than a broker accepts would stop the engine at every
-            // restart (a crash loop): the DLQ keeps its head, and the headers say where
-            // the whole record is.
-            let (payload, headers) = if payload.len() > DLQ_MAX_VALUE_BYTES {
-                let size = payload.len().to_string();
-                let headers = headers.insert(Header {
-                    key: "guardrail.truncated_from",
-                    value: Some(&size),
-                });
-                (&payload[..DLQ_KEPT_BYTES], headers)
-            } else {
-                (payload, headers)
-            };
-            let mut rec: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.config.topics.dlq)
-                .payload(payload)
-                .headers(headers);
-            if let Some(key) = batch.key(m) {
-                rec = rec.key(key);
-            }
-            let delivery = kafka::enqueue(&self.producer, rec)
-                .await
-                .context("producing to the DLQ")?;
+            let delivery = dead_letter(
+                &self.producer,
+                &self.config.topics.dlq,
+                self.config.input_topic(m.input),
+                (m.partition, offset),
+                (reason.as_str(), &detail),
+                batch.key(m),
+                payload,
+            )
+            .await?;
             self.pending.push(delivery);
             if self.pending.len() >= MAX_PENDING_DLQ {
                 // Bounded: a stream of bad records waits for the broker here rather
@@ -1171,34 +1228,8 @@ impl Shell {
             .await
             .context("window outputs were not delivered; not committing")?;
         let tpl = self.snapshot();
-        let (producer, consumer) = (self.producer.clone(), self.consumer.clone());
         let submitted = self.publisher.submitted();
-        let result = tokio::task::block_in_place(|| -> anyhow::Result<()> {
-            if tpl.count() > 0 {
-                let group = consumer
-                    .group_metadata()
-                    .context("the consumer has no group metadata")?;
-                producer
-                    .send_offsets_to_transaction(&tpl, &group, TXN_TIMEOUT)
-                    .context("adding the input offsets to the transaction")?;
-            }
-            producer
-                .commit_transaction(TXN_TIMEOUT)
-                .context("committing the transaction")?;
-            producer
-                .begin_transaction()
-                .context("beginning the next transaction")?;
-            Ok(())
-        });
-        if let Err(e) = result {
-            // Nothing of this transaction becomes visible; the restart re-does it.
-            if let Err(abort) =
-                tokio::task::block_in_place(|| producer.abort_transaction(TXN_TIMEOUT))
-            {
-                tracing::warn!(error = %abort, "aborting the failed transaction");
-            }
-            return Err(e);
-        }
+        commit_transaction(&self.producer, &self.consumer, &tpl)?;
         self.committed_batches = submitted;
         Ok(())
     }

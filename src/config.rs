@@ -44,6 +44,8 @@ pub struct Config {
     pub output: OutputConfig,
     /// `guardrail apply`, the flagd subscriber (SPEC §9).
     pub apply: ApplyConfig,
+    /// `[scale]`: the two-stage deployment (SPEC §11).
+    pub scale: ScaleConfig,
     pub metrics: Vec<MetricConfig>,
     pub flags: Vec<FlagConfig>,
     /// Input topics with their formats and mappings (SPEC §4.1). Empty: the three
@@ -124,6 +126,9 @@ pub struct Topics {
     pub policies: String,
     /// The audit trail: proposals, approvals, rejections, activations, commands (SPEC §10).
     pub audit: String,
+    /// Partial aggregates from the ingest stage to the judge stage, keyed by flag
+    /// (`guardrail run --stage`, SPEC §11).
+    pub partials: String,
 }
 
 impl Topics {
@@ -159,6 +164,7 @@ impl Default for Topics {
             applied: "guardrail-applied".into(),
             policies: "guardrail-policies".into(),
             audit: "guardrail-audit".into(),
+            partials: "guardrail-partials".into(),
         }
     }
 }
@@ -186,6 +192,25 @@ impl Default for WindowConfig {
             max_future_skew: "5m".into(),
             max_partition_delay: "15m".into(),
             max_cohorts_per_flag: 64,
+        }
+    }
+}
+
+/// `[scale]`: settings of the two-stage deployment (`guardrail run --stage`, SPEC §11).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScaleConfig {
+    /// The judge closes a flag's window this long (wall time) after the window's first
+    /// partial arrived even if some input partition has not reported it. Longer than an
+    /// ingest instance's failover (session timeout, restart, re-read), or a killed
+    /// instance's partitions are judged without.
+    pub partials_timeout: String,
+}
+
+impl Default for ScaleConfig {
+    fn default() -> Self {
+        ScaleConfig {
+            partials_timeout: "120s".into(),
         }
     }
 }
@@ -578,12 +603,13 @@ impl Config {
                 "http" => set(&mut config.http, section(&key, value, &mut errors)),
                 "output" => set(&mut config.output, section(&key, value, &mut errors)),
                 "apply" => set(&mut config.apply, section(&key, value, &mut errors)),
+                "scale" => set(&mut config.scale, section(&key, value, &mut errors)),
                 "metrics" => config.metrics = elements(&key, value, &mut errors),
                 "flags" => config.flags = elements(&key, value, &mut errors),
                 "inputs" => config.inputs = elements(&key, value, &mut errors),
                 other => errors.push(ConfigError {
                     path: other.to_string(),
-                    message: "unknown section (expected kafka, topics, window, http, output, apply, metrics, flags, inputs)".into(),
+                    message: "unknown section (expected kafka, topics, window, http, output, apply, scale, metrics, flags, inputs)".into(),
                 }),
             }
         }

@@ -176,6 +176,8 @@ pub struct WindowSettings {
     pub max_future_skew_ms: i64,
     pub max_partition_delay_ms: i64,
     pub max_cohorts_per_flag: usize,
+    /// `[scale] partials_timeout`: the judge stage's wait for missing partials (SPEC §11).
+    pub partials_timeout_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -419,6 +421,8 @@ impl Policy {
             max_partition_delay_ms: c
                 .duration("window.max_partition_delay", &w.max_partition_delay),
             max_cohorts_per_flag: w.max_cohorts_per_flag,
+            partials_timeout_ms: c
+                .duration("scale.partials_timeout", &config.scale.partials_timeout),
         };
         if w.max_cohorts_per_flag == 0 {
             c.err::<()>("window.max_cohorts_per_flag", "must be at least 1");

@@ -20,7 +20,7 @@ use crate::policy::{AdvanceWhen, Flag, Guardrail, MetricKind, Policy};
 use crate::records::{BandState, FlagCommand, MetricEvidence, WindowEvaluation};
 use crate::window::aggregate::Agg;
 use crate::window::aggregate::{CELL_SAMPLE, joint_sample};
-use crate::window::{CONTROL, Cell, ClosedWindow, TREATMENT};
+use crate::window::{CONTROL, Cell, ClosedFlag, ClosedWindow, TREATMENT};
 use baseline::Baseline;
 use judge::{Reference, Status};
 use reason::{advance_reason, describe, fmt_pct, pct_if_pause, srm_reason};
@@ -279,6 +279,22 @@ impl Rules {
     pub fn decide(&mut self, window: &ClosedWindow, now: i64) -> Vec<Judged> {
         let mut out = Vec::new();
         for (fi, closed) in window.flags.iter().enumerate() {
+            out.extend(self.decide_flag(fi, closed, (window.start, window.end), now));
+        }
+        out
+    }
+
+    /// Judges one flag's cohorts of the window `span` (start, end): what [`Rules::decide`]
+    /// does per flag, for a judge that merged the flag's partials (SPEC §11).
+    pub fn decide_flag(
+        &mut self,
+        fi: usize,
+        closed: &ClosedFlag,
+        span: (i64, i64),
+        now: i64,
+    ) -> Vec<Judged> {
+        let mut out = Vec::new();
+        {
             let flag = &self.policy.flags[fi];
             let has_control = flag.control.is_some();
             let mut judged: Vec<CohortJudgement> = Vec::with_capacity(closed.cohorts.len());
@@ -376,7 +392,7 @@ impl Rules {
                 let Some(state) = self.states[fi].get_mut(cohort) else {
                     continue;
                 };
-                let mut result = judge_cohort(&self.policy, fc, cohort, j, state, window, now);
+                let mut result = judge_cohort(&self.policy, fc, cohort, j, state, span, now);
                 result.evaluation.late_events = closed.late_events as i64;
                 out.push(result);
             }
@@ -839,7 +855,7 @@ fn judge_cohort(
     cohort: &str,
     mut judged: CohortJudgement,
     state: &mut CohortState,
-    window: &ClosedWindow,
+    (start, end): (i64, i64),
     now: i64,
 ) -> Judged {
     let from = state.percent;
@@ -861,7 +877,7 @@ fn judge_cohort(
             &flag.key,
             cohort,
             action.as_str(),
-            window.start,
+            start,
             &flag.policy_version,
         ),
         flag_key: flag.key.clone(),
@@ -873,8 +889,8 @@ fn judge_cohort(
         requires_approval: action == Action::Advance && flag.manual_approval,
         reason,
         owner: flag.owner.clone(),
-        window_start: window.start,
-        window_end: window.end,
+        window_start: start,
+        window_end: end,
         issued_at: now,
         policy_version: flag.policy_version.clone(),
         evidence: evidence.clone(),
@@ -883,8 +899,8 @@ fn judge_cohort(
     let evaluation = WindowEvaluation {
         flag_key: flag.key.clone(),
         cohort: cohort.to_string(),
-        window_start: window.start,
-        window_end: window.end,
+        window_start: start,
+        window_end: end,
         decision: cmd.as_ref().map(|c| c.action),
         evidence,
         late_events: 0,
