@@ -63,8 +63,53 @@ const SHUTDOWN_SLACK: Duration = Duration::from_millis(2500);
 /// Callbacks for the demo: sees every command once it is acknowledged.
 pub type CommandSink = tokio::sync::mpsc::UnboundedSender<FlagCommand>;
 
+/// What a `guardrail run` process does (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The single instance: ingest and judge in one engine (the default).
+    Both,
+    /// Stage 1: per-partition aggregates to the partials topic.
+    Ingest,
+    /// Stage 2: partials merged per flag and window, judged.
+    Judge,
+}
+
+impl Stage {
+    pub fn parse(s: &str) -> Option<Stage> {
+        match s {
+            "both" => Some(Stage::Both),
+            "ingest" => Some(Stage::Ingest),
+            "judge" => Some(Stage::Judge),
+            _ => None,
+        }
+    }
+}
+
+/// Runs `stage` until `stop` turns true (see [`run_engine`]).
+pub async fn run_stage(
+    stage: Stage,
+    config: Config,
+    policy: Arc<Policy>,
+    shared: Arc<Shared>,
+    registry: &Registry,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+    sink: Option<CommandSink>,
+) -> anyhow::Result<()> {
+    match stage {
+        Stage::Both => run_engine(config, policy, shared, registry, stop, grace, sink).await,
+        Stage::Ingest => {
+            crate::scale::ingest::run_ingest(config, policy, shared, registry, stop, grace).await
+        }
+        Stage::Judge => {
+            crate::scale::judge::run_judge(config, policy, shared, registry, stop, grace, sink)
+                .await
+        }
+    }
+}
+
 /// Entry point of `guardrail run`.
-pub fn run(config: Config, policy: Policy, grace: Duration) -> anyhow::Result<()> {
+pub fn run(config: Config, policy: Policy, grace: Duration, stage: Stage) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
     rt.block_on(async move {
         let policy = Arc::new(policy);
@@ -94,7 +139,8 @@ pub fn run(config: Config, policy: Policy, grace: Duration) -> anyhow::Result<()
                     std::process::exit(1);
                 });
         });
-        let result = run_engine(
+        let result = run_stage(
+            stage,
             config,
             policy,
             served.shared.clone(),
@@ -120,14 +166,26 @@ pub fn spawn_engine(
     grace: Duration,
     sink: Option<CommandSink>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    spawn_stage(served, Stage::Both, config, policy, grace, sink)
+}
+
+/// [`spawn_engine`] for any [`Stage`].
+pub fn spawn_stage(
+    served: &crate::http::Served,
+    stage: Stage,
+    config: Config,
+    policy: Arc<Policy>,
+    grace: Duration,
+    sink: Option<CommandSink>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let (shared, registry, stop) = (
         served.shared.clone(),
         served.registry.clone(),
         served.stop.subscribe(),
     );
-    tokio::spawn(
-        async move { run_engine(config, policy, shared, &registry, stop, grace, sink).await },
-    )
+    tokio::spawn(async move {
+        run_stage(stage, config, policy, shared, &registry, stop, grace, sink).await
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -307,6 +365,7 @@ pub async fn run_engine(
                 metrics: metrics.clone(),
                 shared: shared.clone(),
                 sink,
+                partial_latency: None,
             },
             Encoder::new(config.output.format)?,
         ),

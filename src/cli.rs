@@ -33,6 +33,12 @@ pub enum Command {
         /// Seconds to drain on SIGTERM/SIGINT before giving up.
         #[arg(long, default_value_t = 30)]
         grace: u64,
+        /// both: the single instance (ingest and judge in one engine). ingest: stage 1,
+        /// per-partition partial aggregates to the partials topic, any number of
+        /// instances. judge: stage 2, merges partials per flag and window and judges,
+        /// any number of instances (docs/SPEC.md §11).
+        #[arg(long, default_value = "both", value_parser = ["both", "ingest", "judge"])]
+        stage: String,
     },
     /// The whole loop on an embedded Kafka (librdkafka's mock cluster) with simulated traffic.
     Demo {

@@ -92,6 +92,28 @@ pub struct Counters {
     pub watermark_clamped: u64,
 }
 
+impl Counters {
+    /// Adds another engine's counts (the ingest stage runs one engine per partition).
+    pub fn add(&mut self, o: &Counters) {
+        for (a, b) in self.events.iter_mut().zip(&o.events) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+        for (x, y) in self.dlq.iter_mut().zip(&o.dlq) {
+            *x += y;
+        }
+        self.windows_closed += o.windows_closed;
+        for (x, y) in self.legacy_fingerprint.iter_mut().zip(&o.legacy_fingerprint) {
+            *x += y;
+        }
+        for (x, y) in self.unknown_fingerprint.iter_mut().zip(&o.unknown_fingerprint) {
+            *x += y;
+        }
+        self.watermark_clamped += o.watermark_clamped;
+    }
+}
+
 /// How many distinct unknown fingerprints get a WARN line of their own; past that they
 /// are only counted (bounded memory whatever arrives).
 const UNKNOWN_FINGERPRINTS_LOGGED: usize = 64;

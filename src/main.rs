@@ -73,14 +73,20 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Run { config, grace } => {
+        Command::Run {
+            config,
+            grace,
+            stage,
+        } => {
             let Ok((config, policy)) = load_both(&config) else {
                 return ExitCode::from(2);
             };
+            let stage = guardrail::app::Stage::parse(&stage).expect("clap checked it");
             exit(guardrail::app::run(
                 config,
                 policy,
                 std::time::Duration::from_secs(grace),
+                stage,
             ))
         }
         Command::Apply(args) => apply(args),

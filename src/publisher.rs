@@ -73,6 +73,9 @@ pub struct Outputs {
     pub metrics: Metrics,
     pub shared: Arc<Shared>,
     pub sink: Option<CommandSink>,
+    /// The judge stage: observes each window's time from its last partial to its
+    /// outputs acknowledged (SPEC §11).
+    pub partial_latency: Option<prometheus::Histogram>,
 }
 
 /// The engine's handle on the publishing task.
@@ -284,6 +287,9 @@ async fn publish(out: &Outputs, b: Batch) -> Result<(), String> {
         .produce_latency
         .with_label_values(&["outputs"])
         .observe(b.closed_at.elapsed().as_secs_f64());
+    if let Some(h) = &out.partial_latency {
+        h.observe(b.closed_at.elapsed().as_secs_f64());
+    }
     for j in &b.judged {
         out.metrics.evaluation(&j.evaluation);
         out.shared.record(&j.evaluation, j.command.as_ref());

@@ -62,6 +62,7 @@ fn window(policy: &Policy, k: i64, err: Agg) -> ClosedWindow {
             cohorts: vec![("*".to_string(), [treatment, Arm::new(&template)])],
             late_events: 0,
         }],
+        first_offsets: Vec::new(),
     }
 }
 

@@ -194,6 +194,7 @@ fn window(policy: &Policy, k: i64, cohorts: &[(usize, &str, Traffic)]) -> Closed
         start: T0 + k * SIZE,
         end: T0 + (k + 1) * SIZE,
         flags,
+        first_offsets: Vec::new(),
     }
 }
 

@@ -81,6 +81,22 @@ impl CohortTable {
         }
     }
 
+    /// The id of a cohort by name, the cap applied as by [`CohortTable::lookup`]: a new
+    /// cohort beyond it folds into `other` (the judge stage merging partials, SPEC §11).
+    pub fn admit(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        if name == OTHER {
+            return self.intern_other();
+        }
+        let distinct = self.names.len() - 1 - usize::from(self.other.is_some());
+        if distinct >= self.cap {
+            return self.intern_other();
+        }
+        self.intern(name.to_string())
+    }
+
     /// Adds a cohort by name (restart recovery), respecting nothing but uniqueness.
     pub fn intern(&mut self, name: String) -> u32 {
         if let Some(&id) = self.ids.get(&name) {

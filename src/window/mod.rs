@@ -62,6 +62,8 @@ pub struct ClosedWindow {
     pub end: i64,
     /// Indexed like `Policy::flags`.
     pub flags: Vec<ClosedFlag>,
+    /// The first offset each input partition contributed to the window.
+    pub first_offsets: Vec<(PartitionKey, i64)>,
 }
 
 pub struct Windows {
@@ -259,7 +261,13 @@ impl Windows {
     }
 
     fn closed(&mut self, start: i64, window: Option<OpenWindow>) -> ClosedWindow {
-        let mut flags_cells = window.map(|w| w.flags).unwrap_or_default();
+        let (mut flags_cells, first_offsets) = window
+            .map(|w| {
+                let mut first: Vec<_> = w.first_offsets.into_iter().collect();
+                first.sort_unstable();
+                (w.flags, first)
+            })
+            .unwrap_or_default();
         let mut flags = Vec::with_capacity(self.policy.flags.len());
         for (fi, table) in self.cohorts.iter().enumerate() {
             let mut cells = flags_cells
@@ -286,6 +294,7 @@ impl Windows {
             start,
             end: start.saturating_add(self.size),
             flags,
+            first_offsets,
         }
     }
 
