@@ -62,8 +62,20 @@ EXPORTED: dict[str, set[str]] = {
     "guardrail_partitions_assigned": set(),
     "guardrail_watermark_clamped_total": set(),
     "guardrail_watermark_excluded_partitions": set(),
+    # Scaled deployment (`run --stage ingest|judge`, deploy/kubernetes/scaled).
+    "guardrail_stage_info": {"stage"},  # 1; stage = ingest | judge | both
+    # stage 1, ingest
+    "guardrail_partials_published_total": set(),
+    "guardrail_partials_bytes_total": set(),
+    "guardrail_partials_last_published_timestamp_seconds": set(),
+    # stage 2, judge
+    "guardrail_partials_received_total": {"outcome"},  # merged|duplicate|late|invalid
+    "guardrail_partials_missing_total": set(),
+    "guardrail_partials_pending_windows": set(),
+    "guardrail_partition_last_window_end_seconds": {"topic", "partition"},
+    "guardrail_partial_to_command_seconds": set(),
 }
-HISTOGRAMS = {"guardrail_decision_latency_seconds"}
+HISTOGRAMS = {"guardrail_decision_latency_seconds", "guardrail_partial_to_command_seconds"}
 # Labels Prometheus attaches to every scraped series (static config or the
 # Prometheus Operator's ServiceMonitor), usable in any selector or grouping.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "container", "service", "endpoint"}
@@ -72,6 +84,10 @@ EXPECTED_ALERTS = {
     "GuardrailDown", "GuardrailNotReady", "GuardrailConsumerLagGrowing",
     "GuardrailWatermarkStalled", "GuardrailDLQRate", "GuardrailDecisionLatencyHigh",
     "GuardrailBreachStreak", "GuardrailFlagPaused",
+    # guardrail-scaled
+    "GuardrailIngestLagGrowing", "GuardrailIngestNotPublishing",
+    "GuardrailInputPartitionNotReporting", "GuardrailWindowsClosedIncomplete",
+    "GuardrailLatePartials",
 }
 
 errors: list[str] = []
