@@ -8,16 +8,25 @@
     context the README promises; the Service, ServiceMonitor, Secret and ConfigMap
     fit together; the policy TOML parses (alone and rendered with the Secret's
     [kafka.properties] fragment, exactly as the initContainer renders it).
+(a') The scaled deployment (deploy/kubernetes/scaled/*.yaml): one Deployment per
+    stage running `guardrail run ... --stage ingest|judge` with the same container
+    checks, the ConfigMap (partials topic, [scale] partials_timeout, the sidecar's
+    flags), Services scraped as job "guardrail", PodDisruptionBudgets, and the HPA
+    on the ingest Deployment (maxReplicas within the stated input partitions, an
+    External lag metric that prometheus-adapter.config.yaml serves).
 (b) PromQL: every expression in the Grafana dashboard and the Prometheus rules
     names only metrics guardrail exports (SPEC section 8), with only their labels,
     and every alert has its annotations and a promtool unit test.
 
 Needs Python >= 3.11 (tomllib) and PyYAML (`pip install pyyaml` if missing).
-It does not run promtool; see README.md for the promtool commands.
+It does not run promtool; see README.md for the promtool commands. One file on
+purpose, over the usual length: it runs from anywhere as a plain script, and its
+sections share the helpers and the one list of errors.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -62,8 +71,20 @@ EXPORTED: dict[str, set[str]] = {
     "guardrail_partitions_assigned": set(),
     "guardrail_watermark_clamped_total": set(),
     "guardrail_watermark_excluded_partitions": set(),
+    # Scaled deployment (`run --stage ingest|judge`, deploy/kubernetes/scaled).
+    "guardrail_stage_info": {"stage"},  # 1; stage = ingest | judge | both
+    # stage 1, ingest
+    "guardrail_partials_published_total": set(),
+    "guardrail_partials_bytes_total": set(),
+    "guardrail_partials_last_published_timestamp_seconds": set(),
+    # stage 2, judge
+    "guardrail_partials_received_total": {"outcome"},  # merged|duplicate|late|invalid
+    "guardrail_partials_missing_total": set(),
+    "guardrail_partials_pending_windows": set(),
+    "guardrail_partition_last_window_end_seconds": {"topic", "partition"},
+    "guardrail_partial_to_command_seconds": set(),
 }
-HISTOGRAMS = {"guardrail_decision_latency_seconds"}
+HISTOGRAMS = {"guardrail_decision_latency_seconds", "guardrail_partial_to_command_seconds"}
 # Labels Prometheus attaches to every scraped series (static config or the
 # Prometheus Operator's ServiceMonitor), usable in any selector or grouping.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "container", "service", "endpoint"}
@@ -72,6 +93,10 @@ EXPECTED_ALERTS = {
     "GuardrailDown", "GuardrailNotReady", "GuardrailConsumerLagGrowing",
     "GuardrailWatermarkStalled", "GuardrailDLQRate", "GuardrailDecisionLatencyHigh",
     "GuardrailBreachStreak", "GuardrailFlagPaused",
+    # guardrail-scaled
+    "GuardrailIngestLagGrowing", "GuardrailIngestNotPublishing",
+    "GuardrailInputPartitionNotReporting", "GuardrailWindowsClosedIncomplete",
+    "GuardrailLatePartials",
 }
 
 errors: list[str] = []
@@ -88,12 +113,13 @@ def rel(path: Path) -> str:
 # --------------------------------------------------------------------- (a) k8s
 
 
-def load_manifests() -> dict[str, list[tuple[Path, dict]]]:
-    """All documents under deploy/kubernetes, grouped by kind."""
+def load_manifests(directory: Path = K8S, skip: tuple[str, ...] = ()) -> dict[str, list[tuple[Path, dict]]]:
+    """All documents in one directory (not below it), grouped by kind."""
     by_kind: dict[str, list[tuple[Path, dict]]] = {}
-    files = sorted(K8S.glob("*.yaml")) + sorted(K8S.glob("*.yml"))
+    files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    files = [f for f in files if f.name not in skip]
     if not files:
-        fail(rel(K8S), "no YAML files found")
+        fail(rel(directory), "no YAML files found")
     for path in files:
         try:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -114,10 +140,16 @@ def load_manifests() -> dict[str, list[tuple[Path, dict]]]:
     return by_kind
 
 
-def one(by_kind: dict, kind: str) -> tuple[Path, dict] | None:
+@functools.cache
+def sidecar_manifests() -> dict[str, list[tuple[Path, dict]]]:
+    """deploy/kubernetes/*.yaml, loaded (and its problems reported) once."""
+    return load_manifests()
+
+
+def one(by_kind: dict, kind: str, directory: Path = K8S) -> tuple[Path, dict] | None:
     found = by_kind.get(kind, [])
     if len(found) != 1:
-        fail(rel(K8S), f"expected exactly one {kind}, found {len(found)}")
+        fail(rel(directory), f"expected exactly one {kind}, found {len(found)}")
         return None
     return found[0]
 
@@ -155,7 +187,13 @@ def check_deployment(path: Path, dep: dict) -> tuple[dict, dict]:
         fail(where, "no container named 'guardrail'")
         return pod, {}
     c = guard[0]
-    cw = f"{where} container guardrail"
+    check_guardrail_container(f"{where} container guardrail", pod, c)
+    check_render_config(where, pod)
+    return pod, c
+
+
+def check_guardrail_container(cw: str, pod: dict, c: dict) -> None:
+    """Probes, port, resources, security context, args and config mount of guardrail."""
     check_probe(cw, c, "livenessProbe", "/healthz")
     check_probe(cw, c, "readinessProbe", "/readyz")
     if HTTP_PORT not in [p.get("containerPort") for p in c.get("ports", [])]:
@@ -178,7 +216,6 @@ def check_deployment(path: Path, dep: dict) -> tuple[dict, dict]:
     mounts = {m.get("mountPath") for m in c.get("volumeMounts", [])}
     if str(Path(CONFIG_PATH).parent) not in mounts:
         fail(cw, f"nothing mounted at {Path(CONFIG_PATH).parent}")
-    return pod, c
 
 
 def referenced(pod: dict, kind: str) -> dict[str, set[str]]:
@@ -333,7 +370,7 @@ def check_kustomization(by_kind: dict) -> None:
 
 
 def check_kubernetes() -> None:
-    by_kind = load_manifests()
+    by_kind = sidecar_manifests()
     found = one(by_kind, "Deployment")
     if not found:
         return
@@ -342,6 +379,341 @@ def check_kubernetes() -> None:
     check_service_and_monitor(by_kind, pod_labels, container)
     check_configmap_and_secret(by_kind, pod)
     check_kustomization(by_kind)
+
+
+# ------------------------------------------------------- (a') scaled deployment
+#
+# deploy/kubernetes/scaled: guardrail-ingest (`run --stage ingest`, autoscaled) and
+# guardrail-judge (`run --stage judge`), sharing one ConfigMap and the sidecar's
+# Secret; one ServiceMonitor; PodDisruptionBudgets; an HPA on the ingest stage's
+# consumer lag served by prometheus-adapter (its rule is a file here, not a resource).
+
+SCALED = K8S / "scaled"
+ADAPTER_CONFIG = SCALED / "prometheus-adapter.config.yaml"
+README = DEPLOY / "README.md"
+STAGES = ("ingest", "judge")
+LAG_METRIC = "guardrail_consumer_lag_messages"
+# librdkafka's default session.timeout.ms: a killed ingest pod holds its partitions
+# this long, so [scale] partials_timeout must be longer.
+SESSION_TIMEOUT_S = 45
+DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h)\s*$")
+
+
+def seconds(text) -> float | None:
+    m = DURATION.match(str(text))
+    if not m:
+        return None
+    return int(m[1]) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m[2]]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes LabelSelector (matchLabels and matchExpressions) against labels."""
+    if not selector:
+        return False
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        ok = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}.get(op)
+        if not ok:
+            return False
+    return True
+
+
+def stage_of(c: dict) -> str | None:
+    """The value of `--stage` in a container's argv."""
+    argv = (c.get("command") or []) + (c.get("args") or [])
+    for i, a in enumerate(argv):
+        if a == "--stage" and i + 1 < len(argv):
+            return argv[i + 1]
+        if isinstance(a, str) and a.startswith("--stage="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def check_render_config(where: str, pod: dict) -> None:
+    """The initContainer renders the config where guardrail reads it and checks it."""
+    init = [c for c in pod.get("initContainers", []) if c.get("name") == "render-config"]
+    if not init:
+        fail(where, "no initContainer render-config")
+        return
+    script = " ".join((init[0].get("command") or []) + (init[0].get("args") or []))
+    if f"> {CONFIG_PATH}" not in script or f"guardrail check --config {CONFIG_PATH}" not in script:
+        fail(where, f"render-config must write {CONFIG_PATH} and run `guardrail check` on it")
+
+
+def partials_partitions(topic: str) -> int | None:
+    """--partitions of the partials topic in README's kafka-topics.sh --create command."""
+    text = README.read_text() if README.exists() else ""
+    for line in text.replace("\\\n", " ").splitlines():  # shell continuations joined
+        if "kafka-topics.sh" in line and "--create" in line and f"--topic {topic} " in line:
+            m = re.search(r"--partitions\s+(\d+)", line)
+            if not m or "cleanup.policy=delete" not in line:
+                fail(rel(README), "the partials topic's --create line needs --partitions N and cleanup.policy=delete")
+                return None
+            retention = re.search(r"retention\.ms=(\d+)", line)
+            if not retention or int(retention[1]) < 86_400_000:
+                fail(rel(README), "the partials topic needs retention.ms >= 86400000 (1 day)")
+            return int(m[1])
+    fail(rel(README), f"no `kafka-topics.sh --create --topic {topic} ...` line ([topics] partials)")
+    return None
+
+
+def sidecar_policy() -> dict | None:
+    for _, cm in sidecar_manifests().get("ConfigMap", []):
+        text = data_of(cm).get("guardrail.toml")
+        if text:
+            try:
+                return tomllib.loads(text)
+            except tomllib.TOMLDecodeError:
+                return None  # reported by check_configmap_and_secret
+    return None
+
+
+def check_scaled_policy(by_kind: dict, pods: list[dict]) -> dict | None:
+    """The ConfigMap: a valid policy, the sidecar's flags, a partials topic, [scale]."""
+    cms = {d["metadata"]["name"]: (p, d) for p, d in by_kind.get("ConfigMap", [])}
+    for pod in pods:
+        for name in referenced(pod, "ConfigMap"):
+            if name not in cms:
+                fail(rel(SCALED), f"a Deployment references ConfigMap {name!r}, not defined here")
+    if len(cms) != 1:
+        fail(rel(SCALED), f"expected one ConfigMap (guardrail.toml), found {len(cms)}")
+        return None
+    name, (path, cm) = next(iter(cms.items()))
+    where = f"{rel(path)} ConfigMap/{name} key guardrail.toml"
+    text = data_of(cm).get("guardrail.toml")
+    if not text:
+        fail(where, "missing")
+        return None
+    cfg = check_policy(where, text)
+    if cfg is None:
+        return None
+    if "properties" in cfg.get("kafka", {}):
+        fail(where, "must not define [kafka.properties]: it comes from the Secret")
+    topics = cfg.get("topics", {})
+    partials = topics.get("partials")
+    if not partials:
+        fail(where, "[topics] partials is not set (stage 1 -> stage 2)")
+    elif partials in [v for k, v in topics.items() if k != "partials"]:
+        fail(where, f"[topics] partials {partials!r} is also another topic")
+    timeout = seconds(cfg.get("scale", {}).get("partials_timeout", ""))
+    if timeout is None:
+        fail(where, "[scale] partials_timeout is missing or not a duration like \"120s\"")
+    elif timeout <= SESSION_TIMEOUT_S:
+        fail(where, f"[scale] partials_timeout must exceed the ingest failover time, "
+                    f"at least the {SESSION_TIMEOUT_S}s session timeout")
+    sidecar = sidecar_policy()
+    if sidecar is not None:
+        for table in ("metrics", "flags"):
+            if cfg.get(table) != sidecar.get(table):
+                fail(where, f"[[{table}]] differs from the sidecar's ../configmap.yaml; keep the example's policy in one form")
+    # Render as the initContainer does, with the sidecar's example Secret.
+    secrets = [d for _, d in sidecar_manifests().get("Secret", [])]
+    fragments = [t for d in secrets for k, t in data_of(d).items() if k.endswith(".toml")]
+    for pod in pods:
+        for sname, keys in referenced(pod, "Secret").items():
+            known = [d for d in secrets if d["metadata"]["name"] == sname]
+            if not known:
+                fail(rel(SCALED), f"a Deployment references Secret {sname!r}, not in ../secret.example.yaml")
+            elif missing := keys - set(data_of(known[0])):
+                fail(rel(SCALED), f"Secret {sname} lacks keys {sorted(missing)}")
+    check_policy("scaled: rendered guardrail.toml (ConfigMap + Secret)", text + "\n".join(fragments))
+    return cfg
+
+
+def check_scaled_deployments(by_kind: dict) -> dict[str, tuple[Path, dict]]:
+    """One Deployment per stage, each a single guardrail container run with --stage."""
+    found: dict[str, tuple[Path, dict]] = {}
+    for path, dep in by_kind.get("Deployment", []):
+        where = f"{rel(path)} Deployment/{dep['metadata']['name']}"
+        pod = dep.get("spec", {}).get("template", {}).get("spec", {})
+        containers = pod.get("containers", [])
+        if [c.get("name") for c in containers] != ["guardrail"]:
+            fail(where, "expected one container, named 'guardrail'")
+            continue
+        c = containers[0]
+        check_guardrail_container(f"{where} container guardrail", pod, c)
+        check_render_config(where, pod)
+        stage = stage_of(c)
+        if stage not in STAGES:
+            fail(where, f"guardrail must run with --stage {'|'.join(STAGES)}, got {stage!r}")
+            continue
+        if stage in found:
+            fail(where, f"a second Deployment for --stage {stage}")
+        found[stage] = (path, dep)
+        if (pod.get("terminationGracePeriodSeconds") or 30) <= 30:
+            fail(where, "terminationGracePeriodSeconds must exceed the 30 s drain")
+        pod_labels = dep["spec"]["template"].get("metadata", {}).get("labels", {})
+        if not selects(dep["spec"].get("selector", {}), pod_labels):
+            fail(where, "spec.selector does not select the pod template's labels")
+    for stage in STAGES:
+        if stage not in found:
+            fail(rel(SCALED), f"no Deployment runs `guardrail run ... --stage {stage}`")
+    return found
+
+
+def pod_labels_of(dep: dict) -> dict:
+    return dep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+
+
+def check_scaled_monitoring(by_kind: dict, deps: dict[str, tuple[Path, dict]]) -> None:
+    """A Service per stage on port 9464, scraped as job "guardrail"; a PDB per stage."""
+    services = by_kind.get("Service", [])
+    mon = one(by_kind, "ServiceMonitor", SCALED)
+    sidecar_svc = [d for _, d in sidecar_manifests().get("Service", [])]
+    for stage, (_, dep) in deps.items():
+        labels = pod_labels_of(dep)
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        mine = [(p, s) for p, s in services if s.get("spec", {}).get("selector")
+                and selects({"matchLabels": s["spec"]["selector"]}, labels)]
+        if len(mine) != 1:
+            fail(rel(SCALED), f"expected one Service selecting the {stage} pods, found {len(mine)}")
+            continue
+        path, svc = mine[0]
+        where = f"{rel(path)} Service/{svc['metadata']['name']}"
+        ports = [p for p in svc.get("spec", {}).get("ports", [])
+                 if resolve_port(container, p.get("targetPort", p.get("port"))) == HTTP_PORT]
+        if not ports or ports[0].get("name") != "metrics" or ports[0].get("port") != HTTP_PORT:
+            fail(where, f"needs a port named 'metrics', {HTTP_PORT}, targeting the container's {HTTP_PORT}")
+        if mon:
+            mpath, m = mon
+            mwhere = f"{rel(mpath)} ServiceMonitor/{m['metadata']['name']}"
+            svc_labels = svc["metadata"].get("labels", {})
+            if not selects(m.get("spec", {}).get("selector", {}), svc_labels):
+                fail(mwhere, f"does not select Service {svc['metadata']['name']}")
+            job_label = m.get("spec", {}).get("jobLabel")
+            job = svc_labels.get(job_label) if job_label else None
+            if (job or svc["metadata"]["name"]) != "guardrail":
+                fail(mwhere, f"Service {svc['metadata']['name']} would be scraped as job "
+                             f"{job or svc['metadata']['name']!r}; the alerts expect 'guardrail' (jobLabel)")
+        pdbs = [p for p, d in by_kind.get("PodDisruptionBudget", [])
+                if selects(d.get("spec", {}).get("selector", {}), labels)]
+        if len(pdbs) != 1:
+            fail(rel(SCALED), f"expected one PodDisruptionBudget for the {stage} pods, found {len(pdbs)}")
+    if mon:
+        mpath, m = mon
+        mwhere = f"{rel(mpath)} ServiceMonitor/{m['metadata']['name']}"
+        if not any(e.get("port") == "metrics" and e.get("path", "/metrics") == "/metrics"
+                   for e in m.get("spec", {}).get("endpoints", [])):
+            fail(mwhere, "no endpoint scrapes port 'metrics' at /metrics")
+        for s in sidecar_svc:
+            if selects(m.get("spec", {}).get("selector", {}), s["metadata"].get("labels", {})):
+                fail(mwhere, "also selects the sidecar's Service (scraped twice if they share a namespace)")
+
+
+def adapter_metrics() -> dict[str, tuple[str, str]]:
+    """External metric name -> (series name, metricsQuery) from the adapter's config."""
+    doc = load_yaml(ADAPTER_CONFIG)
+    out: dict[str, tuple[str, str]] = {}
+    if not isinstance(doc, dict) or not doc.get("externalRules"):
+        fail(rel(ADAPTER_CONFIG), "no externalRules")
+        return out
+    for i, r in enumerate(doc["externalRules"]):
+        where = f"{rel(ADAPTER_CONFIG)} externalRules[{i}]"
+        series = IDENT.match(str(r.get("seriesQuery", "")).strip("'\" "))
+        name = (r.get("name") or {}).get("as")
+        query = str(r.get("metricsQuery", ""))
+        if not series or not name or "<<.Series>>" not in query or "<<.LabelMatchers>>" not in query:
+            fail(where, "needs seriesQuery, name.as and a metricsQuery using <<.Series>> and <<.LabelMatchers>>")
+            continue
+        if (r.get("resources", {}).get("overrides", {}).get("namespace") or {}).get("resource") != "namespace":
+            fail(where, "resources.overrides must map the namespace label (the HPA's namespace)")
+        promql = query.replace("<<.LabelMatchers>>,", "").replace("<<.LabelMatchers>>", "")
+        promql = promql.replace("<<.Series>>", series[0])
+        check_expr(where, promql, set())
+        out[name] = (series[0], promql)
+    return out
+
+
+def check_scaled_hpa(by_kind: dict, deps: dict[str, tuple[Path, dict]], cfg: dict | None) -> None:
+    """The HPA scales guardrail-ingest on its consumer lag, within the partition count."""
+    ingest = deps.get("ingest")
+    hpas = by_kind.get("HorizontalPodAutoscaler", [])
+    if ingest:
+        ipath, idep = ingest
+        if "replicas" in idep.get("spec", {}):
+            fail(f"{rel(ipath)} Deployment/{idep['metadata']['name']}",
+                 "spec.replicas is set; the HPA owns it (apply would reset the HPA's count)")
+    targeting = [(p, h) for p, h in hpas if ingest and h.get("spec", {}).get("scaleTargetRef", {})
+                 == {"apiVersion": "apps/v1", "kind": "Deployment", "name": ingest[1]["metadata"]["name"]}]
+    if len(hpas) != 1 or len(targeting) != 1:
+        fail(rel(SCALED), "expected one HorizontalPodAutoscaler, targeting the ingest Deployment (apps/v1)")
+        return
+    path, hpa = targeting[0]
+    where = f"{rel(path)} HorizontalPodAutoscaler/{hpa['metadata']['name']}"
+    spec = hpa.get("spec", {})
+    if hpa.get("apiVersion") != "autoscaling/v2":
+        fail(where, f"apiVersion is {hpa.get('apiVersion')!r}, expected autoscaling/v2")
+    lo, hi = spec.get("minReplicas", 1), spec.get("maxReplicas", 0)
+    if lo < 2:
+        fail(where, "minReplicas must be >= 2 (one pod's restart must not stop the inputs)")
+    if hi < lo:
+        fail(where, "maxReplicas < minReplicas")
+    stated = (hpa["metadata"].get("annotations") or {}).get("guardrail/input-partitions", "")
+    if not str(stated).isdigit():
+        fail(where, "annotation guardrail/input-partitions (the largest input topic's partitions) is missing")
+    elif hi > int(stated):
+        fail(where, f"maxReplicas {hi} exceeds the input partitions stated ({stated}): the extra pods would idle")
+    window = seconds((cfg or {}).get("window", {}).get("size", "15m")) or 900
+    down = spec.get("behavior", {}).get("scaleDown", {}).get("stabilizationWindowSeconds", 300)
+    if down < window:
+        fail(where, f"scaleDown.stabilizationWindowSeconds {down} is shorter than a window ({window:.0f}s); "
+                    "every scale step is a rebalance")
+    served = adapter_metrics()
+    lag = []
+    for m in spec.get("metrics", []):
+        kind = m.get("type")
+        name = (m.get(kind[:1].lower() + kind[1:] if kind else "", {}) or {}).get("metric", {}).get("name")
+        if kind == "External" and name in served and served[name][0] == LAG_METRIC:
+            lag.append(name)
+        elif kind == "External" and name not in served:
+            fail(where, f"External metric {name!r} is not served by {rel(ADAPTER_CONFIG)}")
+    if not lag:
+        fail(where, f"no External metric over {LAG_METRIC} from {rel(ADAPTER_CONFIG)}")
+
+
+def check_scaled_kustomization(by_kind: dict) -> None:
+    found = one(by_kind, "Kustomization", SCALED)
+    if not found:
+        return
+    path, k = found
+    listed = k.get("resources", [])
+    for r in listed:
+        if not (SCALED / r).exists():
+            fail(rel(path), f"resource {r} does not exist")
+    for f in sorted(SCALED.glob("*.yaml")):
+        if f.name not in listed and f.name not in (path.name, ADAPTER_CONFIG.name):
+            fail(rel(path), f"{f.name} is not a resource")
+    if ADAPTER_CONFIG.name in listed:
+        fail(rel(path), f"{ADAPTER_CONFIG.name} is prometheus-adapter's config, not a resource")
+    if not k.get("namespace"):
+        fail(rel(path), "no namespace")
+    side = one(sidecar_manifests(), "Kustomization")
+    images = k.get("images")
+    if not images or any(not i.get("newTag") or i.get("newTag") == "latest" for i in images):
+        fail(rel(path), "images must pin a tag")
+    elif side and images != side[1].get("images"):
+        fail(rel(path), f"images {images} differ from the sidecar kustomization's")
+
+
+def check_scaled() -> None:
+    by_kind = load_manifests(SCALED, skip=(ADAPTER_CONFIG.name,))
+    check_scaled_kustomization(by_kind)
+    deps = check_scaled_deployments(by_kind)
+    pods = [d["spec"]["template"]["spec"] for _, d in deps.values()]
+    cfg = check_scaled_policy(by_kind, pods)
+    check_scaled_monitoring(by_kind, deps)
+    check_scaled_hpa(by_kind, deps, cfg)
+    judge = deps.get("judge")
+    partitions = partials_partitions((cfg or {}).get("topics", {}).get("partials") or "guardrail-partials")
+    if judge and partitions is not None:
+        replicas = judge[1]["spec"].get("replicas", 1)
+        where = f"{rel(judge[0])} Deployment/{judge[1]['metadata']['name']}"
+        if not 2 <= replicas <= partitions:
+            fail(where, f"replicas {replicas}: want 2 (one takes over at once) up to the "
+                        f"partials topic's {partitions} partitions")
 
 
 # ---------------------------------------------------------------- (b) PromQL
@@ -498,6 +870,7 @@ def check_dashboard() -> None:
 
 def main() -> int:
     check_kubernetes()
+    check_scaled()
     check_rules()
     check_prometheus_config()
     check_dashboard()
@@ -506,8 +879,8 @@ def main() -> int:
         for e in errors:
             print(f"  - {e}", file=sys.stderr)
         return 1
-    print("check_deploy: OK (kubernetes manifests, policy TOML, alert rules, rule tests, "
-          "prometheus.yml, Grafana dashboard)")
+    print("check_deploy: OK (kubernetes manifests, scaled manifests, policy TOML, alert rules, "
+          "rule tests, prometheus.yml, Grafana dashboard)")
     return 0
 
 
