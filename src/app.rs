@@ -224,6 +224,7 @@ pub async fn run_engine(
     let eos = k.delivery == Delivery::ExactlyOnce;
     kafka::check_assignor(&k).map_err(anyhow::Error::msg)?;
     let metrics = Metrics::register(registry).map_err(anyhow::Error::msg)?;
+    crate::scale::metrics::ScaleMetrics::register(registry, "both").map_err(anyhow::Error::msg)?;
     // One judging instance per group: wait, as a standby, for the lead.
     let lead = crate::leader::Lead::join(&k, &config.topics.state)
         .context("joining the lead group (the state topic must exist)")?;

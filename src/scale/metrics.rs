@@ -82,6 +82,9 @@ impl ScaleMetrics {
             )),
         };
         m.stage.with_label_values(&[stage]).set(1);
+        // From the start, not 0: a new instance has not been silent since 1970.
+        m.last_published
+            .set(crate::clock::wall_ms() as f64 / 1000.0);
         for outcome in ["merged", "duplicate", "late", "invalid"] {
             m.received.with_label_values(&[outcome]);
         }
