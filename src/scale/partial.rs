@@ -6,6 +6,9 @@
 //! Decoding trusts nothing: every length is checked against the bytes left before
 //! anything is allocated, every count against its Rust type, and histograms against
 //! the bounds of [`new_histogram`] (stage 2 adds them with `Histogram::add`).
+//!
+//! Writer and reader stay in one file, each in the schema's field order, so that a
+//! change to one is seen beside the other (hence the file's length).
 
 use std::sync::LazyLock;
 
@@ -58,7 +61,8 @@ const V2_HEADER: usize = 40;
 /// The CRC-64-AVRO fingerprint of [`SCHEMA`]'s Parsing Canonical Form.
 pub fn fingerprint() -> u64 {
     static FP: LazyLock<u64> = LazyLock::new(|| {
-        // A constant schema; the `schema_is_valid_avro` test proves it parses.
+        // A constant schema, which the test
+        // `schema_is_valid_avro_and_the_fingerprint_is_the_specifications` parses.
         crate::avro::canonical::fingerprint_str(SCHEMA)
             .unwrap_or_else(|e| unreachable!("schemas/window_partial.avsc: {e}"))
     });
@@ -192,7 +196,7 @@ fn write_agg(w: &mut AvroWriter, agg: &Agg) {
 fn histogram_bytes(h: &Histogram<u32>) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing into a Vec cannot fail: the serializer's errors are the writer's I/O
-    // errors and a count array too long for usize (ours has 3,456 entries).
+    // errors and a count array too long for usize (ours has 3,328 entries).
     V2DeflateSerializer::new()
         .serialize(h, &mut out)
         .unwrap_or_else(|e| unreachable!("serializing a histogram into memory: {e}"));
