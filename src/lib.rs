@@ -43,6 +43,7 @@ pub mod records;
 pub mod replay;
 pub mod report;
 pub mod rules;
+pub mod scale;
 pub mod sim;
 pub mod telemetry;
 pub mod window;

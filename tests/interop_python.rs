@@ -6,8 +6,13 @@
 //! with fastavro. Then `replay` reads the same events from container files that
 //! fastavro wrote, and must decide the same.
 //!
-//! Needs `python3` with `fastavro` and `confluent-kafka` (`scripts/test-setup`
-//! installs them); without them the test fails and says so: it is never skipped.
+//! A second test has `tests/interop/partials.py` read scale-out partials encoded here:
+//! the header against fastavro's fingerprint of `schemas/window_partial.avsc`, the body
+//! with fastavro, the HDR histograms with Python's `hdrhistogram` package.
+//!
+//! Needs `python3` with `fastavro` and `confluent-kafka` (`scripts/test`
+//! installs them), and `hdrhistogram` for the partials; without them the tests fail and
+//! say so: they are never skipped.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -282,4 +287,188 @@ fn decision(r: &serde_json::Value) -> Decision {
             .as_i64()
             .expect("window_end in epoch millis"),
     )
+}
+
+const PARTIALS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/partials.py");
+
+/// An arm of a rate, a mean and a quantile metric after `n` events of `units` distinct
+/// units (every third event an exposure), values from `base` up.
+fn partial_arm(n: u32, units: u32, base: f64) -> guardrail::window::aggregate::Arm {
+    use guardrail::window::aggregate::{Agg, Arm, Contribution, sample_key, unit_hash};
+    let template = [
+        Agg::Rate {
+            num: 0,
+            den: 0,
+            units: None,
+        },
+        Agg::Mean {
+            n: 0,
+            sum: 0.0,
+            sumsq: 0.0,
+            units: None,
+        },
+        Agg::Quantile {
+            hist: None,
+            units: None,
+        },
+    ];
+    let mut arm = Arm::new(&template);
+    for i in 0..n {
+        let unit = unit_hash(format!("user-{}", i % units.max(1)).as_bytes());
+        let v = base + f64::from(i % 101) * 3.7 + f64::from(i % 7) * 40.0;
+        arm.events += 1;
+        if i % 3 == 0 {
+            arm.exposures += 1;
+            arm.units.insert(sample_key(unit));
+        }
+        arm.aggs[0].apply(
+            Contribution::Rate {
+                num: u8::from(i % 11 == 0),
+                den: 1,
+            },
+            unit,
+        );
+        arm.aggs[1].apply(Contribution::Value(v / 10.0), unit);
+        arm.aggs[2].apply(Contribution::Value(v), unit);
+    }
+    arm
+}
+
+/// Scale-out partials (`schemas/window_partial.avsc`) encoded here are read by fastavro
+/// (header fingerprint, body) and their HDR histograms by Python's `hdrhistogram`.
+#[test]
+fn python_reads_partials_with_fastavro_and_hdrhistogram() {
+    use guardrail::scale::partial::{Partial, encode};
+    use guardrail::window::aggregate::{Agg, Arm, quantile};
+
+    let partial = |flag: &str, cohorts| Partial {
+        flag_key: flag.into(),
+        policy_version: "0123456789ab".into(),
+        window_start: 1_700_000_100_000,
+        window_end: 1_700_001_000_000,
+        topic: "product-events".into(),
+        partition: 3,
+        first_offset: 1_000,
+        read_until: 5_000,
+        late_events: 2,
+        produced_at: 1_700_001_020_000,
+        instance: "ingest-1".into(),
+        cohorts,
+    };
+    let empty = || [partial_arm(0, 0, 0.0), partial_arm(0, 0, 0.0)];
+    let partials = [
+        partial(
+            "checkout-redesign",
+            vec![
+                (
+                    "*".into(),
+                    [partial_arm(1_200, 500, 80.0), partial_arm(900, 400, 60.0)],
+                ),
+                (
+                    "platform=ios".into(),
+                    [partial_arm(300, 120, 250.0), partial_arm(0, 0, 0.0)],
+                ),
+            ],
+        ),
+        partial("search-ranking", vec![("*".into(), empty())]),
+        // More exposed units than the sample keeps: a full sample.
+        partial(
+            "ünïcödé-flag",
+            vec![(
+                "*".into(),
+                [partial_arm(9_000, 9_000, 5.0), partial_arm(30, 30, 1.0)],
+            )],
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, p) in partials.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i}.bin")), encode(p)).unwrap();
+    }
+    let out = Command::new(python())
+        .arg(PARTIALS)
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("running {} {PARTIALS}: {e}", python()));
+    assert!(
+        out.status.success(),
+        "{PARTIALS} failed ({}):\n{}\n(it needs python3 with fastavro and hdrhistogram: run \
+         scripts/test)",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let read = read.as_array().unwrap();
+    assert_eq!(read.len(), partials.len());
+
+    let mut histograms = 0;
+    for (p, r) in partials.iter().zip(read) {
+        assert_eq!(r["flag_key"], p.flag_key.as_str());
+        assert_eq!(r["window_end"], p.window_end);
+        let cohorts = r["cohorts"].as_array().unwrap();
+        assert_eq!(cohorts.len(), p.cohorts.len());
+        for ((name, cell), c) in p.cohorts.iter().zip(cohorts) {
+            assert_eq!(c["cohort"], name.as_str());
+            for (arm, side) in cell.iter().zip(["treatment", "control"]) {
+                let a = &c[side];
+                let at = format!("{} {name} {side}", p.flag_key);
+                check_arm(arm, a, &at, &mut histograms);
+            }
+        }
+    }
+    assert!(histograms >= 4, "{histograms} histograms compared");
+
+    fn check_arm(arm: &Arm, a: &serde_json::Value, at: &str, histograms: &mut usize) {
+        assert_eq!(a["exposures"], arm.exposures, "{at}");
+        assert_eq!(a["events"], arm.events, "{at}");
+        let (keys, tau, full) = arm.units.parts();
+        assert_eq!(a["sample"]["keys"], keys.len(), "{at}");
+        assert_eq!(a["sample"]["tau"], tau, "{at}");
+        assert_eq!(a["sample"]["full"], full, "{at}");
+        let aggs = a["aggs"].as_array().unwrap();
+        assert_eq!(aggs.len(), arm.aggs.len(), "{at}");
+        for (agg, j) in arm.aggs.iter().zip(aggs) {
+            match agg {
+                Agg::Rate { num, den, units } => {
+                    assert_eq!(j["kind"], "rate", "{at}");
+                    assert_eq!(
+                        (&j["num"], &j["den"]),
+                        (&(*num).into(), &(*den).into()),
+                        "{at}"
+                    );
+                    assert_eq!(j["buckets"].as_u64(), units.as_ref().map(|_| 64), "{at}");
+                }
+                Agg::Mean { n, sum, units, .. } => {
+                    assert_eq!(j["kind"], "mean", "{at}");
+                    assert_eq!(j["n"], *n, "{at}");
+                    assert_eq!(j["sum"].as_f64(), Some(*sum), "{at}");
+                    assert_eq!(j["buckets"].as_u64(), units.as_ref().map(|_| 64), "{at}");
+                }
+                Agg::Quantile { hist, units } => {
+                    assert_eq!(j["kind"], "quantile", "{at}");
+                    let cells: u64 = units
+                        .iter()
+                        .flat_map(|u| u.counts.iter().flatten())
+                        .map(|&c| u64::from(c))
+                        .sum();
+                    assert_eq!(j["cells"], cells, "{at}");
+                    let Some(h) = hist else {
+                        assert!(j["total"].is_null(), "{at}");
+                        continue;
+                    };
+                    *histograms += 1;
+                    assert_eq!(j["total"], h.len(), "{at}");
+                    for (q, key) in [(0.5, "p50"), (0.95, "p95")] {
+                        // Python's value is in the histogram's unit (thousandths).
+                        let py =
+                            j[key].as_f64().unwrap() / guardrail::window::aggregate::HIST_SCALE;
+                        let rust = quantile(h, q);
+                        assert!(
+                            (py - rust).abs() <= 0.01 * rust,
+                            "{at} {key}: Python's hdrh {py}, Rust {rust}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

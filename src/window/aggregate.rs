@@ -611,6 +611,34 @@ impl UnitSample {
         (s.keys, s.tau)
     }
 
+    /// The sorted distinct keys, the threshold and whether more than `cap` units were
+    /// seen: the whole state, compacted like [`UnitSample::sorted`] (partial aggregates
+    /// carry it between instances).
+    pub fn parts(&self) -> (Vec<u32>, u32, bool) {
+        let mut s = self.clone();
+        s.compact();
+        (s.keys, s.tau, s.full)
+    }
+
+    /// The sample of capacity `cap` whose [`UnitSample::parts`] these are. `None` unless
+    /// they can be: at most `cap` strictly increasing keys, and either not `full` with
+    /// `tau` = [`KEY_MAX`], or `full` with exactly `cap` keys, the last one `tau` (what
+    /// compaction leaves, and what [`UnitSample::merge`] relies on).
+    pub fn from_parts(cap: usize, keys: Vec<u32>, tau: u32, full: bool) -> Option<UnitSample> {
+        let increasing = keys.windows(2).all(|w| w[0] < w[1]);
+        let consistent = if full {
+            keys.len() == cap && keys.last() == Some(&tau)
+        } else {
+            keys.len() <= cap && tau == KEY_MAX
+        };
+        (increasing && consistent).then_some(UnitSample {
+            cap,
+            keys,
+            tau,
+            full,
+        })
+    }
+
     pub fn heap_bytes(&self) -> usize {
         self.keys.capacity() * std::mem::size_of::<u32>()
     }
@@ -716,5 +744,36 @@ mod tests {
             let expect: f64 = a.iter().chain(&b).sum();
             prop_assert!((sum - expect).abs() < 1e-6);
         }
+
+        #[test]
+        fn sample_parts_rebuild_the_sample(a in prop::collection::vec(any::<u32>(), 0..100),
+                                           b in prop::collection::vec(any::<u32>(), 0..100)) {
+            // A small capacity, so that both full and partial samples occur.
+            let (mut x, mut y) = (UnitSample::new(16), UnitSample::new(16));
+            a.iter().for_each(|&k| x.insert(k));
+            b.iter().for_each(|&k| y.insert(k));
+            let rebuild = |s: &UnitSample| {
+                let (keys, tau, full) = s.parts();
+                UnitSample::from_parts(16, keys, tau, full).expect("parts of a sample")
+            };
+            let (x2, y2) = (rebuild(&x), rebuild(&y));
+            prop_assert_eq!(x2.parts(), x.parts());
+            let (mut merged, mut merged2) = (x.clone(), x2);
+            merged.merge(&y);
+            merged2.merge(&y2);
+            prop_assert_eq!(merged2.parts(), merged.parts());
+        }
+    }
+
+    #[test]
+    fn from_parts_refuses_what_no_sample_has() {
+        assert!(UnitSample::from_parts(2, vec![3, 1], KEY_MAX, false).is_none());
+        assert!(UnitSample::from_parts(2, vec![1, 1], KEY_MAX, false).is_none());
+        assert!(UnitSample::from_parts(2, vec![1, 2, 3], KEY_MAX, false).is_none());
+        assert!(UnitSample::from_parts(2, vec![1], 7, false).is_none());
+        assert!(UnitSample::from_parts(2, vec![1], 1, true).is_none());
+        assert!(UnitSample::from_parts(2, vec![1, 2], 3, true).is_none());
+        assert!(UnitSample::from_parts(2, vec![1, 2], 2, true).is_some());
+        assert!(UnitSample::from_parts(2, vec![], KEY_MAX, false).is_some());
     }
 }
