@@ -2,3 +2,7 @@
 //! (judge) merges them — docs/SPEC.md §11.
 
 pub mod partial;
+pub mod ingest;
+pub mod judge;
+pub mod merge;
+pub mod metrics;
