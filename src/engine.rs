@@ -104,10 +104,18 @@ impl Counters {
             *x += y;
         }
         self.windows_closed += o.windows_closed;
-        for (x, y) in self.legacy_fingerprint.iter_mut().zip(&o.legacy_fingerprint) {
+        for (x, y) in self
+            .legacy_fingerprint
+            .iter_mut()
+            .zip(&o.legacy_fingerprint)
+        {
             *x += y;
         }
-        for (x, y) in self.unknown_fingerprint.iter_mut().zip(&o.unknown_fingerprint) {
+        for (x, y) in self
+            .unknown_fingerprint
+            .iter_mut()
+            .zip(&o.unknown_fingerprint)
+        {
             *x += y;
         }
         self.watermark_clamped += o.watermark_clamped;

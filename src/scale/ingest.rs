@@ -419,7 +419,15 @@ impl Ingest {
         let mut out = Vec::new();
         for (p, part) in &mut self.parts {
             for w in part.engine.close(now) {
-                out.extend(partials_of(&self.policy, &self.config, &self.instance, *p, part, w, now));
+                out.extend(partials_of(
+                    &self.policy,
+                    &self.config,
+                    &self.instance,
+                    *p,
+                    part,
+                    w,
+                    now,
+                ));
             }
         }
         if let Some(first) = out.iter().map(|p| p.window_start).min() {
@@ -480,7 +488,15 @@ impl Ingest {
             // Its open windows close as if its watermark followed the others'.
             let closed = part.engine.windows_mut().close_until(frontier);
             for w in closed {
-                out.extend(partials_of(&self.policy, &self.config, &self.instance, *p, part, w, now));
+                out.extend(partials_of(
+                    &self.policy,
+                    &self.config,
+                    &self.instance,
+                    *p,
+                    part,
+                    w,
+                    now,
+                ));
             }
             let mut start = part.engine.windows().closed_before().max(first);
             while start + size <= frontier {
@@ -521,15 +537,7 @@ impl Ingest {
         if self.eos {
             return crate::app::commit_transaction(&self.producer, &self.consumer, &tpl);
         }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, mode)
-        {
-            if matches!(mode, CommitMode::Sync) {
-                return Err(e).context("the final offset commit failed");
-            }
-            tracing::warn!(error = %e, "offset commit failed; will retry");
-        }
-        Ok(())
+        crate::scale::commit_offsets(&self.consumer, &tpl, mode)
     }
 
     fn snapshot(&self) -> TopicPartitionList {

@@ -116,13 +116,12 @@ pub async fn run_judge(
             .context("creating the consumer")?,
     );
     let t = &config.topics;
-    let audit_topic = match tokio::task::block_in_place(|| {
-        crate::policies::topic_exists(&base, &t.audit)
-    }) {
-        Ok(true) => Some(t.audit.clone()),
-        Ok(false) => None,
-        Err(e) => anyhow::bail!("looking for the audit topic: {e}"),
-    };
+    let audit_topic =
+        match tokio::task::block_in_place(|| crate::policies::topic_exists(&base, &t.audit)) {
+            Ok(true) => Some(t.audit.clone()),
+            Ok(false) => None,
+            Err(e) => anyhow::bail!("looking for the audit topic: {e}"),
+        };
     consumer
         .subscribe(&[t.partials.as_str()])
         .context("subscribing to the partials topic")?;
@@ -292,8 +291,8 @@ impl Judge {
     async fn restore(&mut self) -> anyhow::Result<()> {
         let inputs = crate::ingest::input::compile(&self.config)
             .map_err(|e| anyhow::Error::new(crate::config::ConfigErrors(e)))?;
-        let mut engine = Engine::with_inputs(self.policy.clone(), &inputs, true)
-            .map_err(anyhow::Error::msg)?;
+        let mut engine =
+            Engine::with_inputs(self.policy.clone(), &inputs, true).map_err(anyhow::Error::msg)?;
         let (k, topics) = (self.k.clone(), self.config.topics.clone());
         let restored = tokio::task::block_in_place(|| kafka::restore(&k, &topics, &mut engine))
             .context("restoring state")?;
@@ -408,11 +407,8 @@ impl Judge {
         let mut tpl = TopicPartitionList::new();
         for (p, next) in &self.next {
             let offset = self.merger.min_offset(*p).map_or(*next, |o| o.min(*next));
-            let _ = tpl.add_partition_offset(
-                &self.config.topics.partials,
-                *p,
-                Offset::Offset(offset),
-            );
+            let _ =
+                tpl.add_partition_offset(&self.config.topics.partials, *p, Offset::Offset(offset));
         }
         kafka::acknowledged(std::mem::take(&mut self.deliveries))
             .await
@@ -424,14 +420,6 @@ impl Judge {
         if self.eos {
             return crate::app::commit_transaction(&self.producer, &self.consumer, &tpl);
         }
-        if tpl.count() > 0
-            && let Err(e) = self.consumer.commit(&tpl, mode)
-        {
-            if matches!(mode, CommitMode::Sync) {
-                return Err(e).context("the final offset commit failed");
-            }
-            tracing::warn!(error = %e, "offset commit failed; will retry");
-        }
-        Ok(())
+        crate::scale::commit_offsets(&self.consumer, &tpl, mode)
     }
 }

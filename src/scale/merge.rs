@@ -1,7 +1,9 @@
 //! The judge stage's merge of partial aggregates (SPEC §11): per flag and window, one
 //! partial per input partition; a window closes when every input partition reported it,
 //! or `[scale] partials_timeout` after its first partial arrived, and the flag's windows
-//! close in order. Partials are held as they came and merged at the close in
+//! close in order. A partition that reported a later window of the flag counts as
+//! having reported the earlier ones: the ingest stage reports each partition's windows
+//! in order, from its first record on. Partials are held as they came and merged at the close in
 //! (topic, partition) order, so the sums do not depend on arrival order: any number of
 //! ingest instances, any rebalance, gives the same merged cell.
 //!
@@ -106,6 +108,11 @@ pub struct Merger {
     handled_until: Vec<i64>,
     /// Per input partition: the end of the newest window it reported.
     reported: BTreeMap<InputPartition, i64>,
+    /// Per flag, per input partition: the end of the newest window it reported for the
+    /// flag. The ingest stage reports a partition's windows in order, so a partition
+    /// that reported a later window has nothing for an earlier one it did not report
+    /// (it had no data before it: its first window came later).
+    reported_flag: Vec<BTreeMap<InputPartition, i64>>,
     timeout_ms: i64,
 }
 
@@ -141,6 +148,7 @@ impl Merger {
             judged: (0..n).map(|_| BTreeMap::new()).collect(),
             handled_until: vec![-1; n],
             reported: BTreeMap::new(),
+            reported_flag: (0..n).map(|_| BTreeMap::new()).collect(),
             timeout_ms: policy.window.partials_timeout_ms,
             policy,
         }
@@ -199,6 +207,10 @@ impl Merger {
         let key = (partial.topic.clone(), partial.partition);
         let start = partial.window_start;
         let r = self.reported.entry(key.clone()).or_insert(i64::MIN);
+        *r = (*r).max(partial.window_end);
+        let r = self.reported_flag[fi]
+            .entry(key.clone())
+            .or_insert(i64::MIN);
         *r = (*r).max(partial.window_end);
         if partial.window_end <= self.frontier[fi] {
             return match self.judged[fi].get(&start) {
@@ -272,8 +284,11 @@ impl Merger {
         for fi in 0..self.open.len() {
             while let Some(entry) = self.open[fi].first_entry() {
                 let o = entry.get();
+                let reported = &self.reported_flag[fi];
                 let complete = !self.expected.is_empty()
-                    && self.expected.iter().all(|p| o.parts.contains_key(p));
+                    && self.expected.iter().all(|p| {
+                        o.parts.contains_key(p) || reported.get(p).is_some_and(|&e| e > o.end)
+                    });
                 let timed_out = now.saturating_sub(o.first_arrival) >= self.timeout_ms;
                 if !complete && !timed_out {
                     break;
@@ -324,7 +339,13 @@ impl Merger {
                 (table.name(id as u32).to_string(), cell)
             })
             .collect();
-        let missing = self.expected.difference(&keys).cloned().collect();
+        let reported = &self.reported_flag[fi];
+        let missing = self
+            .expected
+            .difference(&keys)
+            .filter(|p| reported.get(*p).is_none_or(|&e| e <= open.end))
+            .cloned()
+            .collect();
         self.frontier[fi] = self.frontier[fi].max(open.end);
         self.judged[fi].insert(start, keys);
         while self.judged[fi].len() > JUDGED_KEPT {
