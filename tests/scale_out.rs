@@ -525,3 +525,164 @@ async fn three_ingest_and_two_judges_decide_like_one_instance_through_kills_and_
     );
     drop(env);
 }
+
+/// A partial of `flag` for window `k` from input `topic`/0, without data.
+fn empty_partial(env: &Env, flag: usize, topic: &str, k: i64) -> Vec<u8> {
+    let f = &env.policy.flags[flag];
+    guardrail::scale::partial::encode(&guardrail::scale::partial::Partial {
+        flag_key: f.key.clone(),
+        policy_version: f.policy_version.clone(),
+        window_start: env.start + k * env.window_ms,
+        window_end: env.start + (k + 1) * env.window_ms,
+        topic: topic.to_string(),
+        partition: 0,
+        first_offset: -1,
+        read_until: 0,
+        late_events: 0,
+        produced_at: wall_ms(),
+        instance: "test".into(),
+        cohorts: Vec::new(),
+    })
+}
+
+/// Point 3 on its own (a judge in this process, partials written by the test): a
+/// window one input partition never reported is judged after the partials timeout,
+/// counted as missing; the partition's partial arriving after that is dead-lettered as
+/// `late_partial`, a repeated one is only counted, an unreadable one is dead-lettered
+/// as `invalid_partial`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_late_duplicate_and_invalid_partials() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    let mut config = Config::parse(&config_text(&brokers, 0)).expect("config");
+    config.scale.partials_timeout = "3s".into();
+    let policy = Policy::compile(&config).expect("policy");
+    let t = &config.topics;
+    // One partition per input: the judge waits for these three.
+    for topic in [&t.product_events, &t.error_events, &t.support_signals] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    for topic in [&t.flag_commands, &t.evaluations, &t.dlq, &t.partials] {
+        cluster.create_topic(topic, 1, 1).unwrap();
+    }
+    cluster.create_topic(&t.state, 1, 1).unwrap();
+    let window_ms = policy.window.size_ms;
+    let env = Env {
+        start: (wall_ms() / window_ms - 4) * window_ms,
+        window_ms,
+        policy: Arc::new(policy),
+        reference: config.clone(),
+        config: config.clone(),
+        brokers: brokers.clone(),
+        cluster: Some(cluster),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
+        .await
+        .unwrap();
+    let registry = served.registry.clone();
+    let judge = guardrail::app::spawn_stage(
+        &served,
+        guardrail::app::Stage::Judge,
+        config.clone(),
+        env.policy.clone(),
+        Duration::from_secs(5),
+        None,
+    );
+    let send = |bytes: Vec<u8>| {
+        let producer = producer(&env);
+        let topic = env.config.topics.partials.clone();
+        async move {
+            producer
+                .send(
+                    rdkafka::producer::FutureRecord::<str, [u8]>::to(&topic)
+                        .key("k")
+                        .payload(&bytes),
+                    Duration::from_secs(5),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("producing a partial");
+        }
+    };
+    let counter = |name: &str, label: Option<&str>| -> f64 {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.get_name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.get_value() == l)))
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    };
+    let (product, errors, support) = (
+        t.product_events.clone(),
+        t.error_events.clone(),
+        t.support_signals.clone(),
+    );
+    send(empty_partial(&env, 0, &product, 0)).await;
+    send(empty_partial(&env, 0, &errors, 0)).await;
+    let sent = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while windows_evaluated(&env, &t.evaluations) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the timeout did not close the window"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waited = sent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500),
+        "closed after {waited:?}, before the timeout"
+    );
+    assert_eq!(counter("guardrail_partials_missing_total", None), 1.0);
+    let judged = evaluations(&env, &t.evaluations);
+    let positions: BTreeSet<(String, i32)> = judged[0]
+        .input_positions
+        .iter()
+        .map(|p| (p.topic.clone(), p.partition))
+        .collect();
+    assert!(
+        positions.contains(&(product.clone(), 0)) && !positions.contains(&(support.clone(), 0))
+    );
+
+    send(empty_partial(&env, 0, &support, 0)).await; // late
+    send(empty_partial(&env, 0, &product, 0)).await; // duplicate
+    send(b"not a partial".to_vec()).await; // invalid
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dlq = loop {
+        let dlq = read_topic(&brokers, &t.dlq);
+        if dlq.len() >= 2 {
+            break dlq;
+        }
+        assert!(Instant::now() < deadline, "{} DLQ records", dlq.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let reasons: Vec<&str> = dlq
+        .iter()
+        .map(|m| common::header(m, "guardrail.reason").unwrap())
+        .collect();
+    assert_eq!(reasons, ["late_partial", "invalid_partial"]);
+    assert!(
+        common::header(&dlq[0], "guardrail.detail")
+            .unwrap()
+            .contains("judged without")
+    );
+    assert_eq!(
+        counter("guardrail_partials_received_total", Some("late")),
+        1.0
+    );
+    assert_eq!(
+        counter("guardrail_partials_received_total", Some("duplicate")),
+        1.0
+    );
+    assert_eq!(
+        counter("guardrail_partials_received_total", Some("invalid")),
+        1.0
+    );
+    assert_eq!(counter("guardrail_dlq_total", Some("late_partial")), 1.0);
+    let _ = served.stop.send(true);
+    judge.await.unwrap().expect("the judge stops cleanly");
+    drop(env);
+}

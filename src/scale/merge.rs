@@ -387,3 +387,229 @@ impl Merger {
         &self.reported
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::records::WindowEvaluation;
+    use crate::window::aggregate::{Contribution, unit_hash};
+
+    const SIZE: i64 = 900_000;
+    const W: i64 = 1_800_000_000_000 / SIZE * SIZE;
+
+    fn policy() -> Arc<Policy> {
+        let mut config = Config::parse(include_str!("../../config/guardrail.toml")).unwrap();
+        config.scale.partials_timeout = "10s".into();
+        Arc::new(Policy::compile(&config).unwrap())
+    }
+
+    fn merger(partitions: i32) -> Merger {
+        let mut m = Merger::new(policy());
+        m.expect((0..partitions).map(|p| ("in".to_string(), p)).collect());
+        m
+    }
+
+    /// A partial of flag 0 from partition `p` for window `k`, whose treatment arm of
+    /// cohort `*` saw `n` events with values 0.1, 0.2, … in every metric.
+    fn partial(m: &Merger, p: i32, k: i64, n: u32) -> Partial {
+        let flag = &m.policy.flags[0];
+        let template = &m.templates[0];
+        let mut t = Arm::new(template);
+        for i in 0..n {
+            let unit = unit_hash(format!("u{p}-{i}").as_bytes());
+            t.events += 1;
+            for a in &mut t.aggs {
+                let c = match a {
+                    Agg::Rate { .. } => Contribution::Rate {
+                        num: (i % 2) as u8,
+                        den: 1,
+                    },
+                    _ => Contribution::Value(f64::from(i) * 0.1 + f64::from(p)),
+                };
+                a.apply(c, unit);
+            }
+        }
+        Partial {
+            flag_key: flag.key.clone(),
+            policy_version: flag.policy_version.clone(),
+            window_start: W + k * SIZE,
+            window_end: W + (k + 1) * SIZE,
+            topic: "in".into(),
+            partition: p,
+            first_offset: 0,
+            read_until: 100,
+            late_events: 1,
+            produced_at: 0,
+            instance: "i".into(),
+            cohorts: vec![("*".into(), [t, Arm::new(template)])],
+        }
+    }
+
+    fn sums(r: &Ready) -> Vec<u64> {
+        r.closed.cohorts[0].1[0]
+            .aggs
+            .iter()
+            .map(|a| match a {
+                Agg::Rate { num, den, .. } => num * 1000 + den,
+                Agg::Mean { sum, .. } => sum.to_bits(),
+                Agg::Quantile { hist, .. } => hist.as_ref().map_or(0, |h| h.len()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_window_closes_when_every_partition_reported_whatever_the_order() {
+        let mut closed = Vec::new();
+        for order in [[0, 1, 2], [2, 0, 1]] {
+            let mut m = merger(3);
+            for (i, p) in order.into_iter().enumerate() {
+                let part = partial(&m, p, 0, 10 + p as u32);
+                assert_eq!(m.offer(part, (0, i as i64), 0), Offered::Merged);
+                let ready = m.due(1);
+                assert_eq!(ready.len(), usize::from(i == 2), "closes with the third");
+                closed.extend(ready);
+            }
+        }
+        let (a, b) = (&closed[0], &closed[1]);
+        assert!(a.missing.is_empty());
+        assert_eq!(a.closed.late_events, 3);
+        assert_eq!(a.included.len(), 3);
+        assert_eq!(a.closed.cohorts[0].1[0].events, 10 + 11 + 12);
+        // Bit for bit: merged in partition order, not arrival order.
+        assert_eq!(sums(a), sums(b));
+    }
+
+    #[test]
+    fn the_timeout_closes_without_a_partition_and_its_partial_is_then_late() {
+        let mut m = merger(2);
+        let p0 = partial(&m, 0, 0, 5);
+        assert_eq!(m.offer(p0.clone(), (0, 0), 1_000), Offered::Merged);
+        assert_eq!(m.offer(p0, (0, 1), 1_500), Offered::Duplicate);
+        assert!(m.due(10_999).is_empty(), "waits for the timeout");
+        assert_eq!(m.min_offset(0), Some(0));
+        let ready = m.due(11_000);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].missing, vec![("in".to_string(), 1)]);
+        assert_eq!(m.min_offset(0), None);
+        let late = partial(&m, 1, 0, 5);
+        assert!(matches!(m.offer(late, (0, 2), 12_000), Offered::Late(_)));
+        // The included one again: a duplicate, not late.
+        let again = partial(&m, 0, 0, 5);
+        assert_eq!(m.offer(again, (0, 3), 12_000), Offered::Duplicate);
+    }
+
+    #[test]
+    fn a_partition_that_reported_a_later_window_is_not_waited_for() {
+        let mut m = merger(2);
+        let a = partial(&m, 0, 0, 5);
+        assert_eq!(m.offer(a, (0, 0), 0), Offered::Merged);
+        assert!(m.due(1).is_empty());
+        // Partition 1's first data is in window 1: window 0 has nothing of it.
+        let b = partial(&m, 1, 1, 5);
+        assert_eq!(m.offer(b, (0, 1), 2), Offered::Merged);
+        let ready = m.due(3);
+        assert_eq!(
+            ready.len(),
+            1,
+            "window 0 closes, window 1 waits for partition 0"
+        );
+        assert_eq!(ready[0].start, W);
+        assert!(ready[0].missing.is_empty());
+    }
+
+    #[test]
+    fn windows_of_a_flag_close_in_order() {
+        let mut m = merger(2);
+        let first = partial(&m, 0, 0, 1);
+        m.offer(first, (0, 0), 0);
+        for p in 0..2 {
+            let later = partial(&m, p, 1, 1);
+            m.offer(later, (0, 1 + i64::from(p)), 0);
+        }
+        // Partition 0 reported window 1, so window 0 is complete too; both close, in order.
+        let starts: Vec<i64> = m.due(1).iter().map(|r| r.start).collect();
+        assert_eq!(starts, vec![W, W + SIZE]);
+        let mut m = merger(2);
+        let first = partial(&m, 0, 0, 1);
+        m.offer(first, (0, 0), 0);
+        let other_flag_later = partial(&m, 0, 2, 1);
+        m.offer(other_flag_later, (0, 1), 5);
+        let r = m.due(10_000);
+        assert_eq!(
+            r.len(),
+            1,
+            "window 0 times out first; window 2 waits for its own timeout"
+        );
+        assert_eq!(r[0].start, W);
+    }
+
+    #[test]
+    fn partials_the_policy_cannot_judge_are_invalid() {
+        let mut m = merger(1);
+        let mut p = partial(&m, 0, 0, 1);
+        p.flag_key = "nope".into();
+        assert!(matches!(m.offer(p, (0, 0), 0), Offered::Invalid(_)));
+        let mut p = partial(&m, 0, 0, 1);
+        p.policy_version = "other".into();
+        assert!(
+            matches!(m.offer(p, (0, 0), 0), Offered::Invalid(e) if e.contains("policy version"))
+        );
+        let mut p = partial(&m, 0, 0, 1);
+        p.window_end += 1;
+        assert!(matches!(m.offer(p, (0, 0), 0), Offered::Invalid(_)));
+        let mut p = partial(&m, 0, 0, 1);
+        p.cohorts[0].1[0].aggs.pop();
+        assert!(matches!(m.offer(p, (0, 0), 0), Offered::Invalid(e) if e.contains("layout")));
+        assert_eq!(m.pending_windows(), 0);
+    }
+
+    #[test]
+    fn after_a_restore_re_read_partials_are_duplicates_and_new_ones_late() {
+        let mut m = merger(2);
+        let flag = m.policy.flags[0].key.clone();
+        let e = WindowEvaluation {
+            flag_key: flag,
+            cohort: "*".into(),
+            window_start: W + SIZE,
+            window_end: W + 2 * SIZE,
+            input_positions: vec![
+                InputPosition {
+                    topic: "in".into(),
+                    partition: 0,
+                    read_until: 9,
+                },
+                InputPosition {
+                    topic: "guardrail-partials".into(),
+                    partition: 3,
+                    read_until: 40,
+                },
+            ],
+            decision: None,
+            evidence: Vec::new(),
+            late_events: 0,
+            evaluated_at: 0,
+            rollout_percent: None,
+            state: None,
+            healthy_windows: 0,
+            policy_version: None,
+            command_id: None,
+            band: Vec::new(),
+            watermark_lag_ms: None,
+        };
+        m.restored(&e, "guardrail-partials");
+        // The newest judged window: included partition 0, not partition 1.
+        let p = partial(&m, 0, 1, 1);
+        assert_eq!(m.offer(p, (3, 38), 0), Offered::Duplicate);
+        let p = partial(&m, 1, 1, 1);
+        assert!(matches!(m.offer(p, (3, 41), 0), Offered::Late(_)));
+        // An older judged window: below the handled offset a re-read, above it late.
+        let p = partial(&m, 0, 0, 1);
+        assert_eq!(m.offer(p, (3, 10), 0), Offered::Duplicate);
+        let p = partial(&m, 0, 0, 1);
+        assert!(matches!(m.offer(p, (3, 45), 0), Offered::Late(_)));
+        // The next window is open.
+        let p = partial(&m, 0, 2, 1);
+        assert_eq!(m.offer(p, (3, 46), 0), Offered::Merged);
+    }
+}
