@@ -1,5 +1,5 @@
 //! The cost of scaling out (SPEC §11). Run: `cargo bench --bench scale_out` (prints
-//! figures, asserts nothing; `SCALE_BENCH_ROUNDS=N`).
+//! figures, asserts nothing; `SCALE_BENCH_ROUNDS=N`; `SCALE_BENCH_ONLY=latency`).
 //!
 //! 1. **Stage-1 throughput per core** against today's single engine, on one thread, on
 //!    the same simulated events spread over 12 partitions per input by user (Kafka's
@@ -92,6 +92,7 @@ fn ingest(policy: &Arc<Policy>, input: &Input, now: i64) -> Vec<Vec<u8>> {
         engine.ingest(*p, *o, bytes, now, false);
         *o += 1;
     }
+    let aggregated = Instant::now();
     let mut out = Vec::new();
     for (p, (engine, read)) in &mut engines {
         for w in engine.windows_mut().close_all() {
@@ -113,6 +114,12 @@ fn ingest(policy: &Arc<Policy>, input: &Input, now: i64) -> Vec<Vec<u8>> {
                 }));
             }
         }
+    }
+    if std::env::var_os("SCALE_BENCH_SPLIT").is_some() {
+        eprintln!(
+            "close + encode {:.1} ms",
+            aggregated.elapsed().as_secs_f64() * 1e3
+        );
     }
     out
 }
@@ -156,6 +163,9 @@ fn percentile(v: &[f64], q: f64) -> f64 {
 }
 
 fn main() {
+    if std::env::var("SCALE_BENCH_ONLY").as_deref() == Ok("latency") {
+        return latency();
+    }
     let rounds: usize = std::env::var("SCALE_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -163,7 +173,11 @@ fn main() {
     let config = Config::parse(include_str!("../config/guardrail.toml")).expect("config");
     let policy = policy(&config);
     let windows = 4;
-    let input = events(T0, windows, 20_000);
+    let sessions = std::env::var("SCALE_BENCH_SESSIONS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(20_000);
+    let input = events(T0, windows, sessions);
     let now = T0 + i64::from(windows + 1) * SIZE;
     let n = input.len() as f64;
     println!(
@@ -241,7 +255,8 @@ fn main() {
     for _ in 0..rounds {
         let t = Instant::now();
         let (judged, evaluations) = judge(&policy, &partials, now);
-        let per_window = t.elapsed().as_secs_f64() / judged as f64 * f64::from(policy.flags.len() as u32);
+        let per_window =
+            t.elapsed().as_secs_f64() / judged as f64 * f64::from(policy.flags.len() as u32);
         assert!(evaluations > 0);
         costs.push(per_window);
     }
@@ -293,7 +308,9 @@ fn latency() {
                 .or_default()
                 .push((p.flag_key, bytes));
         }
-        let served = guardrail::http::start("127.0.0.1:0", &policy).await.unwrap();
+        let served = guardrail::http::start("127.0.0.1:0", &policy)
+            .await
+            .unwrap();
         let judge = guardrail::app::spawn_stage(
             &served,
             guardrail::app::Stage::Judge,
@@ -306,6 +323,7 @@ fn latency() {
         let producer: rdkafka::producer::FutureProducer =
             guardrail::kafka::producer_config(&k).create().unwrap();
         let reader: BaseConsumer = guardrail::kafka::tail_reader_config(&k, "bench-reader")
+            .set("fetch.wait.max.ms", "5")
             .create()
             .unwrap();
         let mut tpl = rdkafka::TopicPartitionList::new();
@@ -341,7 +359,10 @@ fn latency() {
             // Every flag's evaluations of this window.
             let mut flags = BTreeSet::new();
             while flags.len() < policy.flags.len() {
-                assert!(sent.elapsed() < Duration::from_secs(30), "window {w} not judged");
+                assert!(
+                    sent.elapsed() < Duration::from_secs(30),
+                    "window {w} not judged"
+                );
                 let Some(m) = tokio::task::block_in_place(|| reader.poll(Duration::from_millis(1)))
                 else {
                     continue;

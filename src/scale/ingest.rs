@@ -289,6 +289,14 @@ impl Ingest {
             let part = self.parts.get_mut(&p).expect("inserted above");
             let reread = m.offset < part.seen_until;
             let mut outcome = part.engine.ingest(p, m.offset, payload, now, reread);
+            if !matches!(outcome, Ingested::NeedSchema(_)) {
+                part.next = m.offset + 1;
+                part.seen_until = part.seen_until.max(m.offset + 1);
+                part.last_record = now;
+                if !matches!(outcome, Ingested::Rejected { .. }) {
+                    continue;
+                }
+            }
             if let Ingested::NeedSchema(id) = outcome {
                 outcome = match self.fetch_schema(p.input, id).await {
                     Ok(()) => {

@@ -110,8 +110,14 @@ pub async fn run_judge(
         on_revoke: Some(revoke_tx),
         ..RebalanceContext::default()
     };
+    let mut consumer_config = kafka::consumer_config(&k);
+    if !k.properties.contains_key("fetch.wait.max.ms") {
+        // The partials topic carries little, and its last partial of a window gates a
+        // decision: do not let a fetch wait the default 500 ms for more.
+        consumer_config.set("fetch.wait.max.ms", "20");
+    }
     let consumer: Arc<kafka::InputConsumer> = Arc::new(
-        kafka::consumer_config(&k)
+        consumer_config
             .create_with_context(ctx.clone())
             .context("creating the consumer")?,
     );
