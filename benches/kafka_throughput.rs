@@ -3,7 +3,8 @@
 //! cluster; and the decision latency (window closed → command acknowledged).
 //! Run: `cargo bench --bench kafka_throughput` (prints a table, and per engine round the
 //! CPU each thread used on stderr; asserts nothing). `KAFKA_BENCH_DELIVERY=exactly-once`
-//! runs the engine with one Kafka transaction per window close; `KAFKA_BENCH_ROUNDS=N`.
+//! runs the engine with one Kafka transaction per window close; `KAFKA_BENCH_ROUNDS=N`;
+//! `KAFKA_BENCH_STAGE=ingest` runs the ingest stage (SPEC §11) after the engine in each round.
 //!
 //! Both sides use the engine's consumer settings and a fresh consumer group, and both
 //! are timed from their first message to their last, so group-join time is excluded.
@@ -83,13 +84,24 @@ fn histogram_quantile(registry: &Registry, name: &str, q: f64) -> Option<(u64, f
 }
 
 /// One engine run in a fresh group until it has consumed `total`; its rate and registry.
-async fn engine_round(config: Config, policy: Arc<Policy>, total: u64) -> (f64, f64, Registry) {
+async fn engine_round(
+    config: Config,
+    policy: Arc<Policy>,
+    total: u64,
+    stage: guardrail::app::Stage,
+) -> (f64, f64, Registry) {
     let served = guardrail::http::start("127.0.0.1:0", &policy)
         .await
         .expect("http");
     let registry = served.registry.clone();
-    let engine =
-        guardrail::app::spawn_engine(&served, config, policy, Duration::from_secs(10), None);
+    let engine = guardrail::app::spawn_stage(
+        &served,
+        stage,
+        config,
+        policy,
+        Duration::from_secs(10),
+        None,
+    );
     let consumed = || counter(&registry, "guardrail_events_total") as u64;
     let deadline = Instant::now() + Duration::from_secs(300);
     while consumed() == 0 && Instant::now() < deadline {
@@ -167,6 +179,7 @@ fn main() {
         let policy = Arc::new(policy);
         let (mut plain, mut engine) = (Vec::new(), Vec::new());
         let (mut plain_cores, mut engine_cores) = (Vec::new(), Vec::new());
+        let (mut ingest, mut ingest_cores): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
         let mut last = None;
         let rounds = std::env::var("KAFKA_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
         for round in 0..rounds {
@@ -189,11 +202,21 @@ fn main() {
             for topic in [&config.topics.flag_commands, &config.topics.evaluations, &config.topics.state] {
                 cluster.create_topic(topic, 1, 1).expect("topic");
             }
-            let (rate, cores, registry) = engine_round(config, policy.clone(), total).await;
+            config.topics.partials = format!("bench-partials-{round}");
+            cluster.create_topic(&config.topics.partials, 4, 1).expect("topic");
+            let (rate, cores, registry) = engine_round(config.clone(), policy.clone(), total, guardrail::app::Stage::Both).await;
             eprintln!("round {round}: engine {rate:.0} events/s");
             engine.push(rate);
             engine_cores.push(cores);
             last = Some(registry);
+            // `KAFKA_BENCH_STAGE=ingest`: the ingest stage (SPEC §11) too, in its own group.
+            if std::env::var("KAFKA_BENCH_STAGE").is_ok_and(|s| s == "ingest") {
+                config.kafka.as_mut().expect("kafka").group_id = format!("bench-ingest-{round}");
+                let (rate, cores, _) = engine_round(config, policy.clone(), total, guardrail::app::Stage::Ingest).await;
+                eprintln!("round {round}: ingest stage {rate:.0} events/s ({:.0}% of the engine)", rate / engine.last().unwrap() * 100.0);
+                ingest.push(rate);
+                ingest_cores.push(cores);
+            }
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
@@ -209,6 +232,10 @@ fn main() {
         println!("| plain rdkafka consumer (ingestion limit) | {p:.0} |");
         println!("| guardrail engine (decode, window, decide, publish, commit) | {e:.0} |");
         println!("| ratio | {:.0}% |", e / p * 100.0);
+        if !ingest.is_empty() {
+            let ratios: Vec<f64> = ingest.iter().zip(&engine).map(|(i, e)| i / e * 100.0).collect();
+            println!("| ingest stage (decode, window per partition, partials, commit): {} events/s, {} cores | ingest / engine per round: {} % |", fmt(&ingest), fmt2(&ingest_cores), fmt(&ratios));
+        }
         let Some(registry) = last else { return };
         println!("last round: windows closed {}, commands {}", counter(&registry, "guardrail_windows_closed_total"), counter(&registry, "guardrail_commands_total"));
         for q in [0.5, 0.99] {

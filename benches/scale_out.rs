@@ -139,8 +139,7 @@ fn judge(policy: &Arc<Policy>, partials: &[Vec<u8>], now: i64) -> (usize, usize)
     let mut windows = 0;
     let mut evaluations = 0;
     for (i, bytes) in partials.iter().enumerate() {
-        let p = partial::decode(bytes).expect("partial");
-        merger.offer(p, (0, i as i64), now);
+        merger.offer_encoded(bytes, (0, i as i64), now);
     }
     for r in merger.due(now) {
         windows += 1;
@@ -221,6 +220,16 @@ fn main() {
         .map(|b| partial::decode(b).expect("partial"))
         .collect();
     let cohorts: usize = decoded.iter().map(|p| p.cohorts.len().max(1)).sum();
+    let in_memory: usize = decoded
+        .iter()
+        .flat_map(|p| &p.cohorts)
+        .map(|(_, cell)| cell[0].bytes() + cell[1].bytes())
+        .sum();
+    println!(
+        "partials decoded in memory: {in_memory} bytes, {:.1} times their encoding (the \
+         judge holds them encoded until the close)",
+        in_memory as f64 / partials.iter().map(Vec::len).sum::<usize>() as f64
+    );
     let per_window = total as f64 / f64::from(windows);
     let mut by_flag: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
     for (p, b) in decoded.iter().zip(&partials) {

@@ -39,7 +39,6 @@ use crate::records::InputPosition;
 use crate::scale::ingest::stage_kafka;
 use crate::scale::merge::{Merger, Offered};
 use crate::scale::metrics::ScaleMetrics;
-use crate::scale::partial;
 use crate::telemetry::Metrics;
 
 const BATCH: usize = 256;
@@ -239,10 +238,9 @@ impl Judge {
         for m in &polled.messages {
             self.next.insert(m.partition, m.offset + 1);
             let payload = polled.payload(m);
-            let offered = match partial::decode(payload) {
-                Ok(p) => self.merger.offer(p, (m.partition, m.offset), now),
-                Err(e) => Offered::Invalid(e.to_string()),
-            };
+            let offered = self
+                .merger
+                .offer_encoded(payload, (m.partition, m.offset), now);
             self.scale
                 .received
                 .with_label_values(&[offered.outcome()])

@@ -59,7 +59,12 @@ impl Offered {
 
 /// A partial held until its window closes, with where it sits on the partials topic.
 struct Held {
+    /// Without its cohorts when `encoded` holds them.
     partial: Partial,
+    /// The record as it came: decoded again at the close. A decoded cell is ~10 times
+    /// its encoding (a quantile's HDR histogram and per-unit table are dense in memory),
+    /// and a judge holds every partition's partials of its flags' open windows.
+    encoded: Option<Vec<u8>>,
     at: (i32, i64),
 }
 
@@ -195,6 +200,33 @@ impl Merger {
     /// Offers a partial that sits at `at` = (partition, offset) of the partials topic,
     /// arriving at wall time `now`.
     pub fn offer(&mut self, partial: Partial, at: (i32, i64), now: i64) -> Offered {
+        self.offer_held(partial, None, at, now)
+    }
+
+    /// [`Merger::offer`] of a record as read from the partials topic: decoded to be
+    /// checked, held encoded until its window closes.
+    pub fn offer_encoded(&mut self, bytes: &[u8], at: (i32, i64), now: i64) -> Offered {
+        match crate::scale::partial::decode(bytes) {
+            Ok(mut p) => {
+                if let Some(fi) = self.flag_index.get(&p.flag_key).copied()
+                    && let Err(e) = self.check(fi, &p)
+                {
+                    return Offered::Invalid(e);
+                }
+                p.cohorts = Vec::new();
+                self.offer_held(p, Some(bytes.to_vec()), at, now)
+            }
+            Err(e) => Offered::Invalid(e.to_string()),
+        }
+    }
+
+    fn offer_held(
+        &mut self,
+        partial: Partial,
+        encoded: Option<Vec<u8>>,
+        at: (i32, i64),
+        now: i64,
+    ) -> Offered {
         let Some(&fi) = self.flag_index.get(&partial.flag_key) else {
             return Offered::Invalid(format!(
                 "flag {:?} is not in this judge's policy",
@@ -236,7 +268,14 @@ impl Merger {
             return Offered::Duplicate;
         }
         open.last_arrival = Instant::now();
-        open.parts.insert(key, Held { partial, at });
+        open.parts.insert(
+            key,
+            Held {
+                partial,
+                encoded,
+                at,
+            },
+        );
         Offered::Merged
     }
 
@@ -315,7 +354,14 @@ impl Merger {
                 partition: key.1,
                 read_until: held.partial.read_until,
             });
-            for (name, cell) in held.partial.cohorts {
+            let cohorts = match held.encoded {
+                // Checked when it arrived: it decodes again.
+                Some(bytes) => crate::scale::partial::decode(&bytes)
+                    .map(|p| p.cohorts)
+                    .unwrap_or_default(),
+                None => held.partial.cohorts,
+            };
+            for (name, cell) in cohorts {
                 let id = table.admit(&name) as usize;
                 if cells.len() <= id {
                     cells.resize_with(id + 1, || None);
@@ -478,6 +524,26 @@ mod tests {
         assert_eq!(a.closed.cohorts[0].1[0].events, 10 + 11 + 12);
         // Bit for bit: merged in partition order, not arrival order.
         assert_eq!(sums(a), sums(b));
+    }
+
+    #[test]
+    fn partials_held_encoded_merge_like_decoded_ones() {
+        let (mut a, mut b) = (merger(2), merger(2));
+        for p in 0..2 {
+            let part = partial(&a, p, 0, 7 + p as u32);
+            let bytes = crate::scale::partial::encode(&part);
+            assert_eq!(a.offer(part, (0, 0), 0), Offered::Merged);
+            assert_eq!(b.offer_encoded(&bytes, (0, 0), 0), Offered::Merged);
+            assert_eq!(b.offer_encoded(&bytes, (0, 1), 0), Offered::Duplicate);
+        }
+        assert!(matches!(
+            b.offer_encoded(b"junk", (0, 2), 0),
+            Offered::Invalid(_)
+        ));
+        let (ra, rb) = (a.due(1), b.due(1));
+        assert_eq!(sums(&ra[0]), sums(&rb[0]));
+        assert_eq!(ra[0].closed.cohorts[0].1[0].events, 15);
+        assert_eq!(rb[0].closed.cohorts[0].1[0].events, 15);
     }
 
     #[test]
