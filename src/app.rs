@@ -86,6 +86,7 @@ impl Stage {
 }
 
 /// Runs `stage` until `stop` turns true (see [`run_engine`]).
+#[allow(clippy::too_many_arguments)] // run_engine's seven and the stage
 pub async fn run_stage(
     stage: Stage,
     config: Config,

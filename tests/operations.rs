@@ -95,7 +95,7 @@ fn dashboard_and_alerts_reference_only_exported_metrics() {
     let mut names = Metrics::register(&registry).expect("metrics").names;
     // The two stages' own (SPEC §11).
     guardrail::scale::metrics::ScaleMetrics::register(&registry, "both").expect("scale metrics");
-    names.extend(registry.gather().iter().map(|f| f.get_name().to_string()));
+    names.extend(registry.gather().iter().map(|f| f.name().to_string()));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut checked = 0;
     for file in [

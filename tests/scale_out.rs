@@ -609,9 +609,9 @@ async fn missing_late_duplicate_and_invalid_partials() {
         registry
             .gather()
             .iter()
-            .filter(|f| f.get_name() == name)
+            .filter(|f| f.name() == name)
             .flat_map(|f| f.get_metric().iter())
-            .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.get_value() == l)))
+            .filter(|m| label.is_none_or(|l| m.get_label().iter().any(|p| p.value() == l)))
             .map(|m| m.get_counter().get_value())
             .sum()
     };

@@ -71,7 +71,6 @@ struct Judge {
 }
 
 /// The judge stage on Kafka, until `stop` turns true; then drains within `grace`.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_judge(
     config: Config,
     policy: Arc<Policy>,
@@ -327,10 +326,10 @@ impl Judge {
         self.last_metadata = Some(Instant::now());
         let mut expected = BTreeSet::new();
         for topic in self.config.input_topics() {
-            let md = match self
-                .consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-            {
+            let md = match tokio::task::block_in_place(|| {
+                self.consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            }) {
                 Ok(md) => md,
                 Err(e) => {
                     tracing::warn!(topic, error = %e, "input topic metadata unavailable");
