@@ -256,12 +256,23 @@ fn commands(env: &Env, topic: &str) -> Vec<FlagCommand> {
         .collect()
 }
 
+/// The windows evaluated for every flag: the fewest any flag of the policy has (a
+/// judge that died holding one flag's partials leaves that flag behind the others).
 fn windows_evaluated(env: &Env, topic: &str) -> usize {
-    evaluations(env, topic)
+    let evaluations = evaluations(env, topic);
+    env.policy
+        .flags
         .iter()
-        .map(|e| e.window_start)
-        .collect::<BTreeSet<_>>()
-        .len()
+        .map(|f| {
+            evaluations
+                .iter()
+                .filter(|e| e.flag_key == f.key)
+                .map(|e| e.window_start)
+                .collect::<BTreeSet<_>>()
+                .len()
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 async fn wait_windows(env: &Env, topic: &str, n: usize, instances: &mut [&mut Instance]) {

@@ -66,6 +66,8 @@ struct Part {
     seen_until: i64,
     /// Wall time (ms) of the last record read, or of the assignment.
     last_record: i64,
+    /// Wall time (ms) the idle rule last asked whether the partition is read to its end.
+    idle_checked: i64,
 }
 
 struct Ingest {
@@ -270,6 +272,7 @@ impl Ingest {
             next: -1,
             seen_until: -1,
             last_record: wall_ms(),
+            idle_checked: 0,
         })
     }
 
@@ -487,11 +490,30 @@ impl Ingest {
             .map(|p| p.engine.windows().closed_before())
             .max()
             .unwrap_or(i64::MIN);
+        let mut positions = None;
         for (p, part) in &mut self.parts {
             if now - part.last_record < self.policy.window.idle_timeout_ms
                 || part.engine.windows().closed_before() >= frontier
+                || now - part.idle_checked < 1000
             {
                 continue;
+            }
+            // Silent is not idle while records wait (a partition just assigned, a
+            // consumer busy with others): only a partition read to its end is.
+            part.idle_checked = now;
+            let topic = self.config.input_topic(p.input);
+            let positions = positions.get_or_insert_with(|| self.consumer.position().ok());
+            let at = positions
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(topic, p.partition))
+                .and_then(|e| e.offset().to_raw());
+            let high = tokio::task::block_in_place(|| {
+                self.consumer
+                    .fetch_watermarks(topic, p.partition, Duration::from_secs(1))
+            });
+            match (at, high) {
+                (Some(at), Ok((_, high))) if at >= 0 && at >= high => {}
+                _ => continue,
             }
             // Its open windows close as if its watermark followed the others'.
             let closed = part.engine.windows_mut().close_until(frontier);

@@ -245,8 +245,14 @@ impl Merger {
             .or_insert(i64::MIN);
         *r = (*r).max(partial.window_end);
         if partial.window_end <= self.frontier[fi] {
+            // A partition's partials come in window order: one included in a later
+            // judged window delivered this one before (merged, or dead-lettered then).
+            let reported_later = self.judged[fi]
+                .range(start + 1..)
+                .any(|(_, included)| included.contains(&key));
             return match self.judged[fi].get(&start) {
                 Some(included) if included.contains(&key) => Offered::Duplicate,
+                _ if reported_later => Offered::Duplicate,
                 Some(_) => Offered::Late(format!(
                     "window {start} of flag {} was judged without {}/{} (partials timeout)",
                     partial.flag_key, key.0, key.1
@@ -669,10 +675,14 @@ mod tests {
         assert_eq!(m.offer(p, (3, 38), 0), Offered::Duplicate);
         let p = partial(&m, 1, 1, 1);
         assert!(matches!(m.offer(p, (3, 41), 0), Offered::Late(_)));
-        // An older judged window: below the handled offset a re-read, above it late.
+        // An older judged window: partition 0 reported the newest one, so it delivered
+        // this one before (a re-emission); partition 1 did not: below the handled
+        // offset a re-read, above it late.
         let p = partial(&m, 0, 0, 1);
+        assert_eq!(m.offer(p, (3, 45), 0), Offered::Duplicate);
+        let p = partial(&m, 1, 0, 1);
         assert_eq!(m.offer(p, (3, 10), 0), Offered::Duplicate);
-        let p = partial(&m, 0, 0, 1);
+        let p = partial(&m, 1, 0, 1);
         assert!(matches!(m.offer(p, (3, 45), 0), Offered::Late(_)));
         // The next window is open.
         let p = partial(&m, 0, 2, 1);

@@ -7,6 +7,8 @@ use prometheus::{
 
 #[derive(Clone)]
 pub struct ScaleMetrics {
+    /// The metric names registered (SPEC §8).
+    pub names: Vec<String>,
     pub published: IntCounter,
     pub bytes: IntCounter,
     pub last_published: Gauge,
@@ -20,16 +22,23 @@ pub struct ScaleMetrics {
 
 impl ScaleMetrics {
     pub fn register(registry: &Registry, stage: &str) -> Result<ScaleMetrics, String> {
+        let mut names = Vec::new();
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m.map_err(|e| e.to_string())?;
                 registry
                     .register(Box::new(m.clone()))
                     .map_err(|e| e.to_string())?;
+                names.extend(
+                    prometheus::core::Collector::desc(&m)
+                        .iter()
+                        .map(|d| d.fq_name.clone()),
+                );
                 m
             }};
         }
-        let m = ScaleMetrics {
+        let mut m = ScaleMetrics {
+            names: Vec::new(),
             published: reg!(IntCounter::new(
                 "guardrail_partials_published_total",
                 "Partial aggregates published by the ingest stage, one per flag, input partition and window"
@@ -81,6 +90,7 @@ impl ScaleMetrics {
                 &["stage"]
             )),
         };
+        m.names = names;
         m.stage.with_label_values(&[stage]).set(1);
         // From the start, not 0: a new instance has not been silent since 1970.
         m.last_published
