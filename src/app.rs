@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::clock::wall_ms;
 use crate::config::{Config, Delivery};
+use crate::consume::{self, COMMIT_INTERVAL, Consuming as _, TICK_INTERVAL};
 use crate::engine::{Engine, Ingested};
 use crate::http::Shared;
 use crate::kafka::{self, Encoder, Polled, PolledMessage, RebalanceContext};
@@ -43,10 +44,6 @@ use crate::window::watermark::PartitionKey;
 const BATCH: usize = 256;
 /// Batches the poller may run ahead of the engine (backpressure beyond).
 const POLL_QUEUE_BATCHES: usize = 16;
-const TICK_INTERVAL: Duration = Duration::from_millis(50);
-const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
-/// Under load, the shortest time between two ticks run after batches.
-const BATCH_TICK: Duration = Duration::from_millis(5);
 /// DLQ deliveries awaited at the latest when this many are in flight.
 const MAX_PENDING_DLQ: usize = 10_000;
 /// DLQ values above this are truncated to [`DLQ_KEPT_BYTES`] (librdkafka's and most
@@ -423,8 +420,7 @@ pub async fn run_engine(
     )?;
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
-    let mut last_tick = Instant::now();
-    let mut last_commit = Instant::now();
+    let mut cadence = consume::Cadence::new();
     let result = async {
         loop {
             tokio::select! {
@@ -432,48 +428,15 @@ pub async fn run_engine(
                 r = stop.changed() => if r.is_err() || *stop.borrow() { break },
                 // Partitions are about to be revoked: process what the poller queued,
                 // commit it while the partitions are still ours, then let it go on.
-                Some(done) = revoke_rx.recv() => {
-                    while let Ok(polled) = rx.try_recv() {
-                        shell.on_batch(&polled).await?;
-                    }
-                    shell.tick().await?;
-                    shell.publisher.settle().await?;
-                    let committed = shell.commit(CommitMode::Sync).await;
-                    let _ = done.send(());
-                    match committed {
-                        // An aborted transaction discarded outputs: stop (SPEC §6).
-                        Err(e) if shell.eos => return Err(e),
-                        // The next owner re-reads from the previous commit.
-                        Err(e) => tracing::warn!(error = %e, "commit before the revoke failed"),
-                        Ok(()) => {}
-                    }
-                }
+                Some(done) = revoke_rx.recv() => consume::hand_over(&mut shell, &mut rx, done).await?,
                 polled = rx.recv() => {
-                    let polled = polled.context("the poller thread stopped")?;
-                    shell.on_batch(&polled).await?;
-                    // Under load the interval tick may wait behind batches: tick here too,
-                    // at most every BATCH_TICK, which bounds decision latency.
-                    if last_tick.elapsed() >= BATCH_TICK {
-                        shell.tick().await?;
-                        last_tick = Instant::now();
-                    }
-                    // Likewise commits: during catch-up batches are always ready and the
-                    // (lower-priority) commit tick would never be reached.
-                    if last_commit.elapsed() >= COMMIT_INTERVAL {
-                        shell.commit(CommitMode::Async).await?;
-                        last_commit = Instant::now();
-                    }
+                    shell.on_batch(&polled.context("the poller thread stopped")?).await?;
+                    cadence.after_batch(&mut shell).await?;
                 }
-                _ = tick.tick() => {
-                    shell.tick().await?;
-                    last_tick = Instant::now();
-                }
+                _ = tick.tick() => cadence.tick(&mut shell).await?,
                 Some(applied) = applied_rx.recv() => shell.on_applied(&applied),
                 Some(control) = control_rx.recv() => shell.on_control(control),
-                _ = commit.tick() => {
-                    shell.commit(CommitMode::Async).await?;
-                    last_commit = Instant::now();
-                }
+                _ = commit.tick() => cadence.commit(&mut shell).await?,
                 // A failed publication stops the engine before anything more is committed.
                 // Under exactly-once, a window close's outputs become visible when their
                 // transaction commits: commit as soon as they are delivered.
@@ -493,10 +456,7 @@ pub async fn run_engine(
     .await;
     // From here a revoke (the consumer's close) does not wait for the engine.
     drop(revoke_rx);
-    // Stop consuming first: batches still queued are neither processed nor committed.
-    stop_polling.store(true, Ordering::Relaxed);
-    drop(rx);
-    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    consume::stop_poller(&stop_polling, rx, poller).await;
     // Not joined: during a broker outage its metadata request or close may take seconds,
     // and shutdown must not wait for them (it stops at its next look at `stop_polling`).
     drop(applied_rx);
@@ -504,30 +464,9 @@ pub async fn run_engine(
     drop(control_rx);
     drop(control_reader);
     result?;
-    // Drain: no more consuming; close what can close, flush, commit.
-    let drain = async {
-        shell.tick().await?;
-        shell.publisher.settle().await?;
-        let _ = shell.producer.flush(Duration::from_secs(5));
-        shell.commit(CommitMode::Sync).await?;
-        anyhow::Ok(())
-    };
-    let drained = tokio::time::timeout(grace, drain).await;
-    // Settled by the drain unless it timed out: do not outlast the grace period by more.
-    shell.publisher.close(Duration::from_millis(100)).await;
-    shell.shared.ready.store(false, Ordering::Relaxed);
-    match drained {
-        Ok(r) => r?,
-        // Exit non-zero: what was processed after the last commit (outputs, offsets)
-        // is not committed; the next start re-reads it from the committed offsets.
-        Err(_) => anyhow::bail!(
-            "the drain did not finish within the grace period ({grace:?}; is the broker \
-             reachable?): nothing after the last commit was committed, the next start \
-             re-reads it"
-        ),
-    }
-    tracing::info!("stopped");
-    Ok(())
+    // Drain: no more consuming; close what can close, flush, commit. Exit non-zero
+    // when it does not finish: the next start re-reads what was not committed.
+    consume::drain(&mut shell, grace).await
 }
 
 /// Reads the applied-state topic (`[topics] applied`, compacted) from its beginning on a
@@ -767,7 +706,11 @@ pub(crate) async fn dead_letter(
         .context("producing to the DLQ")
 }
 
-impl Shell {
+impl consume::Consuming for Shell {
+    fn exactly_once(&self) -> bool {
+        self.eos
+    }
+
     /// Feeds one polled batch to the engine.
     async fn on_batch(&mut self, polled: &Polled) -> anyhow::Result<()> {
         self.apply_epoch(polled.epoch);
@@ -778,6 +721,150 @@ impl Shell {
         Ok(())
     }
 
+    /// Advances the watermark and hands every decision to the publisher.
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        if self.lead.lost() {
+            anyhow::bail!(
+                "lost the lead of the consumer group to another instance (this one's session \
+                 expired): stopping so that it restarts as a standby"
+            );
+        }
+        // Away from the lead (a session lost in an outage) or with part of the inputs:
+        // keep the state, judge nothing until the lead is back and confirmed ours.
+        self.metrics.leader.set(i64::from(self.lead.leading()));
+        let now = wall_ms();
+        for f in &self.engine.policy().flags {
+            if f.expires_at_ms.is_some() {
+                self.metrics
+                    .flag_expired
+                    .with_label_values(&[f.key.as_str()])
+                    .set(i64::from(f.expired(now)));
+            }
+        }
+        if self.partial || !self.lead.leading() {
+            return Ok(());
+        }
+        let mut judged = self.engine.tick(now);
+        // Commands of windows before a boundary crossed in this tick were decided under
+        // the documents judged with until then.
+        let swapped = self.take_activations();
+        let size = self.engine.policy().window.size_ms;
+        for c in judged.iter().filter_map(|j| j.command.as_ref()) {
+            // A stop's breach began with the first window of its longest breach streak.
+            let onset = matches!(
+                c.action,
+                crate::model::Action::Pause | crate::model::Action::Rollback
+            )
+            .then(|| {
+                let streak = c
+                    .evidence
+                    .iter()
+                    .filter(|e| e.breached)
+                    .map(|e| e.consecutive_windows.max(1))
+                    .max()
+                    .unwrap_or(1);
+                c.window_end - i64::from(streak) * size
+            });
+            if self.issued.len() >= ISSUED_KEPT {
+                self.issued.pop_front();
+            }
+            self.issued
+                .push_back((c.command_id.clone(), c.issued_at, onset, c.action.as_str()));
+            let docs = match &swapped {
+                Some((from, before)) if c.window_end <= *from => before,
+                _ => &self.docs,
+            };
+            let version = docs.get(&c.flag_key).map(|d| d.version());
+            self.audit_out
+                .push(crate::audit::AuditRecord::command(c, version.as_deref()));
+        }
+        if let Some(last) = judged.last_mut() {
+            // The close's read positions travel with its last evaluation (restore).
+            last.evaluation.input_positions = self.positions();
+        }
+        if !judged.is_empty() || !self.audit_out.is_empty() {
+            let audit = std::mem::take(&mut self.audit_out);
+            self.publisher
+                .submit_with(judged, audit, Instant::now())
+                .await?;
+        }
+        self.metrics.publish_counters(self.engine.counters());
+        self.metrics
+            .publish_overflow(self.engine.windows().cohort_overflows());
+        let flags: Vec<&str> = self
+            .engine
+            .policy()
+            .flags
+            .iter()
+            .map(|f| f.key.as_str())
+            .collect();
+        self.metrics
+            .publish_without_unit(&flags, self.engine.windows().without_unit());
+        self.metrics
+            .active_cells
+            .set(self.engine.windows().active_cells() as i64);
+        self.metrics
+            .watermark_excluded
+            .set(self.engine.excluded_partitions() as i64);
+        let wm = self.engine.watermark();
+        if wm > i64::MIN {
+            self.metrics.watermark_lag.set((now - wm) as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        self.publisher.settle().await
+    }
+
+    fn flush(&mut self) {
+        let _ = self.producer.flush(Duration::from_secs(5));
+    }
+
+    /// Commits, per owned partition, the lowest offset an open window still needs, once
+    /// every window output submitted before that snapshot is acknowledged. `Async`
+    /// (the periodic commit) never waits for the publisher: a snapshot whose outputs
+    /// are still in flight is kept and committed at a later tick. `Sync` (the drain)
+    /// expects the publisher settled. A DLQ record the broker refused stops the engine
+    /// before anything is committed, so the restarted engine re-reads it.
+    async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
+        if self.eos {
+            return self.commit_transaction().await;
+        }
+        self.flush_pending()
+            .await
+            .context("a DLQ record was not acknowledged; not committing")?;
+        self.publisher.check()?;
+        let acknowledged = self.publisher.acknowledged();
+        if let Some((needs, _)) = &self.pending_commit
+            && acknowledged < *needs
+        {
+            // Keep waiting for the older snapshot: replacing it could starve commits.
+            return Ok(());
+        }
+        // The pending snapshot (if any) is committable; a fresh one supersedes it when
+        // it is committable too, else the pending one is committed and the fresh one waits.
+        let fresh = (self.publisher.submitted(), self.snapshot());
+        let ready = if acknowledged >= fresh.0 {
+            self.pending_commit = None;
+            Some(fresh.1)
+        } else {
+            self.pending_commit.replace(fresh).map(|(_, tpl)| tpl)
+        };
+        if let Some(tpl) = ready {
+            self.commit_offsets(&tpl, mode)?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        // Settled by the drain unless it timed out: do not outlast the grace period by more.
+        self.publisher.close(Duration::from_millis(100)).await;
+        self.shared.ready.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Shell {
     /// Applies the rebalances that happened before the batch about to be processed.
     fn apply_epoch(&mut self, (revs, assigns): (u64, u64)) {
         if revs != self.epoch.0 {
@@ -1127,98 +1214,6 @@ impl Shell {
         self.shared.record_applied(a);
     }
 
-    /// Advances the watermark and hands every decision to the publisher.
-    async fn tick(&mut self) -> anyhow::Result<()> {
-        if self.lead.lost() {
-            anyhow::bail!(
-                "lost the lead of the consumer group to another instance (this one's session \
-                 expired): stopping so that it restarts as a standby"
-            );
-        }
-        // Away from the lead (a session lost in an outage) or with part of the inputs:
-        // keep the state, judge nothing until the lead is back and confirmed ours.
-        self.metrics.leader.set(i64::from(self.lead.leading()));
-        let now = wall_ms();
-        for f in &self.engine.policy().flags {
-            if f.expires_at_ms.is_some() {
-                self.metrics
-                    .flag_expired
-                    .with_label_values(&[f.key.as_str()])
-                    .set(i64::from(f.expired(now)));
-            }
-        }
-        if self.partial || !self.lead.leading() {
-            return Ok(());
-        }
-        let mut judged = self.engine.tick(now);
-        // Commands of windows before a boundary crossed in this tick were decided under
-        // the documents judged with until then.
-        let swapped = self.take_activations();
-        let size = self.engine.policy().window.size_ms;
-        for c in judged.iter().filter_map(|j| j.command.as_ref()) {
-            // A stop's breach began with the first window of its longest breach streak.
-            let onset = matches!(
-                c.action,
-                crate::model::Action::Pause | crate::model::Action::Rollback
-            )
-            .then(|| {
-                let streak = c
-                    .evidence
-                    .iter()
-                    .filter(|e| e.breached)
-                    .map(|e| e.consecutive_windows.max(1))
-                    .max()
-                    .unwrap_or(1);
-                c.window_end - i64::from(streak) * size
-            });
-            if self.issued.len() >= ISSUED_KEPT {
-                self.issued.pop_front();
-            }
-            self.issued
-                .push_back((c.command_id.clone(), c.issued_at, onset, c.action.as_str()));
-            let docs = match &swapped {
-                Some((from, before)) if c.window_end <= *from => before,
-                _ => &self.docs,
-            };
-            let version = docs.get(&c.flag_key).map(|d| d.version());
-            self.audit_out
-                .push(crate::audit::AuditRecord::command(c, version.as_deref()));
-        }
-        if let Some(last) = judged.last_mut() {
-            // The close's read positions travel with its last evaluation (restore).
-            last.evaluation.input_positions = self.positions();
-        }
-        if !judged.is_empty() || !self.audit_out.is_empty() {
-            let audit = std::mem::take(&mut self.audit_out);
-            self.publisher
-                .submit_with(judged, audit, Instant::now())
-                .await?;
-        }
-        self.metrics.publish_counters(self.engine.counters());
-        self.metrics
-            .publish_overflow(self.engine.windows().cohort_overflows());
-        let flags: Vec<&str> = self
-            .engine
-            .policy()
-            .flags
-            .iter()
-            .map(|f| f.key.as_str())
-            .collect();
-        self.metrics
-            .publish_without_unit(&flags, self.engine.windows().without_unit());
-        self.metrics
-            .active_cells
-            .set(self.engine.windows().active_cells() as i64);
-        self.metrics
-            .watermark_excluded
-            .set(self.engine.excluded_partitions() as i64);
-        let wm = self.engine.watermark();
-        if wm > i64::MIN {
-            self.metrics.watermark_lag.set((now - wm) as f64 / 1000.0);
-        }
-        Ok(())
-    }
-
     /// How far each input partition was ever read, for a window close's evaluation.
     fn positions(&self) -> Vec<InputPosition> {
         let mut out: Vec<InputPosition> = self
@@ -1237,42 +1232,6 @@ impl Shell {
     /// Waits for every DLQ delivery so far.
     async fn flush_pending(&mut self) -> Result<(), kafka::KafkaError> {
         kafka::acknowledged(std::mem::take(&mut self.pending)).await
-    }
-
-    /// Commits, per owned partition, the lowest offset an open window still needs, once
-    /// every window output submitted before that snapshot is acknowledged. `Async`
-    /// (the periodic commit) never waits for the publisher: a snapshot whose outputs
-    /// are still in flight is kept and committed at a later tick. `Sync` (the drain)
-    /// expects the publisher settled. A DLQ record the broker refused stops the engine
-    /// before anything is committed, so the restarted engine re-reads it.
-    async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
-        if self.eos {
-            return self.commit_transaction().await;
-        }
-        self.flush_pending()
-            .await
-            .context("a DLQ record was not acknowledged; not committing")?;
-        self.publisher.check()?;
-        let acknowledged = self.publisher.acknowledged();
-        if let Some((needs, _)) = &self.pending_commit
-            && acknowledged < *needs
-        {
-            // Keep waiting for the older snapshot: replacing it could starve commits.
-            return Ok(());
-        }
-        // The pending snapshot (if any) is committable; a fresh one supersedes it when
-        // it is committable too, else the pending one is committed and the fresh one waits.
-        let fresh = (self.publisher.submitted(), self.snapshot());
-        let ready = if acknowledged >= fresh.0 {
-            self.pending_commit = None;
-            Some(fresh.1)
-        } else {
-            self.pending_commit.replace(fresh).map(|(_, tpl)| tpl)
-        };
-        if let Some(tpl) = ready {
-            self.commit_offsets(&tpl, mode)?;
-        }
-        Ok(())
     }
 
     /// Exactly-once: waits until every output and DLQ record of the open transaction is

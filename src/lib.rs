@@ -26,6 +26,7 @@ pub mod avro;
 pub mod cli;
 pub mod clock;
 pub mod config;
+mod consume;
 pub mod demo;
 pub mod engine;
 pub mod gameday;

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 
 use crate::clock::wall_ms;
 use crate::config::{Config, Delivery, KafkaConfig};
+use crate::consume::{self, COMMIT_INTERVAL, Consuming as _, TICK_INTERVAL};
 use crate::engine::{Counters, Engine, Ingested};
 use crate::http::Shared;
 use crate::ingest::input::InputSpec;
@@ -41,9 +42,6 @@ use crate::window::watermark::PartitionKey;
 
 const BATCH: usize = 256;
 const POLL_QUEUE_BATCHES: usize = 16;
-const TICK_INTERVAL: Duration = Duration::from_millis(50);
-const BATCH_TICK: Duration = Duration::from_millis(5);
-const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Deliveries (partials, DLQ records) awaited at the latest when this many are in flight.
 const MAX_PENDING: usize = 10_000;
 const SCHEMA_RETRY_AFTER: Duration = Duration::from_secs(30);
@@ -188,92 +186,33 @@ pub async fn run_ingest(
     .context("starting the poller thread")?;
     let mut tick = tokio::time::interval(TICK_INTERVAL);
     let mut commit = tokio::time::interval(COMMIT_INTERVAL);
-    let mut last_tick = Instant::now();
-    let mut last_commit = Instant::now();
+    let mut cadence = consume::Cadence::new();
     let result = async {
         loop {
             tokio::select! {
                 biased;
                 r = stop.changed() => if r.is_err() || *stop.borrow() { break },
-                Some(done) = revoke_rx.recv() => {
-                    while let Ok(polled) = rx.try_recv() {
-                        st.on_batch(&polled).await?;
-                    }
-                    st.tick().await?;
-                    let committed = st.commit(CommitMode::Sync).await;
-                    let _ = done.send(());
-                    match committed {
-                        Err(e) if st.eos => return Err(e),
-                        Err(e) => tracing::warn!(error = %e, "commit before the revoke failed"),
-                        Ok(()) => {}
-                    }
-                }
+                Some(done) = revoke_rx.recv() => consume::hand_over(&mut st, &mut rx, done).await?,
                 polled = rx.recv() => {
-                    let polled = polled.context("the poller thread stopped")?;
-                    st.on_batch(&polled).await?;
-                    if last_tick.elapsed() >= BATCH_TICK {
-                        st.tick().await?;
-                        last_tick = Instant::now();
-                    }
-                    if last_commit.elapsed() >= COMMIT_INTERVAL {
-                        st.commit(CommitMode::Async).await?;
-                        last_commit = Instant::now();
-                    }
+                    st.on_batch(&polled.context("the poller thread stopped")?).await?;
+                    cadence.after_batch(&mut st).await?;
                 }
-                _ = tick.tick() => {
-                    st.tick().await?;
-                    last_tick = Instant::now();
-                }
-                _ = commit.tick() => {
-                    st.commit(CommitMode::Async).await?;
-                    last_commit = Instant::now();
-                }
+                _ = tick.tick() => cadence.tick(&mut st).await?,
+                _ = commit.tick() => cadence.commit(&mut st).await?,
             }
         }
         anyhow::Ok(())
     }
     .await;
     drop(revoke_rx);
-    stop_polling.store(true, Ordering::Relaxed);
-    drop(rx);
-    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    consume::stop_poller(&stop_polling, rx, poller).await;
     result?;
-    let drain = async {
-        st.tick().await?;
-        st.commit(CommitMode::Sync).await?;
-        anyhow::Ok(())
-    };
-    let drained = tokio::time::timeout(grace, drain).await;
-    st.shared.ready.store(false, Ordering::Relaxed);
-    match drained {
-        Ok(r) => r?,
-        Err(_) => anyhow::bail!(
-            "the drain did not finish within the grace period ({grace:?}; is the broker \
-             reachable?): nothing after the last commit was committed, the next owner \
-             re-reads it"
-        ),
-    }
-    tracing::info!("stopped");
-    Ok(())
+    consume::drain(&mut st, grace).await
 }
 
-impl Ingest {
-    fn new_part(&self, p: PartitionKey) -> anyhow::Result<Part> {
-        let mut engine = Engine::with_inputs(self.policy.clone(), &self.inputs, true)
-            .map_err(anyhow::Error::msg)?;
-        for ((input, id), schema) in &self.schemas {
-            if *input == p.input {
-                let _ = engine.add_schema(*input, *id, schema);
-            }
-        }
-        engine.watermark_mut().register(p, wall_ms());
-        Ok(Part {
-            engine,
-            next: -1,
-            seen_until: -1,
-            last_record: wall_ms(),
-            idle_checked: 0,
-        })
+impl consume::Consuming for Ingest {
+    fn exactly_once(&self) -> bool {
+        self.eos
     }
 
     async fn on_batch(&mut self, polled: &Polled) -> anyhow::Result<()> {
@@ -334,6 +273,97 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+
+    /// Closes what each partition's watermark passed and publishes the partials.
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        let now = wall_ms();
+        let mut out = Vec::new();
+        for (p, part) in &mut self.parts {
+            for w in part.engine.close(now) {
+                out.extend(partials_of(
+                    &self.policy,
+                    &self.config,
+                    &self.instance,
+                    *p,
+                    part,
+                    w,
+                    now,
+                ));
+            }
+        }
+        if let Some(first) = out.iter().map(|p| p.window_start).min() {
+            self.first_window = Some(self.first_window.map_or(first, |f| f.min(first)));
+        }
+        self.report_idle(now, &mut out);
+        for partial in &out {
+            let bytes = partial::encode(partial);
+            let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.config.topics.partials)
+                .key(partial.flag_key.as_str())
+                .payload(bytes.as_slice());
+            let d = kafka::enqueue(&self.producer, rec)
+                .await
+                .context("producing a partial")?;
+            self.deliveries.push(d);
+            self.scale.published.inc();
+            self.scale.bytes.inc_by(bytes.len() as u64);
+        }
+        if !out.is_empty() {
+            self.scale.last_published.set(now as f64 / 1000.0);
+        }
+        if self.deliveries.len() >= MAX_PENDING {
+            self.await_deliveries().await?;
+        }
+        let mut counters = self.retired.clone();
+        let mut cells = 0;
+        for part in self.parts.values() {
+            counters.add(part.engine.counters());
+            cells += part.engine.windows().active_cells();
+        }
+        self.metrics.publish_counters(&counters);
+        self.metrics.active_cells.set(cells as i64);
+        Ok(())
+    }
+
+    /// Partials are awaited by the commit itself.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Commits, per owned partition, the lowest offset an open window still needs, with
+    /// how far it was read and which windows were published as metadata, once every
+    /// partial and DLQ record produced before is acknowledged.
+    async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
+        let tpl = self.snapshot();
+        self.await_deliveries().await?;
+        if self.eos {
+            return crate::app::commit_transaction(&self.producer, &self.consumer, &tpl);
+        }
+        crate::scale::commit_offsets(&self.consumer, &tpl, mode)
+    }
+
+    async fn close(&mut self) {
+        self.shared.ready.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Ingest {
+    fn new_part(&self, p: PartitionKey) -> anyhow::Result<Part> {
+        let mut engine = Engine::with_inputs(self.policy.clone(), &self.inputs, true)
+            .map_err(anyhow::Error::msg)?;
+        for ((input, id), schema) in &self.schemas {
+            if *input == p.input {
+                let _ = engine.add_schema(*input, *id, schema);
+            }
+        }
+        engine.watermark_mut().register(p, wall_ms());
+        Ok(Part {
+            engine,
+            next: -1,
+            seen_until: -1,
+            last_record: wall_ms(),
+            idle_checked: 0,
+        })
     }
 
     /// Applies the rebalances before a batch: a revoke drops every partition's engine
@@ -424,56 +454,6 @@ impl Ingest {
         }
     }
 
-    /// Closes what each partition's watermark passed and publishes the partials.
-    async fn tick(&mut self) -> anyhow::Result<()> {
-        let now = wall_ms();
-        let mut out = Vec::new();
-        for (p, part) in &mut self.parts {
-            for w in part.engine.close(now) {
-                out.extend(partials_of(
-                    &self.policy,
-                    &self.config,
-                    &self.instance,
-                    *p,
-                    part,
-                    w,
-                    now,
-                ));
-            }
-        }
-        if let Some(first) = out.iter().map(|p| p.window_start).min() {
-            self.first_window = Some(self.first_window.map_or(first, |f| f.min(first)));
-        }
-        self.report_idle(now, &mut out);
-        for partial in &out {
-            let bytes = partial::encode(partial);
-            let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.config.topics.partials)
-                .key(partial.flag_key.as_str())
-                .payload(bytes.as_slice());
-            let d = kafka::enqueue(&self.producer, rec)
-                .await
-                .context("producing a partial")?;
-            self.deliveries.push(d);
-            self.scale.published.inc();
-            self.scale.bytes.inc_by(bytes.len() as u64);
-        }
-        if !out.is_empty() {
-            self.scale.last_published.set(now as f64 / 1000.0);
-        }
-        if self.deliveries.len() >= MAX_PENDING {
-            self.await_deliveries().await?;
-        }
-        let mut counters = self.retired.clone();
-        let mut cells = 0;
-        for part in self.parts.values() {
-            counters.add(part.engine.counters());
-            cells += part.engine.windows().active_cells();
-        }
-        self.metrics.publish_counters(&counters);
-        self.metrics.active_cells.set(cells as i64);
-        Ok(())
-    }
-
     /// A partition that delivered nothing for `idle_timeout` and has no open window
     /// reports every window the instance's other partitions closed as empty, and
     /// counts later records of those windows as late: otherwise the judge would wait
@@ -556,18 +536,6 @@ impl Ingest {
         kafka::acknowledged(std::mem::take(&mut self.deliveries))
             .await
             .context("a partial or DLQ record was not acknowledged; not committing")
-    }
-
-    /// Commits, per owned partition, the lowest offset an open window still needs, with
-    /// how far it was read and which windows were published as metadata, once every
-    /// partial and DLQ record produced before is acknowledged.
-    async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
-        let tpl = self.snapshot();
-        self.await_deliveries().await?;
-        if self.eos {
-            return crate::app::commit_transaction(&self.producer, &self.consumer, &tpl);
-        }
-        crate::scale::commit_offsets(&self.consumer, &tpl, mode)
     }
 
     fn snapshot(&self) -> TopicPartitionList {

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 use crate::app::CommandSink;
 use crate::clock::wall_ms;
 use crate::config::{Config, Delivery};
+use crate::consume::{self, COMMIT_INTERVAL, Consuming as _};
 use crate::engine::Engine;
 use crate::http::Shared;
 use crate::kafka::{self, Encoder, Polled, RebalanceContext};
@@ -43,8 +44,9 @@ use crate::telemetry::Metrics;
 
 const BATCH: usize = 256;
 const POLL_QUEUE_BATCHES: usize = 16;
+/// Partials come in bursts at window ends: look for windows to close more often than
+/// the other stages.
 const TICK_INTERVAL: Duration = Duration::from_millis(20);
-const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the input topics' partition counts are looked up again.
 const METADATA_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -178,20 +180,7 @@ pub async fn run_judge(
             tokio::select! {
                 biased;
                 r = stop.changed() => if r.is_err() || *stop.borrow() { break },
-                Some(done) = revoke_rx.recv() => {
-                    while let Ok(polled) = rx.try_recv() {
-                        st.on_batch(&polled).await?;
-                    }
-                    st.tick().await?;
-                    st.publisher.settle().await?;
-                    let committed = st.commit(CommitMode::Sync).await;
-                    let _ = done.send(());
-                    match committed {
-                        Err(e) if st.eos => return Err(e),
-                        Err(e) => tracing::warn!(error = %e, "commit before the revoke failed"),
-                        Ok(()) => {}
-                    }
-                }
+                Some(done) = revoke_rx.recv() => consume::hand_over(&mut st, &mut rx, done).await?,
                 polled = rx.recv() => {
                     let polled = polled.context("the poller thread stopped")?;
                     st.on_batch(&polled).await?;
@@ -206,31 +195,16 @@ pub async fn run_judge(
     }
     .await;
     drop(revoke_rx);
-    stop_polling.store(true, Ordering::Relaxed);
-    drop(rx);
-    let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    consume::stop_poller(&stop_polling, rx, poller).await;
     result?;
-    let drain = async {
-        st.tick().await?;
-        st.commit(CommitMode::Sync).await?;
-        anyhow::Ok(())
-    };
-    let drained = tokio::time::timeout(grace, drain).await;
-    st.publisher.close(Duration::from_millis(100)).await;
-    st.shared.ready.store(false, Ordering::Relaxed);
-    match drained {
-        Ok(r) => r?,
-        Err(_) => anyhow::bail!(
-            "the drain did not finish within the grace period ({grace:?}; is the broker \
-             reachable?): nothing after the last commit was committed, the next owner \
-             re-reads it"
-        ),
-    }
-    tracing::info!("stopped");
-    Ok(())
+    consume::drain(&mut st, grace).await
 }
 
-impl Judge {
+impl consume::Consuming for Judge {
+    fn exactly_once(&self) -> bool {
+        self.eos
+    }
+
     async fn on_batch(&mut self, polled: &Polled) -> anyhow::Result<()> {
         self.apply_epoch(polled.epoch).await?;
         let now = wall_ms();
@@ -271,6 +245,94 @@ impl Judge {
         Ok(())
     }
 
+    /// Closes the windows that are due, judges them and hands the outputs over.
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        self.refresh_expected();
+        let now = wall_ms();
+        let ready = self.merger.due(now);
+        self.scale
+            .pending_windows
+            .set(self.merger.pending_windows() as i64);
+        for ((topic, partition), end) in self.merger.reported() {
+            self.scale
+                .partition_last_window_end
+                .with_label_values(&[topic, &partition.to_string()])
+                .set(*end as f64 / 1000.0);
+        }
+        for r in ready {
+            let flag = &self.policy.flags[r.flag];
+            if !r.missing.is_empty() {
+                self.scale.missing.inc_by(r.missing.len() as u64);
+                tracing::warn!(
+                    flag = %flag.key,
+                    window_start = r.start,
+                    missing = ?r.missing,
+                    "judging a window without every input partition (partials timeout)"
+                );
+            }
+            let mut judged =
+                self.engine
+                    .rules_mut()
+                    .decide_flag(r.flag, &r.closed, (r.start, r.end), now);
+            // Where this flag's partials were read to: they sit in one partials partition.
+            let mut positions = r.included.clone();
+            if let Some(p) = r.partials_partition
+                && let Some(next) = self.next.get(&p)
+            {
+                positions.push(InputPosition {
+                    topic: self.config.topics.partials.clone(),
+                    partition: p,
+                    read_until: *next,
+                });
+            }
+            let mut audit = Vec::new();
+            for j in &mut judged {
+                j.evaluation.input_positions = positions.clone();
+                if let Some(c) = &j.command {
+                    audit.push(crate::audit::AuditRecord::command(c, None));
+                }
+            }
+            self.metrics.windows_closed.inc();
+            self.publisher
+                .submit_with(judged, audit, r.last_arrival)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        self.publisher.settle().await
+    }
+
+    /// Commits, per partials partition, the lowest offset an open window still holds,
+    /// once every output and DLQ record before it is acknowledged.
+    async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in &self.next {
+            let offset = self.merger.min_offset(*p).map_or(*next, |o| o.min(*next));
+            let _ =
+                tpl.add_partition_offset(&self.config.topics.partials, *p, Offset::Offset(offset));
+        }
+        kafka::acknowledged(std::mem::take(&mut self.deliveries))
+            .await
+            .context("a DLQ record was not acknowledged; not committing")?;
+        self.publisher
+            .settle()
+            .await
+            .context("window outputs were not delivered; not committing")?;
+        if self.eos {
+            return crate::app::commit_transaction(&self.producer, &self.consumer, &tpl);
+        }
+        crate::scale::commit_offsets(&self.consumer, &tpl, mode)
+    }
+
+    async fn close(&mut self) {
+        self.publisher.close(Duration::from_millis(100)).await;
+        self.shared.ready.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Judge {
     /// A revoke drops every open window and the decision state; an assignment restores
     /// the state from the changelog (another instance may have judged these flags
     /// since) and re-reads the partials from the committed offsets.
@@ -347,82 +409,5 @@ impl Judge {
             return;
         }
         self.merger.expect(expected);
-    }
-
-    /// Closes the windows that are due, judges them and hands the outputs over.
-    async fn tick(&mut self) -> anyhow::Result<()> {
-        self.refresh_expected();
-        let now = wall_ms();
-        let ready = self.merger.due(now);
-        self.scale
-            .pending_windows
-            .set(self.merger.pending_windows() as i64);
-        for ((topic, partition), end) in self.merger.reported() {
-            self.scale
-                .partition_last_window_end
-                .with_label_values(&[topic, &partition.to_string()])
-                .set(*end as f64 / 1000.0);
-        }
-        for r in ready {
-            let flag = &self.policy.flags[r.flag];
-            if !r.missing.is_empty() {
-                self.scale.missing.inc_by(r.missing.len() as u64);
-                tracing::warn!(
-                    flag = %flag.key,
-                    window_start = r.start,
-                    missing = ?r.missing,
-                    "judging a window without every input partition (partials timeout)"
-                );
-            }
-            let mut judged =
-                self.engine
-                    .rules_mut()
-                    .decide_flag(r.flag, &r.closed, (r.start, r.end), now);
-            // Where this flag's partials were read to: they sit in one partials partition.
-            let mut positions = r.included.clone();
-            if let Some(p) = r.partials_partition
-                && let Some(next) = self.next.get(&p)
-            {
-                positions.push(InputPosition {
-                    topic: self.config.topics.partials.clone(),
-                    partition: p,
-                    read_until: *next,
-                });
-            }
-            let mut audit = Vec::new();
-            for j in &mut judged {
-                j.evaluation.input_positions = positions.clone();
-                if let Some(c) = &j.command {
-                    audit.push(crate::audit::AuditRecord::command(c, None));
-                }
-            }
-            self.metrics.windows_closed.inc();
-            self.publisher
-                .submit_with(judged, audit, r.last_arrival)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Commits, per partials partition, the lowest offset an open window still holds,
-    /// once every output and DLQ record before it is acknowledged.
-    async fn commit(&mut self, mode: CommitMode) -> anyhow::Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (p, next) in &self.next {
-            let offset = self.merger.min_offset(*p).map_or(*next, |o| o.min(*next));
-            let _ =
-                tpl.add_partition_offset(&self.config.topics.partials, *p, Offset::Offset(offset));
-        }
-        kafka::acknowledged(std::mem::take(&mut self.deliveries))
-            .await
-            .context("a DLQ record was not acknowledged; not committing")?;
-        self.publisher
-            .settle()
-            .await
-            .context("window outputs were not delivered; not committing")?;
-        if self.eos {
-            return crate::app::commit_transaction(&self.producer, &self.consumer, &tpl);
-        }
-        crate::scale::commit_offsets(&self.consumer, &tpl, mode)
     }
 }
