@@ -9,7 +9,7 @@
 //! Run: `cargo bench --bench rollouts` (1000 rollouts per scenario: hours on 2 cores)
 //!      `cargo bench --bench rollouts -- --quick` (4 rollouts per scenario, for timing)
 //! Options: `--rollouts N` (per scenario), `--threads N` (default 2), `--scenario NAME`
-//! (run the scenarios whose name contains NAME; repeatable), `--describe` (print the
+//! (run the scenarios whose name contains NAME, or is NAME with `=NAME`; repeatable), `--describe` (print the
 //! traffic model's realised properties for one day and exit), `--trace` (print every
 //! command of each scenario's first rollout to stderr), `--list`; policy settings
 //! `--error-margin M` (default 0), `--error-windows N` (1), `--alpha A` (0.01, every
@@ -634,7 +634,13 @@ fn main() {
     }
     let chosen: Vec<Scenario> = all
         .into_iter()
-        .filter(|sc| filters.is_empty() || filters.iter().any(|f| sc.name.contains(f)))
+        .filter(|sc| {
+            filters.is_empty()
+                || filters.iter().any(|f| match f.strip_prefix('=') {
+                    Some(exact) => sc.name == exact,
+                    None => sc.name.contains(*f),
+                })
+        })
         .collect();
 
     let mut rows: Vec<[String; 4]> = Vec::new();

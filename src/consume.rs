@@ -1,5 +1,6 @@
 //! What the consume loops of `guardrail run` and of the two scale-out stages share: the
-//! hand-over before a revoke and the drain at shutdown. Each loop keeps its own
+//! hand-over before a revoke, the drain at shutdown, and when to tick and commit besides
+//! the timers ([`Cadence`]). Each loop keeps its own
 //! `select!` (the engine follows the applied and policies topics, the judge ticks after
 //! every batch); these are the parts whose order is the guarantee (SPEC §6).
 

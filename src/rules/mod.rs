@@ -146,6 +146,29 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
     if !g.sequential {
         return (g.alpha, format!("per-window test at alpha {}", g.alpha));
     }
+    let (share, family) = family_share(policy, flag, cohort);
+    (
+        g.alpha * share,
+        format!("rollout budget alpha {} split: {family}", g.alpha),
+    )
+}
+
+/// The level of `cohort`'s sample-ratio test: [`SRM_ALPHA`] for the flag's whole
+/// rollout, split over its cohorts and ramp bands as the stop budget is, so a flag whose
+/// split is right is held for a mismatch anywhere in its rollout with probability at
+/// most [`SRM_ALPHA`] (and a hold after an ADVANCE still awaiting approval is as rare).
+pub fn srm_alpha(policy: &Policy, flag: &Flag, cohort: &str) -> (f64, String) {
+    let (share, family) = family_share(policy, flag, cohort);
+    (
+        SRM_ALPHA * share,
+        format!("rollout level {SRM_ALPHA} split: {family}"),
+    )
+}
+
+/// A cohort's share of a flag's rollout-wide level, and how it was split: over the ramp
+/// bands the rollout can pass through (each band's tests restart), then half to `*` and
+/// half shared by the other cohorts (at most `max_cohorts` plus `other`).
+fn family_share(policy: &Policy, flag: &Flag, cohort: &str) -> (f64, String) {
     let bands = 1 + flag
         .ramp
         .iter()
@@ -160,7 +183,6 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
         (false, true) => 0.5,
         (false, false) => 0.5 / cohorts as f64,
     };
-    let alpha = g.alpha * share / bands as f64;
     let family = if flag.cohort_by.is_empty() {
         format!("{bands} band(s)")
     } else if cohort == "*" {
@@ -168,10 +190,7 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
     } else {
         format!("half over {cohorts} cohorts, {bands} band(s)")
     };
-    (
-        alpha,
-        format!("rollout budget alpha {} split: {family}", g.alpha),
-    )
+    (share / bands as f64, family)
 }
 
 /// The band's sample-ratio test with this window's exposed units: evidence, and whether
@@ -180,13 +199,16 @@ fn srm_judge(
     cell: &Cell,
     state: &mut CohortState,
     spread: (f64, f64),
+    (alpha, split): (f64, String),
 ) -> Option<(MetricEvidence, bool)> {
     let share = state.percent / 100.0;
     if !(share > 0.0 && share < 1.0) {
         return None;
     }
     let (sample, tau) = joint_sample(&cell[TREATMENT].units, &cell[CONTROL].units, CELL_SAMPLE);
-    let w = state.srm.observe(&sample, tau, state.percent, spread);
+    let w = state
+        .srm
+        .observe(&sample, tau, state.percent, spread, alpha);
     let s = &state.srm;
     if w.n_t + w.n_c == 0 && !s.holding {
         return None;
@@ -214,7 +236,7 @@ fn srm_judge(
         )
     };
     let mut method = format!(
-        "sequential sample-ratio test on distinct units (predictable plug-in e-process, anytime-valid) vs {null}, alpha {SRM_ALPHA}; {} units sampled (1 in {:.0}), {} seen in both arms",
+        "sequential sample-ratio test on distinct units (predictable plug-in e-process, anytime-valid) vs {null}, alpha {alpha:.3e} ({split}); {} units sampled (1 in {:.0}), {} seen in both arms",
         nt + nc,
         1.0 / s.sampling_rate(),
         w.crossover
@@ -244,7 +266,8 @@ fn srm_judge(
         status: if mismatch { "breached" } else { "healthy" }.into(),
         ci_lower: share_ci.map(|c| c.0),
         ci_upper: share_ci.map(|c| c.1),
-        alpha: Some(SRM_ALPHA),
+        alpha: Some(alpha),
+        family_size: Some((SRM_ALPHA / alpha).round() as i32),
         ..MetricEvidence::empty()
     };
     Some((ev, mismatch))
@@ -379,7 +402,7 @@ impl Rules {
                     .iter()
                     .map(|sm| judge::success(policy, sm, cell, band[sm.slot].as_ref()))
                     .collect();
-                let srm = srm_judge(cell, state, spread);
+                let srm = srm_judge(cell, state, spread, srm_alpha(policy, flag, cohort));
                 judged.push(CohortJudgement {
                     guardrails,
                     success,

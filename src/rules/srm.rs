@@ -14,9 +14,13 @@ use crate::window::aggregate::KEY_MAX;
 
 /// Sampled units a band remembers at most (32 KiB); the state record carries them.
 pub const BAND_SAMPLE: usize = 8192;
-/// Level of the sample-ratio test (the industry convention: LaunchDarkly, Statsig,
-/// GrowthBook); also of the test that the platform applied a new split.
+/// Level of the sample-ratio test of one flag over its whole rollout (the industry
+/// convention for one test: LaunchDarkly, Statsig, GrowthBook), split over its cohorts
+/// and ramp bands by [`crate::rules::srm_alpha`]; a cohort's test that the platform
+/// applied a new split runs at the cohort's level too.
 pub const SRM_ALPHA: f64 = 0.001;
+/// `applied_log_e` once the platform reported the new split applied: past any level.
+const APPLIED_CONFIRMED: f64 = 1e299;
 /// `applied_log_e` once the new split was recognised (finite, so JSON output keeps it).
 const APPLIED_SEEN: f64 = 1e300;
 /// The name of the sample-ratio state in a record's band list.
@@ -119,7 +123,7 @@ impl SrmState {
         if self.pending_from.is_none() {
             return false;
         }
-        self.applied_log_e = self.applied_log_e.max((1.0 / SRM_ALPHA).ln());
+        self.applied_log_e = self.applied_log_e.max(APPLIED_CONFIRMED);
         true
     }
 
@@ -128,12 +132,14 @@ impl SrmState {
     /// effect `percent`; `spread` widens the null to the percents the flag's cohorts are
     /// at (a platform may apply a cohort's command as an override or through the
     /// default rule, so while they differ any of them, or a mix, may be in effect).
+    /// Both the mismatch and the applied split are found at level `alpha`.
     pub fn observe(
         &mut self,
         sample: &[(u32, u8)],
         tau_w: u32,
         percent: f64,
         spread: (f64, f64),
+        alpha: f64,
     ) -> SrmWindow {
         let to = percent / 100.0;
         let (lo, hi) = match self.pending_from {
@@ -149,7 +155,7 @@ impl SrmState {
             let from = from / 100.0;
             if to >= from { (0.0, from) } else { (from, 1.0) }
         });
-        let fired = self.count(sample, tau_w, (lo, hi), applied_null);
+        let fired = self.count(sample, tau_w, (lo, hi), applied_null, alpha);
         let window = SrmWindow {
             fired,
             applied: false,
@@ -170,7 +176,7 @@ impl SrmState {
         if self.holding && self.units() >= self.fired_units {
             self.holding = false;
         }
-        if self.pending_from.is_some() && self.applied_log_e >= (1.0 / SRM_ALPHA).ln() {
+        if self.pending_from.is_some() && self.applied_log_e >= (1.0 / alpha).ln() {
             if self.applied_log_e >= APPLIED_SEEN {
                 // Seen applied a window ago; clients have had a window to pick the new
                 // split up: from here on, test it exactly.
@@ -189,13 +195,14 @@ impl SrmState {
 
     /// The test itself: counts the window's new sampled units in key order against the
     /// null interval `(lo, hi)` (and the applied test's, if any); true if the e-process
-    /// reached 1/α. Halves the sample when it holds more than its capacity.
+    /// reached 1/`alpha`. Halves the sample when it holds more than its capacity.
     pub fn count(
         &mut self,
         sample: &[(u32, u8)],
         tau_w: u32,
         (lo, hi): (f64, f64),
         applied_null: Option<(f64, f64)>,
+        alpha: f64,
     ) -> bool {
         self.tau = self.tau.min(tau_w);
         let tau = self.tau;
@@ -221,7 +228,7 @@ impl SrmState {
             } else {
                 self.n_c += 1;
             }
-            fired |= self.log_e >= (1.0 / SRM_ALPHA).ln();
+            fired |= self.log_e >= (1.0 / alpha).ln();
         }
         if !fresh.is_empty() {
             self.keys.extend(fresh);

@@ -762,22 +762,28 @@ fn srm_is_not_tested_without_exposed_units_or_without_control() {
     let mut state = CohortState::new(&policy, &policy.flags[0]);
     state.percent = 50.0;
     let w = with_exposures(&policy, 1, HEALTHY, [250, 250]);
+    let level = srm_alpha(&policy, &policy.flags[0], "*");
     let (ev, mismatch) = srm_judge(
         &w.flags[0].cohorts[0].1,
         &mut state,
         (f64::INFINITY, f64::NEG_INFINITY),
+        level.clone(),
     )
     .unwrap();
     assert!(!mismatch);
     assert!(ev.p_value.unwrap() > 0.5, "{ev:?}");
     assert_eq!((ev.treatment_samples, ev.control_samples), (250, 250));
+    // The level is the cohort's share of the flag's rollout-wide SRM_ALPHA.
+    assert_eq!(ev.alpha, Some(level.0));
+    assert!(ev.method.contains(&level.1), "{}", ev.method);
     // At 100% there is no control to compare with.
     state.percent = 100.0;
     assert!(
         srm_judge(
             &w.flags[0].cohorts[0].1,
             &mut state,
-            (f64::INFINITY, f64::NEG_INFINITY)
+            (f64::INFINITY, f64::NEG_INFINITY),
+            level,
         )
         .is_none()
     );

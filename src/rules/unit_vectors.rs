@@ -246,7 +246,13 @@ fn sample_ratio_e_process_matches_the_reference_window_by_window() {
                 }
             }
             let (sample, tau_w) = joint_sample(&t, &c, k);
-            state.count(&sample, tau_w, (f(&w["lo"]), f(&w["hi"])), None);
+            state.count(
+                &sample,
+                tau_w,
+                (f(&w["lo"]), f(&w["hi"])),
+                None,
+                crate::rules::SRM_ALPHA,
+            );
             let at = format!("{name}, window {i}");
             assert_eq!(state.n_t, after["n_t"].as_u64().unwrap(), "{at}");
             assert_eq!(state.n_c, after["n_c"].as_u64().unwrap(), "{at}");

@@ -194,7 +194,7 @@ fn srm_run(
             }
         }
         let (sample, tau) = joint_sample(&t, &c, cell);
-        state.count(&sample, tau, null, None);
+        state.count(&sample, tau, null, None, crate::rules::SRM_ALPHA);
         log_e.push(state.log_e);
     }
     (log_e, state)
