@@ -132,16 +132,7 @@ impl Merger {
                 .enumerate()
                 .map(|(i, f)| (f.key.clone(), i))
                 .collect(),
-            templates: policy
-                .flags
-                .iter()
-                .map(|f| {
-                    f.metric_ids
-                        .iter()
-                        .map(|&m| Agg::new(&policy.metrics[m]))
-                        .collect()
-                })
-                .collect(),
+            templates: crate::window::agg_templates(&policy),
             cohorts: policy
                 .flags
                 .iter()

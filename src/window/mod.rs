@@ -81,6 +81,21 @@ pub struct Windows {
     cells: usize,
 }
 
+/// Per flag, an empty aggregate per metric of the flag, in the flag's metric order: the
+/// layout of every arm of its cells (and of its partials, SPEC §11).
+pub fn agg_templates(policy: &Policy) -> Vec<Vec<Agg>> {
+    policy
+        .flags
+        .iter()
+        .map(|f| {
+            f.metric_ids
+                .iter()
+                .map(|&m| Agg::new(&policy.metrics[m]))
+                .collect()
+        })
+        .collect()
+}
+
 /// Windows between two closes beyond which empty windows are not synthesized (a clock
 /// jump of more than a week would otherwise emit thousands of empty evaluations).
 const MAX_EMPTY_WINDOWS: i64 = 7 * 96;
@@ -93,16 +108,7 @@ impl Windows {
             .iter()
             .map(|f| CohortTable::new(&f.cohort_by, f.max_cohorts.unwrap_or(cap)))
             .collect();
-        let templates = policy
-            .flags
-            .iter()
-            .map(|f| {
-                f.metric_ids
-                    .iter()
-                    .map(|&m| Agg::new(&policy.metrics[m]))
-                    .collect()
-            })
-            .collect();
+        let templates = agg_templates(&policy);
         let flag_index = policy
             .flags
             .iter()
