@@ -449,3 +449,32 @@ fn encoded_sizes() {
         eprintln!("{name}: {} bytes", bytes.len());
     }
 }
+
+#[test]
+fn histograms_are_hdrhistograms_v2_deflate_in_stored_blocks() {
+    // HdrHistogram's own deserializer (flate2's inflater) reads what we write.
+    let mut h = new_histogram();
+    for v in [1u64, 7, 250_000, 250_001, 3_000_000, HIST_HIGH] {
+        h.record_n(v, (v % 5 + 1) as u32).unwrap();
+    }
+    let raw = histogram_bytes(&h);
+    let theirs: Histogram<u32> = Deserializer::new().deserialize(&mut &raw[..]).unwrap();
+    assert_eq!(theirs, *h);
+    assert_eq!(*histogram(&raw).unwrap(), *h);
+    // An empty histogram too.
+    let empty = new_histogram();
+    let theirs: Histogram<u32> = Deserializer::new()
+        .deserialize(&mut &histogram_bytes(&empty)[..])
+        .unwrap();
+    assert_eq!(theirs.len(), 0);
+}
+
+#[test]
+fn stored_zlib_streams_inflate_at_every_block_boundary() {
+    for n in [0usize, 1, 65_534, 65_535, 65_536, 2 * 65_535 + 3] {
+        let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+        let z = zlib_stored(&data);
+        let back = miniz_oxide::inflate::decompress_to_vec_zlib(&z).unwrap();
+        assert_eq!(back, data, "{n} bytes");
+    }
+}
