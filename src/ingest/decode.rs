@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use apache_avro::reader::datum::GenericDatumReader;
@@ -152,22 +153,39 @@ pub struct SchemaRegistry {
     legacy_records: [AtomicU64; 3],
 }
 
+/// A shipped schema parsed: its source, the schema, its fingerprint, its legacy
+/// fingerprint, whether it is the source's current one.
+type ParsedShipped = (Source, &'static Schema, u64, u64, bool);
+
+/// The shipped schemas, parsed once per process: every engine (one per input partition
+/// in the ingest stage, made again at each rebalance) shares them.
+fn parsed_shipped() -> Result<&'static [ParsedShipped], String> {
+    static PARSED: LazyLock<Result<Vec<ParsedShipped>, String>> = LazyLock::new(|| {
+        SHIPPED
+            .iter()
+            .map(|&(source, name, text, is_current)| {
+                let schema = Schema::parse_str(text).map_err(|e| format!("schemas/{name}: {e}"))?;
+                // Leaked once per process: GenericDatumReader borrows its schemas for the
+                // lifetime of every registry.
+                let schema: &'static Schema = Box::leak(Box::new(schema));
+                let fp =
+                    canonical::fingerprint_str(text).map_err(|e| format!("schemas/{name}: {e}"))?;
+                Ok((source, schema, fp, legacy_fingerprint(schema), is_current))
+            })
+            .collect()
+    });
+    PARSED.as_deref().map_err(Clone::clone)
+}
+
 impl SchemaRegistry {
-    /// Parses the shipped schemas. They are compiled into the binary and tested, so a
-    /// failure here is a build defect; it is still reported rather than panicking.
+    /// The registry of the shipped schemas. They are compiled into the binary and tested,
+    /// so a failure here is a build defect; it is still reported rather than panicking.
     pub fn shipped() -> Result<SchemaRegistry, String> {
         let mut current = [0u64; 3];
         let mut current_schema: [Option<&'static Schema>; 3] = [None; 3];
         let mut older = Vec::new();
         let mut legacy = HashMap::new();
-        for (source, name, text, is_current) in SHIPPED {
-            let schema = Schema::parse_str(text).map_err(|e| format!("schemas/{name}: {e}"))?;
-            // Leaked once per process: the registry lives as long as the engine, and
-            // GenericDatumReader borrows its schemas for the whole of that time.
-            let schema: &'static Schema = Box::leak(Box::new(schema));
-            let fp =
-                canonical::fingerprint_str(text).map_err(|e| format!("schemas/{name}: {e}"))?;
-            let old = legacy_fingerprint(schema);
+        for &(source, schema, fp, old, is_current) in parsed_shipped()? {
             if old != fp {
                 legacy.insert(old, fp);
             }
