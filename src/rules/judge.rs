@@ -140,10 +140,13 @@ fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>,
 /// The change-point detector's share of a sequential bound's e-value where the metric
 /// also has a band mSPRT. Without family-wise control, 1/3 kept A/A false pauses lower
 /// on `benches/decision_quality.rs` (0.7% against 1.2% at 1/2); with the stop budget
-/// split over the family, validity no longer depends on the weight, and 1/2 caught a
-/// mid-band ×1.5 error regression more often on `benches/rollouts.rs` (93.5% against
-/// 92% within 6 windows).
-pub const DETECTOR_WEIGHT: f64 = 1.0 / 2.0;
+/// split over the family, validity no longer depends on the weight. On
+/// `benches/rollouts.rs` (1,000 rollouts, a ×1.5 error regression from window 4 of a
+/// band), paused within 6 windows: 87.3% at 1/2, 89.1% at 2/3; after the 100% band
+/// stopped taking budget, 91.1% at 1/2, 92.2% at 2/3. (The mixing scale mattered less:
+/// `TAU_RELATIVE` 0.5 gave 87.3% as 0.25 did; detector drifts {1, 2} gave 93.5% but
+/// pause a severe regression a window later.)
+pub const DETECTOR_WEIGHT: f64 = 2.0 / 3.0;
 
 /// One bound's sequential e-value in log: (1−w)·Λ₁ + w·M, w = [`DETECTOR_WEIGHT`], Λ₁ the band's mSPRT (strong when
 /// the regression spans the band) and M the change-point detector (strong when it starts
@@ -171,7 +174,7 @@ fn bound_log_e(band: Option<(Option<f64>, f64)>, detector: &Detector) -> (f64, S
             (
                 log_e,
                 format!(
-                    "{w_band} the band's mSPRT (tau {tau:.3e}) + {w_detector} a {detector_name}"
+                    "{w_band:.3} the band's mSPRT (tau {tau:.3e}) + {w_detector:.3} a {detector_name}"
                 ),
             )
         }

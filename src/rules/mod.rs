@@ -146,7 +146,9 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
     if !g.sequential {
         return (g.alpha, format!("per-window test at alpha {}", g.alpha));
     }
-    let (share, family) = family_share(policy, flag, cohort);
+    // A guardrail is tested at 100% only through an absolute bound or a baseline.
+    let tested_at_full = g.max.is_some() || g.min.is_some() || g.baseline.is_some();
+    let (share, family) = family_share(policy, flag, cohort, tested_at_full);
     (
         g.alpha * share,
         format!("rollout budget alpha {} split: {family}", g.alpha),
@@ -158,7 +160,8 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
 /// split is right is held for a mismatch anywhere in its rollout with probability at
 /// most [`SRM_ALPHA`] (and a hold after an ADVANCE still awaiting approval is as rare).
 pub fn srm_alpha(policy: &Policy, flag: &Flag, cohort: &str) -> (f64, String) {
-    let (share, family) = family_share(policy, flag, cohort);
+    // At 100% there is no split to test.
+    let (share, family) = family_share(policy, flag, cohort, false);
     (
         SRM_ALPHA * share,
         format!("rollout level {SRM_ALPHA} split: {family}"),
@@ -166,13 +169,14 @@ pub fn srm_alpha(policy: &Policy, flag: &Flag, cohort: &str) -> (f64, String) {
 }
 
 /// A cohort's share of a flag's rollout-wide level, and how it was split: over the ramp
-/// bands the rollout can pass through (each band's tests restart), then half to `*` and
-/// half shared by the other cohorts (at most `max_cohorts` plus `other`).
-fn family_share(policy: &Policy, flag: &Flag, cohort: &str) -> (f64, String) {
+/// bands the rollout can pass through (each band's tests restart; the 100% band only
+/// if the test runs there, `tested_at_full`), then half to `*` and half shared by the
+/// other cohorts (at most `max_cohorts` plus `other`).
+fn family_share(policy: &Policy, flag: &Flag, cohort: &str, tested_at_full: bool) -> (f64, String) {
     let bands = 1 + flag
         .ramp
         .iter()
-        .filter(|&&p| p > flag.start_percent)
+        .filter(|&&p| p > flag.start_percent && (p < 100.0 || tested_at_full))
         .count();
     let cohorts = flag
         .max_cohorts
@@ -347,8 +351,14 @@ impl Rules {
                     detectors,
                     abs_detectors,
                     baselines,
+                    percent,
                     ..
                 } = &mut *state;
+                // At 100% a cohort has no control of its own: what control `*` still
+                // holds (cohorts ramped less) is another population, so relative
+                // bounds against control are judged below 100% only (and no stop
+                // budget is spent on the 100% band for them: `family_share`).
+                let control_here = has_control && *percent < 100.0;
                 let guardrails = fc
                     .guardrails
                     .iter()
@@ -364,7 +374,7 @@ impl Rules {
                         let (c, reference) = match (&pooled, baseline) {
                             (Some(p), Some(b)) => (p, Reference::Baseline { windows: b.windows }),
                             (_, Some(_)) => (&cell[CONTROL].aggs[g.slot], Reference::None),
-                            _ if has_control => (&cell[CONTROL].aggs[g.slot], Reference::Control),
+                            _ if control_here => (&cell[CONTROL].aggs[g.slot], Reference::Control),
                             _ => (&cell[CONTROL].aggs[g.slot], Reference::None),
                         };
                         let (band, detectors) = match g.sequential {

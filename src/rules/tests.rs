@@ -1127,3 +1127,73 @@ fn a_reported_applied_split_ends_the_pending_allowance() {
         "nothing pending any more"
     );
 }
+
+#[test]
+fn the_full_band_spends_no_budget_on_bounds_not_tested_there() {
+    // Flag 0 ramps 5 -> 20 -> 50 -> 100. Its `err` guardrail has an absolute bound,
+    // tested at 100% too: four bands. A relative-only guardrail is judged against
+    // control, which a cohort at 100% does not have: three bands.
+    let base = policy();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 * b.abs();
+    let (flag, g) = (&base.flags[0], &base.flags[0].guardrails[0]);
+    assert!(g.sequential && g.max.is_some() && g.max_relative_increase.is_none());
+    assert!(close(
+        family_alpha(&base, flag, g, "*").0,
+        g.alpha * 0.5 / 4.0
+    ));
+    let text = CONFIG.replacen(
+        "  metric = \"err\"\n  max = 0.05\n",
+        "  metric = \"err\"\n  max_relative_increase = 0.1\n",
+        1,
+    );
+    let relative = Arc::new(Policy::compile(&Config::parse(&text).unwrap()).unwrap());
+    let (flag, g) = (&relative.flags[0], &relative.flags[0].guardrails[0]);
+    assert!(g.sequential && g.max.is_none() && g.max_relative_increase.is_some());
+    assert!(close(
+        family_alpha(&relative, flag, g, "*").0,
+        g.alpha * 0.5 / 3.0
+    ));
+    // The sample-ratio test has no split to test at 100%.
+    let flag = &base.flags[0];
+    assert!(close(srm_alpha(&base, flag, "*").0, SRM_ALPHA * 0.5 / 3.0));
+}
+
+#[test]
+fn relative_bounds_are_not_judged_against_control_at_100_percent() {
+    // Flag r: 10 -> 100 after two healthy windows, a relative-only error guardrail.
+    let text = CONFIG.replacen(
+        "  metric = \"err\"\n  max = 0.05\n  windows = 2\n  min_samples = 100\n  action = \"rollback\"\n",
+        "  metric = \"err\"\n  max_relative_increase = 0.1\n  windows = 2\n  min_samples = 100\n  action = \"rollback\"\n",
+        1,
+    );
+    assert_ne!(text, CONFIG);
+    let policy = Arc::new(Policy::compile(&Config::parse(&text).unwrap()).unwrap());
+    let mut rules = Rules::new(policy.clone());
+    // 10% errors against control's 1% rolls back at 10%...
+    let at_10 = run(
+        &mut Rules::new(policy.clone()),
+        &policy,
+        1,
+        &[breached(); 2],
+    );
+    assert!(
+        actions(&at_10).contains(&Some(Action::Rollback)),
+        "{:?}",
+        actions(&at_10)
+    );
+    // ...but at 100% the cohort has no control of its own: the bound is not tested
+    // (the window's evidence says so), and nothing is rolled back.
+    let judged = run(
+        &mut rules,
+        &policy,
+        1,
+        &[HEALTHY, HEALTHY, breached(), breached()],
+    );
+    assert_eq!(actions(&judged)[1], Some(Action::Advance));
+    assert_eq!(rules.state(1, "*").unwrap().percent, 100.0);
+    for j in &judged[2..] {
+        assert_eq!(j.command, None);
+        let ev = evidence(j, "err", Role::Guardrail);
+        assert!(!ev.breached && ev.p_value.is_none(), "{ev:?}");
+    }
+}
