@@ -146,9 +146,13 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
     if !g.sequential {
         return (g.alpha, format!("per-window test at alpha {}", g.alpha));
     }
-    // A guardrail is tested at 100% only through an absolute bound or a baseline.
-    let tested_at_full = g.max.is_some() || g.min.is_some() || g.baseline.is_some();
-    let (share, family) = family_share(policy, flag, cohort, tested_at_full);
+    // The 100% band keeps its share even for a guardrail with only a relative bound
+    // against control, which is not tested there. Spending that share on the other
+    // bands is valid by the union bound, but measured (`benches/rollouts.rs`, 1,000 A/A
+    // rollouts) the error-rate test runs above its nominal level in small cohorts
+    // (rare, skewed counts): A/A stops rose from 0.8% to 1.4%. Kept until the test is
+    // calibrated there.
+    let (share, family) = family_share(policy, flag, cohort, true);
     (
         g.alpha * share,
         format!("rollout budget alpha {} split: {family}", g.alpha),
