@@ -360,8 +360,8 @@ impl Rules {
                 } = &mut *state;
                 // At 100% a cohort has no control of its own: what control `*` still
                 // holds (cohorts ramped less) is another population, so relative
-                // bounds against control are judged below 100% only (and no stop
-                // budget is spent on the 100% band for them: `family_share`).
+                // bounds against control are judged below 100% only (the 100% band
+                // keeps its share of the budget all the same: `family_alpha`).
                 let control_here = has_control && *percent < 100.0;
                 let guardrails = fc
                     .guardrails
