@@ -387,6 +387,12 @@ pub async fn run_engine(
         staged: Vec::new(),
         audit_out: Vec::new(),
         issued: Default::default(),
+        processed: 0,
+        assigned_from: HashMap::default(),
+        from_latest: k
+            .properties
+            .get("auto.offset.reset")
+            .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end")),
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
@@ -599,6 +605,14 @@ struct Shell {
     /// Recent commands by id: (issued_at, onset of a stop's breach or None, action),
     /// to measure the loop when the platform reports them applied; the oldest first.
     issued: std::collections::VecDeque<(String, i64, Option<i64>, &'static str)>,
+    /// Input messages processed so far (against the poller's count of those polled).
+    processed: u64,
+    /// The group's committed offset of each partition at its assignment (where reading
+    /// starts), for the idle rule.
+    assigned_from: HashMap<PartitionKey, i64>,
+    /// `auto.offset.reset` is `latest`: a partition without a committed offset starts
+    /// at its end.
+    from_latest: bool,
 }
 
 /// Commands remembered for [`Shell::issued`].
@@ -715,6 +729,7 @@ impl consume::Consuming for Shell {
     async fn on_batch(&mut self, polled: &Polled) -> anyhow::Result<()> {
         self.apply_epoch(polled.epoch);
         let now = wall_ms(); // one clock read per batch
+        self.processed += polled.messages.len() as u64;
         for m in &polled.messages {
             self.on_message(polled, m, now).await?;
         }
@@ -741,6 +756,8 @@ impl consume::Consuming for Shell {
                     .set(i64::from(f.expired(now)));
             }
         }
+        // Also away from the lead: records read meanwhile count at its first tick back.
+        self.hold_unread(now);
         if self.partial || !self.lead.leading() {
             return Ok(());
         }
@@ -865,6 +882,46 @@ impl consume::Consuming for Shell {
 }
 
 impl Shell {
+    /// Silent is not idle while records wait (SPEC §3): a partition silent past
+    /// `idle_timeout` whose read position is below its end (librdkafka's cached high
+    /// watermark: fetched or not, not read yet) keeps holding the watermark back, and
+    /// so does every silent partition while polled records wait to be processed.
+    /// Otherwise, after a broker outage or a rebalance, the partitions read first would
+    /// move the watermark alone and the others' records for the same windows would be
+    /// late. A partition not read since its assignment is where the group's committed
+    /// offset (else `auto.offset.reset`) put it. Checked at every tick, before the
+    /// watermark advances, for the partitions silent past the timeout: all local reads
+    /// (positions and cached watermarks), and a held partition is not silent again
+    /// before another `idle_timeout`.
+    fn hold_unread(&mut self, now: i64) {
+        let silent: Vec<PartitionKey> = self.engine.watermark_mut().silent(now).collect();
+        if silent.is_empty() {
+            return;
+        }
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        // Polled, so counted in the positions, but not processed yet: whose they are is
+        // not known here, so none of the silent partitions is idle yet.
+        let queued = self.consumer.context().polled.load(Ordering::Relaxed) > self.processed;
+        for p in silent {
+            let topic = self.config.input_topic(p.input);
+            let unread = kafka::cached_watermarks(self.consumer.client(), topic, p.partition)
+                .is_some_and(|(low, high)| {
+                    let at = positions
+                        .find_partition(topic, p.partition)
+                        .and_then(|e| e.offset().to_raw())
+                        .filter(|at| *at >= 0)
+                        .or_else(|| self.assigned_from.get(&p).copied())
+                        .unwrap_or(if self.from_latest { high } else { low.max(0) });
+                    at < high
+                });
+            if queued || unread {
+                self.engine.watermark_mut().hold(p, now);
+            }
+        }
+    }
+
     /// Applies the rebalances that happened before the batch about to be processed.
     fn apply_epoch(&mut self, (revs, assigns): (u64, u64)) {
         if revs != self.epoch.0 {
@@ -874,6 +931,7 @@ impl Shell {
             self.engine.clear_open();
             self.engine.watermark_mut().clear_partitions();
             self.consumed_next.clear();
+            self.assigned_from.clear();
             self.pending.clear();
             // Computed for partitions that may no longer be ours.
             self.pending_commit = None;
@@ -917,6 +975,13 @@ impl Shell {
                     let Some(source) = self.config.input_of(e.topic()) else {
                         continue;
                     };
+                    if let Some(at) = e.offset().to_raw().filter(|at| *at >= 0) {
+                        let p = PartitionKey {
+                            input: source,
+                            partition: e.partition(),
+                        };
+                        self.assigned_from.insert(p, at);
+                    }
                     if let Ok(until) = e.metadata().parse::<i64>() {
                         let p = PartitionKey {
                             input: source,
@@ -1285,11 +1350,8 @@ impl Shell {
             {
                 e.set_metadata(self.seen_until.get(p).copied().unwrap_or(*next).to_string());
             }
-            // Cached by librdkafka from fetch responses: no broker round trip.
-            if let Ok((_, high)) =
-                self.consumer
-                    .client()
-                    .fetch_watermarks(topic, p.partition, Duration::ZERO)
+            if let Some((_, high)) =
+                kafka::cached_watermarks(self.consumer.client(), topic, p.partition)
             {
                 self.metrics
                     .consumer_lag

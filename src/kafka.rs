@@ -176,6 +176,33 @@ pub async fn acknowledged(deliveries: Vec<DeliveryFuture>) -> Result<(), KafkaEr
     Ok(())
 }
 
+/// The partition's (low, high) watermarks as librdkafka last saw them in a fetch
+/// response: no broker round trip (`fetch_watermarks` asks the broker and waits).
+/// `None` before the first fetch of the partition; the low one is −1 when unknown.
+pub fn cached_watermarks<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    partition: i32,
+) -> Option<(i64, i64)> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client handle is alive for the borrow, `topic` is a NUL-terminated
+    // string that outlives the call, and librdkafka only writes the two out-parameters
+    // (`rd_kafka_get_watermark_offsets` reads its cached per-partition offsets under
+    // the partition's lock).
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            client.native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some((low.max(-1), high))
+}
+
 /// Produces simulated events to their input topics (key = user id), single-object
 /// encoded, and waits for the acknowledgements; returns how many were produced.
 pub async fn produce_events(
@@ -212,6 +239,10 @@ pub struct RebalanceContext {
     /// (under exactly-once: the open transaction with its offsets) while the partitions
     /// are still ours. The rebalance waits for the reply, at most [`REVOKE_COMMIT_WAIT`].
     pub on_revoke: Option<tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::SyncSender<()>>>,
+    /// Input messages [`spawn_poller`] took from the consumer so far (counted as each is
+    /// polled): with the count a stage processed, it tells whether polled records are
+    /// still queued (their partitions' read positions already count them as read).
+    pub polled: Arc<AtomicU64>,
 }
 
 /// How long a revoke waits for the engine's commit before it goes ahead without it
@@ -346,6 +377,7 @@ pub fn spawn_poller(
                             };
                             let key = m.key().map(&mut copy);
                             let payload = copy(m.payload().unwrap_or_default());
+                            ctx.polled.fetch_add(1, Ordering::Relaxed);
                             polled.messages.push(PolledMessage {
                                 input: input as u16,
                                 partition: m.partition(),

@@ -92,6 +92,8 @@ struct Ingest {
     /// The first window this instance published since its latest assignment: an idle
     /// partition reports (empty) every window from here on that the others closed.
     first_window: Option<i64>,
+    /// Input messages processed so far (against the poller's count of those polled).
+    processed: u64,
 }
 
 /// The ingest stage on Kafka, until `stop` turns true; then drains within `grace`.
@@ -172,6 +174,7 @@ pub async fn run_ingest(
         scale,
         shared,
         first_window: None,
+        processed: 0,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
@@ -218,6 +221,7 @@ impl consume::Consuming for Ingest {
     async fn on_batch(&mut self, polled: &Polled) -> anyhow::Result<()> {
         self.apply_epoch(polled.epoch)?;
         let now = wall_ms();
+        self.processed += polled.messages.len() as u64;
         for m in &polled.messages {
             let p = PartitionKey {
                 input: m.input,
@@ -470,6 +474,11 @@ impl Ingest {
             .map(|p| p.engine.windows().closed_before())
             .max()
             .unwrap_or(i64::MIN);
+        // Polled (so counted in the read positions) but not processed yet: no silent
+        // partition is called idle while records of unknown partitions are queued.
+        if self.consumer.context().polled.load(Ordering::Relaxed) > self.processed {
+            return;
+        }
         let mut positions = None;
         for (p, part) in &mut self.parts {
             if now - part.last_record < self.policy.window.idle_timeout_ms
@@ -560,10 +569,8 @@ impl Ingest {
                     part.engine.windows().closed_before()
                 ));
             }
-            if let Ok((_, high)) =
-                self.consumer
-                    .client()
-                    .fetch_watermarks(topic, p.partition, Duration::ZERO)
+            if let Some((_, high)) =
+                kafka::cached_watermarks(self.consumer.client(), topic, p.partition)
             {
                 self.metrics
                     .consumer_lag

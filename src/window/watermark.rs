@@ -6,7 +6,9 @@
 //!
 //! - **Idle.** A partition that has sent nothing for `idle_timeout` of wall time stops
 //!   holding the watermark back; when every partition is idle, the watermark follows
-//!   the most advanced one, so windows still close when traffic stops.
+//!   the most advanced one, so windows still close when traffic stops. Silent is not
+//!   idle while records wait: a caller that sees read positions calls
+//!   [`Watermark::hold`] for a [`Watermark::silent`] partition not read to its end.
 //! - **Clamp.** A partition's contribution is its max event time clamped to `now`, so
 //!   the watermark never passes `now − allowed_lateness`: one event from a fast clock
 //!   (accepted up to `max_future_skew` ahead) cannot close a window before the wall
@@ -137,6 +139,25 @@ impl Watermark {
     /// can be called idle for that time, the data may be waiting in the poll queue.
     pub fn stalled_until(&mut self, now: i64) {
         for t in self.partitions.values_mut() {
+            t.last_seen_wall = t.last_seen_wall.max(now);
+        }
+    }
+
+    /// Partitions silent for longer than the idle timeout at wall time `now` (since
+    /// their last record, or their registration): the ones whose idleness a caller that
+    /// knows the read positions checks ([`Watermark::hold`]).
+    pub fn silent(&self, now: i64) -> impl Iterator<Item = PartitionKey> + '_ {
+        self.partitions
+            .iter()
+            .filter(move |(_, t)| !t.finished && self.is_idle(t, now))
+            .map(|(p, _)| *p)
+    }
+
+    /// Records are known to be waiting on the partition at wall time `now` (its read
+    /// position is below its end): silent is not idle, it holds the watermark back for
+    /// another idle timeout at least.
+    pub fn hold(&mut self, p: PartitionKey, now: i64) {
+        if let Some(t) = self.partitions.get_mut(&p) {
             t.last_seen_wall = t.last_seen_wall.max(now);
         }
     }
@@ -300,6 +321,39 @@ mod tests {
         // Partition 1 comes back behind: the watermark does not go back.
         w.observe(p(1), 6_000, W + 1_600);
         assert_eq!(w.advance(W + 1_600), 11_900);
+    }
+
+    /// After an outage every partition is silent; the first one read again must not
+    /// move the watermark alone while the others have records waiting.
+    #[test]
+    fn a_silent_partition_with_records_waiting_is_held() {
+        let mut w = Watermark::new(0, Some(1_000), None);
+        w.observe(p(0), 10_000, W);
+        w.observe(p(1), 10_000, W);
+        assert_eq!(w.advance(W), 10_000);
+        // Both silent past the idle timeout; nothing new: the watermark stays.
+        let later = W + 30_000;
+        let mut silent: Vec<_> = w.silent(later).collect();
+        silent.sort();
+        assert_eq!(silent, vec![p(0), p(1)]);
+        // Partition 0 is read again, far ahead; partition 1's records wait unread.
+        w.observe(p(0), 50_000, later);
+        assert_eq!(w.silent(later).collect::<Vec<_>>(), vec![p(1)]);
+        w.hold(p(1), later);
+        assert_eq!(w.advance(later), 10_000, "partition 1 holds it");
+        assert!(w.silent(later + 500).next().is_none());
+        // Still nothing from partition 1 an idle timeout after the hold, and it is read
+        // to its end (no hold): it is idle now.
+        w.observe(p(0), 50_000, later + 1_001);
+        assert_eq!(w.silent(later + 1_001).collect::<Vec<_>>(), vec![p(1)]);
+        assert_eq!(w.advance(later + 1_001), 50_000);
+        // A partition registered and silent since: offered, and a hold keeps the
+        // watermark where it is (it has not delivered, so it holds it entirely).
+        w.register(p(2), later + 1_001);
+        assert!(w.silent(later + 2_002).any(|q| q == p(2)));
+        w.hold(p(2), later + 2_002);
+        w.observe(p(0), 90_000, later + 2_002);
+        assert_eq!(w.advance(later + 2_002), 50_000, "p2 holds it");
     }
 
     #[test]
