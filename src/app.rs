@@ -883,16 +883,15 @@ impl consume::Consuming for Shell {
 
 impl Shell {
     /// Silent is not idle while records wait (SPEC §3): a partition silent past
-    /// `idle_timeout` whose read position is below its end (librdkafka's cached high
-    /// watermark: fetched or not, not read yet) keeps holding the watermark back, and
-    /// so does every silent partition while polled records wait to be processed.
-    /// Otherwise, after a broker outage or a rebalance, the partitions read first would
-    /// move the watermark alone and the others' records for the same windows would be
-    /// late. A partition not read since its assignment is where the group's committed
-    /// offset (else `auto.offset.reset`) put it. Checked at every tick, before the
-    /// watermark advances, for the partitions silent past the timeout: all local reads
-    /// (positions and cached watermarks), and a held partition is not silent again
-    /// before another `idle_timeout`.
+    /// `idle_timeout` keeps holding the watermark back while its read position is below
+    /// its end (librdkafka's cached high watermark: fetched, not read yet), or while
+    /// records of it that were polled wait to be processed. Otherwise, after a broker
+    /// outage or a rebalance, the partitions read first would move the watermark alone
+    /// and the others' records for the same windows would be late. A partition not read
+    /// since its assignment is where the group's committed offset (else
+    /// `auto.offset.reset`) put it. Checked at every tick, before the watermark
+    /// advances, for the partitions silent past the timeout: local reads only
+    /// (positions and cached watermarks).
     fn hold_unread(&mut self, now: i64) {
         let silent: Vec<PartitionKey> = self.engine.watermark_mut().silent(now).collect();
         if silent.is_empty() {
@@ -901,22 +900,27 @@ impl Shell {
         let Ok(positions) = self.consumer.position() else {
             return;
         };
-        // Polled, so counted in the positions, but not processed yet: whose they are is
-        // not known here, so none of the silent partitions is idle yet.
+        // Records polled (so counted in the positions) and not processed yet.
         let queued = self.consumer.context().polled.load(Ordering::Relaxed) > self.processed;
         for p in silent {
             let topic = self.config.input_topic(p.input);
+            let position = positions
+                .find_partition(topic, p.partition)
+                .and_then(|e| e.offset().to_raw())
+                .filter(|at| *at >= 0);
+            // Some of them may be this partition's: it was polled beyond what was
+            // processed (or only past transaction markers, which the next tick with
+            // nothing queued tells apart).
+            let done = self.consumed_next.get(&p).or(self.assigned_from.get(&p));
+            let polled_beyond = matches!((position, done), (Some(at), Some(done)) if at > *done);
             let unread = kafka::cached_watermarks(self.consumer.client(), topic, p.partition)
                 .is_some_and(|(low, high)| {
-                    let at = positions
-                        .find_partition(topic, p.partition)
-                        .and_then(|e| e.offset().to_raw())
-                        .filter(|at| *at >= 0)
+                    let at = position
                         .or_else(|| self.assigned_from.get(&p).copied())
                         .unwrap_or(if self.from_latest { high } else { low.max(0) });
                     at < high
                 });
-            if queued || unread {
+            if unread || (queued && polled_beyond) {
                 self.engine.watermark_mut().hold(p, now);
             }
         }

@@ -474,11 +474,8 @@ impl Ingest {
             .map(|p| p.engine.windows().closed_before())
             .max()
             .unwrap_or(i64::MIN);
-        // Polled (so counted in the read positions) but not processed yet: no silent
-        // partition is called idle while records of unknown partitions are queued.
-        if self.consumer.context().polled.load(Ordering::Relaxed) > self.processed {
-            return;
-        }
+        // Records polled (so counted in the read positions) and not processed yet.
+        let queued = self.consumer.context().polled.load(Ordering::Relaxed) > self.processed;
         let mut positions = None;
         for (p, part) in &mut self.parts {
             if now - part.last_record < self.policy.window.idle_timeout_ms
@@ -501,6 +498,10 @@ impl Ingest {
                     .fetch_watermarks(topic, p.partition, Duration::from_secs(1))
             });
             match (at, high) {
+                // Polled beyond what was processed: some of the queued records may be
+                // its own (or it was read past transaction markers only: the next check
+                // with nothing queued tells).
+                (Some(at), _) if queued && at > part.next => continue,
                 (Some(at), Ok((_, high))) if at >= 0 && at >= high => {}
                 _ => continue,
             }

@@ -154,11 +154,15 @@ impl Watermark {
     }
 
     /// Records are known to be waiting on the partition at wall time `now` (its read
-    /// position is below its end): silent is not idle, it holds the watermark back for
-    /// another idle timeout at least.
+    /// position is below its end): silent is not idle, it holds the watermark back at
+    /// the advance at `now`. It is silent again just after, so the caller checks it
+    /// again before the next advance.
     pub fn hold(&mut self, p: PartitionKey, now: i64) {
+        let Some(limit) = self.idle_timeout_ms else {
+            return;
+        };
         if let Some(t) = self.partitions.get_mut(&p) {
-            t.last_seen_wall = t.last_seen_wall.max(now);
+            t.last_seen_wall = t.last_seen_wall.max(now.saturating_sub(limit));
         }
     }
 
@@ -341,9 +345,11 @@ mod tests {
         assert_eq!(w.silent(later).collect::<Vec<_>>(), vec![p(1)]);
         w.hold(p(1), later);
         assert_eq!(w.advance(later), 10_000, "partition 1 holds it");
-        assert!(w.silent(later + 500).next().is_none());
-        // Still nothing from partition 1 an idle timeout after the hold, and it is read
-        // to its end (no hold): it is idle now.
+        // Silent again at the next advance: held as long as the caller holds it.
+        assert_eq!(w.silent(later + 50).collect::<Vec<_>>(), vec![p(1)]);
+        w.hold(p(1), later + 50);
+        assert_eq!(w.advance(later + 50), 10_000);
+        // Read to its end now (no hold): it is idle.
         w.observe(p(0), 50_000, later + 1_001);
         assert_eq!(w.silent(later + 1_001).collect::<Vec<_>>(), vec![p(1)]);
         assert_eq!(w.advance(later + 1_001), 50_000);
