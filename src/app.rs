@@ -979,18 +979,14 @@ impl Shell {
                     let Some(source) = self.config.input_of(e.topic()) else {
                         continue;
                     };
+                    let p = PartitionKey {
+                        input: source,
+                        partition: e.partition(),
+                    };
                     if let Some(at) = e.offset().to_raw().filter(|at| *at >= 0) {
-                        let p = PartitionKey {
-                            input: source,
-                            partition: e.partition(),
-                        };
                         self.assigned_from.insert(p, at);
                     }
                     if let Ok(until) = e.metadata().parse::<i64>() {
-                        let p = PartitionKey {
-                            input: source,
-                            partition: e.partition(),
-                        };
                         let s = self.seen_until.entry(p).or_insert(until);
                         *s = (*s).max(until);
                     }

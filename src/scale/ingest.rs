@@ -493,15 +493,17 @@ impl Ingest {
                 .as_ref()
                 .and_then(|tpl| tpl.find_partition(topic, p.partition))
                 .and_then(|e| e.offset().to_raw());
+            // Polled beyond what was processed: some of the queued records may be its
+            // own (or it was read past transaction markers only: the next check with
+            // nothing queued tells). No need to ask the broker then.
+            if queued && at.is_some_and(|at| at > part.next) {
+                continue;
+            }
             let high = tokio::task::block_in_place(|| {
                 self.consumer
                     .fetch_watermarks(topic, p.partition, Duration::from_secs(1))
             });
             match (at, high) {
-                // Polled beyond what was processed: some of the queued records may be
-                // its own (or it was read past transaction markers only: the next check
-                // with nothing queued tells).
-                (Some(at), _) if queued && at > part.next => continue,
                 (Some(at), Ok((_, high))) if at >= 0 && at >= high => {}
                 _ => continue,
             }
