@@ -427,7 +427,6 @@ pub async fn run(config: &Config, policy: &Policy, spec: &Spec) -> anyhow::Resul
     let mut applied: Option<AppliedSeen> = None;
     let mut commanded_at: Option<Instant> = None;
     let tick = Duration::from_millis(100);
-    let mut due = 0.0;
     loop {
         let elapsed = t0.elapsed();
         let injecting = command.is_none() && elapsed < spec.duration;
@@ -439,10 +438,12 @@ pub async fn run(config: &Config, policy: &Policy, spec: &Spec) -> anyhow::Resul
         }
         if injecting || applied.is_none() {
             // Until the change is applied the cohort keeps receiving (regressed) traffic.
-            due += spec.rate * tick.as_secs_f64();
+            // Paced by the clock, not by loop turns: a turn takes longer than its tick
+            // when producing is slow or the machine is busy, and counting ticks would
+            // then send less than `rate` (and starve windows of samples).
+            let due = (spec.rate * t0.elapsed().as_secs_f64()) as u64;
             let mut batch = Vec::new();
-            while due >= 1.0 {
-                due -= 1.0;
+            while units < due {
                 let unit = synth.unit(wall_ms());
                 units += 1;
                 if unit[0].flags[0].1 == flag.treatment {

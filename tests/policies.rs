@@ -152,7 +152,7 @@ async fn an_approved_policy_is_judged_with_from_the_next_window_without_a_restar
         cohort: MOBILE.into(),
         effects: guardrail::gameday::parse_effects(&policy, flag, &["error_rate=x5".into()])
             .unwrap(),
-        rate: 400.0,
+        rate: 500.0,
         percent: flag.start_percent,
         duration: Duration::from_secs(100),
         applied_wait: Duration::from_secs(1),
@@ -402,10 +402,38 @@ async fn an_approved_policy_is_judged_with_from_the_next_window_without_a_restar
         .iter()
         .find(|e| e.cohort == MOBILE && e.decision == Some(guardrail::model::Action::Pause))
         .expect("the PAUSE's evaluation");
+    let mobile: Vec<String> = evals
+        .iter()
+        .filter(|e| e.cohort == MOBILE && e.window_start >= boundary - SIZE_MS)
+        .map(|e| {
+            let x = e
+                .evidence
+                .iter()
+                .find(|x| x.metric == "checkout_error_rate")
+                .map(|x| {
+                    format!(
+                        "{} t={:.3} ({}) c={:?} ({}) streak {}",
+                        x.status,
+                        x.treatment_value,
+                        x.treatment_samples,
+                        x.control_value,
+                        x.control_samples,
+                        x.consecutive_windows
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{}..{} {:?} {:?}: {x}",
+                e.window_start, e.window_end, e.decision, e.policy_version
+            )
+        })
+        .collect();
+    eprintln!("mobile-web windows:\n{}", mobile.join("\n"));
     assert!(
         pause.window_start >= boundary && pause.window_start <= boundary + 2 * SIZE_MS,
-        "PAUSE in window {} (boundary {boundary})",
-        pause.window_start
+        "PAUSE in window {} (boundary {boundary}); mobile-web windows:\n{}",
+        pause.window_start,
+        mobile.join("\n")
     );
     engine.stop().await;
 
