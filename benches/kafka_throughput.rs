@@ -130,6 +130,9 @@ async fn engine_round(
     (rate, cores, registry)
 }
 
+/// A plain consumer's rate and busy cores; it also prints how librdkafka orders the
+/// messages: the mean run of consecutive messages from one partition (what
+/// `benches/scale_out.rs` feeds its stages in, `SCALE_BENCH_RUN`).
 async fn plain_consumer(k: &KafkaConfig, topics: &[&str], total: u64, round: u32) -> (f64, f64) {
     let mut k = k.clone();
     k.group_id = format!("bench-plain-{round}");
@@ -139,14 +142,35 @@ async fn plain_consumer(k: &KafkaConfig, topics: &[&str], total: u64, round: u32
     c.subscribe(topics).expect("subscribe");
     let mut n = 0u64;
     let mut first = None;
+    let (mut runs, mut last): (Vec<u64>, Option<(String, i32)>) = (Vec::new(), None);
     while n < total {
         let m = c.recv().await.expect("message");
         first.get_or_insert_with(|| (Instant::now(), cpu_seconds()));
         std::hint::black_box(rdkafka::Message::payload(&m));
+        let at = (rdkafka::Message::topic(&m), rdkafka::Message::partition(&m));
+        match &last {
+            Some((t, p)) if t == at.0 && *p == at.1 => *runs.last_mut().expect("a run") += 1,
+            _ => {
+                runs.push(1);
+                last = Some((at.0.to_string(), at.1));
+            }
+        }
         n += 1;
     }
     let (t0, cpu0) = first.expect("at least one message");
     let secs = t0.elapsed().as_secs_f64();
+    runs.sort_unstable();
+    let q = |f: f64| runs[((runs.len() as f64 * f) as usize).min(runs.len() - 1)];
+    let in_long: u64 = runs.iter().filter(|r| **r >= 64).sum();
+    eprintln!(
+        "round {round}: delivery order: {} runs of one partition's messages, mean {:.0}, median {}, p10 {}, p90 {}; {:.0}% of the messages in runs of 64 or more",
+        runs.len(),
+        n as f64 / runs.len() as f64,
+        q(0.5),
+        q(0.1),
+        q(0.9),
+        in_long as f64 / n as f64 * 100.0
+    );
     (total as f64 / secs, (cpu_seconds() - cpu0) / secs)
 }
 
@@ -218,6 +242,8 @@ fn main() {
                 ingest_cores.push(cores);
             }
         }
+        // Per round, before the medians below sort the rates.
+        let ratios: Vec<f64> = ingest.iter().zip(&engine).map(|(i, e)| i / e * 100.0).collect();
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
@@ -233,7 +259,6 @@ fn main() {
         println!("| guardrail engine (decode, window, decide, publish, commit) | {e:.0} |");
         println!("| ratio | {:.0}% |", e / p * 100.0);
         if !ingest.is_empty() {
-            let ratios: Vec<f64> = ingest.iter().zip(&engine).map(|(i, e)| i / e * 100.0).collect();
             println!("| ingest stage (decode, window per partition, partials, commit): {} events/s, {} cores | ingest / engine per round: {} % |", fmt(&ingest), fmt2(&ingest_cores), fmt(&ratios));
         }
         let Some(registry) = last else { return };

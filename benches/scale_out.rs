@@ -6,7 +6,11 @@
 //!    keyed partitioning): the single engine decodes, aggregates, closes and judges
 //!    every window; the ingest stage decodes and aggregates into one engine per
 //!    partition, closes each partition's windows and encodes the partials. Rounds
-//!    alternate, the median ratio is reported.
+//!    alternate, the median ratio is reported, for each delivery order
+//!    (`SCALE_BENCH_RUN=1,64,512`, the default): runs of that many consecutive records
+//!    of one partition, as a Kafka consumer receives record batches (`cargo bench
+//!    --bench kafka_throughput` prints the runs librdkafka delivers); 1 interleaves
+//!    record by record, the worst case for the ingest stage's cache.
 //! 2. **Partials volume**: bytes per partial (flag × input partition × window) and per
 //!    cohort in it.
 //! 3. **Stage-2 merge cost per window**: decoding, offering, merging and judging all
@@ -57,6 +61,30 @@ fn events(start: i64, windows: u32, sessions: u32) -> Input {
                 partition: (unit_hash(user.as_bytes()) % PARTITIONS as u64) as i32,
             };
             out.push((p, e.single_object(registry.current_fingerprint(e.source))));
+        }
+    }
+    out
+}
+
+/// The events in the order a Kafka consumer gets them: runs of up to `run` consecutive
+/// records of one partition (a fetched record batch), partitions taken in turn, each
+/// partition's own order kept. `run = 1` interleaves record by record (the worst case
+/// for the ingest stage's cache: every record may touch another partition's cells).
+fn delivered(input: &Input, run: usize) -> Input {
+    if run <= 1 {
+        return input.clone();
+    }
+    let mut queues: BTreeMap<PartitionKey, std::collections::VecDeque<&(PartitionKey, Vec<u8>)>> =
+        BTreeMap::new();
+    for e in input {
+        queues.entry(e.0).or_default().push_back(e);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    while out.len() < input.len() {
+        for q in queues.values_mut() {
+            for e in q.drain(..run.min(q.len())) {
+                out.push(e.clone());
+            }
         }
     }
     out
@@ -124,6 +152,46 @@ fn ingest(policy: &Arc<Policy>, input: &Input, now: i64) -> Vec<Vec<u8>> {
     out
 }
 
+/// Stage-1 throughput per core: rounds alternate the single engine and the ingest stage
+/// on the same input; prints the median ratio. Returns the last round's partials.
+fn stage_one(
+    policy: &Arc<Policy>,
+    input: &Input,
+    now: i64,
+    rounds: usize,
+    run: usize,
+) -> Vec<Vec<u8>> {
+    let n = input.len() as f64;
+    let (mut single_rates, mut ingest_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut partials = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let judged = single(policy, input, now);
+        let single_rate = n / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        partials = ingest(policy, input, now);
+        let ingest_rate = n / t.elapsed().as_secs_f64();
+        assert!(judged > 0);
+        single_rates.push(single_rate);
+        ingest_rates.push(ingest_rate);
+        ratios.push(ingest_rate / single_rate);
+    }
+    println!(
+        "stage-1 throughput per core, runs of {run} record(s) per partition: single engine \
+         {:.2} M events/s, ingest stage {:.2} M events/s; ingest / single median {:.0}% \
+         (rounds: {})",
+        median(single_rates) / 1e6,
+        median(ingest_rates) / 1e6,
+        median(ratios.clone()) * 100.0,
+        ratios
+            .iter()
+            .map(|r| format!("{:.0}%", r * 100.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    partials
+}
+
 fn expected() -> BTreeSet<(String, i32)> {
     ["product-events", "error-events", "support-signals"]
         .iter()
@@ -178,40 +246,23 @@ fn main() {
         .unwrap_or(20_000);
     let input = events(T0, windows, sessions);
     let now = T0 + i64::from(windows + 1) * SIZE;
-    let n = input.len() as f64;
     println!(
         "{} events, {windows} windows, {PARTITIONS} partitions per input, {} flags",
         input.len(),
         policy.flags.len()
     );
 
-    // 1. Stage-1 throughput per core.
-    let (mut single_rates, mut ingest_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // 1. Stage-1 throughput per core, for each delivery order.
+    let runs: Vec<usize> = std::env::var("SCALE_BENCH_RUN")
+        .ok()
+        .map(|r| r.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 64, 512]);
     let mut partials = Vec::new();
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let judged = single(&policy, &input, now);
-        let single_rate = n / t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        partials = ingest(&policy, &input, now);
-        let ingest_rate = n / t.elapsed().as_secs_f64();
-        assert!(judged > 0);
-        single_rates.push(single_rate);
-        ingest_rates.push(ingest_rate);
-        ratios.push(ingest_rate / single_rate);
+    for &run in &runs {
+        let input = delivered(&input, run);
+        partials = stage_one(&policy, &input, now, rounds, run);
     }
-    println!(
-        "stage-1 throughput per core: single engine {:.2} M events/s, ingest stage {:.2} M \
-         events/s; ingest / single median {:.0}% (rounds: {})",
-        median(single_rates) / 1e6,
-        median(ingest_rates) / 1e6,
-        median(ratios.clone()) * 100.0,
-        ratios
-            .iter()
-            .map(|r| format!("{:.0}%", r * 100.0))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    let partials = partials;
 
     // 2. Partials volume.
     let total: usize = partials.iter().map(Vec::len).sum();
