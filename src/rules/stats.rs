@@ -527,6 +527,73 @@ pub fn ratio_test_null(
     ))
 }
 
+/// [`ratio_test_null`] referred to Student's t instead of the normal. The statistic's
+/// variance is estimated from bucket totals, so under the null it is closer to a t than
+/// to N(0, 1), with few degrees of freedom when the numerator is rare: a variance summed
+/// over G bucket terms d_b = x_b − c·y_b has Var(V̂)/V² ≈ (κ − 1)/G, κ = G·Σd⁴/(Σd²)²
+/// their kurtosis, so it carries ν = 2G/(κ − 1) degrees of freedom (G for normal terms;
+/// about 16 for 6 errors in 64 buckets), capped at G − 1. The arms combine by
+/// Welch–Satterthwaite: ν = (V_T + r²V_C)² / (V_T²/ν_T + r⁴V_C²/ν_C). The normal
+/// p-value's tail is too thin exactly where a change-point detector weighs it most (a
+/// small cohort's few errors). Returns the test (the same statistic, the t p-value) and ν.
+pub fn ratio_test_null_t(
+    (xt, yt): (&[f64], &[f64]),
+    (xc, yc): (&[f64], &[f64]),
+    margin: f64,
+    tail: Tail,
+) -> Option<(TestResult, f64)> {
+    let (r, _, _) = ratio_test_null((xt, yt), (xc, yc), margin, tail)?;
+    let m = 1.0 + margin;
+    let (sxt, syt): (f64, f64) = (xt.iter().sum(), yt.iter().sum());
+    let (sxc, syc): (f64, f64) = (xc.iter().sum(), yc.iter().sum());
+    let rc0 = (sxt + sxc) / (m * syt + syc);
+    let (vt, nt) = bucket_variance_df(xt, yt, m * rc0)?;
+    let (vc, nc) = bucket_variance_df(xc, yc, rc0)?;
+    let (a, b) = (vt, m * m * vc);
+    let den = a * a / nt + b * b / nc;
+    if !(den > 0.0 && den.is_finite()) {
+        return None;
+    }
+    let df = (a + b) * (a + b) / den;
+    let p = match tail {
+        Tail::Greater => student_t_sf(r.statistic, df),
+        Tail::Less => student_t_sf(-r.statistic, df),
+    };
+    (!p.is_nan()).then_some((
+        TestResult {
+            statistic: r.statistic,
+            p_value: p,
+        },
+        df,
+    ))
+}
+
+/// [`bucket_variance`] and its degrees of freedom ν = min(G − 1, 2G/(κ − 1)), κ the
+/// kurtosis of the bucket terms (see [`ratio_test_null_t`]); `None` as
+/// [`bucket_variance`], or when every term is 0.
+fn bucket_variance_df(x: &[f64], y: &[f64], center: f64) -> Option<(f64, f64)> {
+    let (v, g) = bucket_variance(x, y, center)?;
+    let (mut s2, mut s4) = (0.0, 0.0);
+    for (xb, yb) in x.iter().zip(y) {
+        if *xb != 0.0 || *yb != 0.0 {
+            let d2 = (xb - center * yb).powi(2);
+            s2 += d2;
+            s4 += d2 * d2;
+        }
+    }
+    if !(s2 > 0.0 && s4.is_finite()) {
+        return None;
+    }
+    let gf = g as f64;
+    let kurtosis = gf * s4 / (s2 * s2);
+    let df = if kurtosis > 1.0 {
+        (2.0 * gf / (kurtosis - 1.0)).min(gf - 1.0)
+    } else {
+        gf - 1.0
+    };
+    Some((v, df.max(1.0)))
+}
+
 /// One-sided z-test of an estimate against a fixed bound (absolute guardrails):
 /// H1 value > bound (`Greater`) or value < bound (`Less`), z = (value − bound)/se.
 pub fn bound_test(value: f64, se: f64, bound: f64, tail: Tail) -> Option<TestResult> {
