@@ -146,12 +146,13 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
     if !g.sequential {
         return (g.alpha, format!("per-window test at alpha {}", g.alpha));
     }
-    // A guardrail with only a relative bound against control is not tested at 100%
-    // (no control there), so the 100% band gets no share of its budget: by the union
-    // bound over the bands where it is tested the guarantee holds. An absolute bound,
-    // or a flag judged against its own baseline (no control), is tested at 100%.
-    let tested_at_full = g.max.is_some() || g.min.is_some() || flag.control.is_none();
-    let (share, family) = family_share(policy, flag, cohort, tested_at_full);
+    // The 100% band keeps its share even for a guardrail with only a relative bound
+    // against control, which is not tested there. Spending that share on the other
+    // bands is valid by the union bound, but measured (`benches/rollouts.rs`, 1,000 A/A
+    // rollouts) the error-rate test runs above its nominal level in small cohorts
+    // (rare, skewed counts): A/A stops rose from 0.8% to 1.4%. Kept until the test is
+    // calibrated there.
+    let (share, family) = family_share(policy, flag, cohort, true);
     (
         g.alpha * share,
         format!("rollout budget alpha {} split: {family}", g.alpha),

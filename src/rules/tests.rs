@@ -1129,10 +1129,10 @@ fn a_reported_applied_split_ends_the_pending_allowance() {
 }
 
 #[test]
-fn the_full_band_gets_a_share_only_where_it_is_tested() {
-    // Flag 0 ramps 5 -> 20 -> 50 -> 100: four bands for a guardrail with an absolute
-    // bound (tested at 100% too), three for a relative-only one (no control at 100%:
-    // `family_alpha`) and for the sample-ratio test (no split to test at 100%).
+fn the_full_band_keeps_its_budget_share_and_srm_spends_none_there() {
+    // Flag 0 ramps 5 -> 20 -> 50 -> 100: four bands for every guardrail, a relative-only
+    // one too (not tested at 100%, its share kept: `family_alpha`), three for the
+    // sample-ratio test, which has no split to test at 100%.
     let base = policy();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 * b.abs();
     let (flag, g) = (&base.flags[0], &base.flags[0].guardrails[0]);
@@ -1151,7 +1151,7 @@ fn the_full_band_gets_a_share_only_where_it_is_tested() {
     assert!(g.sequential && g.max.is_none() && g.max_relative_increase.is_some());
     assert!(close(
         family_alpha(&relative, flag, g, "*").0,
-        g.alpha * 0.5 / 3.0
+        g.alpha * 0.5 / 4.0
     ));
     let flag = &base.flags[0];
     assert!(close(srm_alpha(&base, flag, "*").0, SRM_ALPHA * 0.5 / 3.0));
