@@ -256,13 +256,13 @@ fn main() {
     let runs: Vec<usize> = std::env::var("SCALE_BENCH_RUN")
         .ok()
         .map(|r| r.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .filter(|r: &Vec<usize>| !r.is_empty())
         .unwrap_or_else(|| vec![1, 64, 512]);
     let mut partials = Vec::new();
     for &run in &runs {
         let input = delivered(&input, run);
         partials = stage_one(&policy, &input, now, rounds, run);
     }
-    let partials = partials;
 
     // 2. Partials volume.
     let total: usize = partials.iter().map(Vec::len).sum();
