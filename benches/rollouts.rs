@@ -43,6 +43,7 @@ use guardrail::model::{Action, Body, EventRef, Outcome, Role, Source};
 use guardrail::policy::Policy;
 use guardrail::population::{COHORT_NAMES, COHORTS, Regression, Rollout, TrafficModel, splitmix};
 use guardrail::rules::Judged;
+use guardrail::sim::PLATFORMS;
 use guardrail::window::watermark::PartitionKey;
 use smallvec::smallvec;
 
@@ -137,6 +138,8 @@ const BASE: i64 = NOW - 48 * 3_600_000;
 /// Cohort slots in results: 0 = `*`, 1 + c = COHORT_NAMES[c], 13 = anything else.
 const OTHER_SLOT: usize = COHORTS + 1;
 const ONSET: u32 = 4;
+/// `PLATFORMS[2]`, the platform of the small-cohort regression.
+const MOBILE_WEB: usize = 2;
 /// "Within 6 windows": the onset window counts 1.
 const WITHIN: u32 = 6;
 const Z95: f64 = 1.959_963_984_540_054;
@@ -152,6 +155,10 @@ enum Kind {
     Errors,
     /// p95 +50%, median unchanged: stopped or held within 6 windows.
     Tail,
+    /// Error propensity × 3 in one platform only (mobile-web, 15% of the traffic, three
+    /// small cohorts): paused within 6 windows. Not one of the issue's rows: it measures
+    /// the power left to small cohorts, which the all-traffic regressions cannot show.
+    PlatformErrors,
     /// 46/54 split of users: held, never advanced.
     Biased,
     /// ADVANCE awaiting approval, split unchanged: spurious SRM HOLD.
@@ -213,6 +220,18 @@ fn scenarios() -> Vec<Scenario> {
                 onset: ONSET,
                 tail_fraction: 0.08,
                 tail_factor: 3.0,
+                ..Regression::default()
+            },
+            ..base
+        },
+        Scenario {
+            name: "mobile-web",
+            kind: Kind::PlatformErrors,
+            id: 7,
+            regression: Regression {
+                onset: ONSET,
+                error_factor: 3.0,
+                platform: Some(MOBILE_WEB),
                 ..Regression::default()
             },
             ..base
@@ -365,7 +384,7 @@ fn run_rollout(
         out.windows = w + 1;
         done |= observe(judged, &mut platform, &mut sim, &mut out);
         done |= match sc.kind {
-            Kind::Errors | Kind::Tail => w + 1 >= ONSET + WITHIN,
+            Kind::Errors | Kind::Tail | Kind::PlatformErrors => w + 1 >= ONSET + WITHIN,
             Kind::Biased => out.advance.is_some(),
             Kind::Approval => out.srm_hold.is_some(),
             Kind::AaClustered | Kind::Aa5 => false,
@@ -748,6 +767,46 @@ fn main() {
                         o.stop
                             .as_ref()
                             .is_some_and(|s| within(Some(s.0)) && s.2 == "checkout_error_rate")
+                    }),
+                    stops_by(&outs),
+                ));
+            }
+            Kind::PlatformErrors => {
+                let ok = count(&|o| within(o.stop.as_ref().map(|s| s.0)));
+                let by_star = count(&|o| {
+                    o.stop
+                        .as_ref()
+                        .is_some_and(|s| within(Some(s.0)) && s.1 == 0)
+                });
+                rows.push([
+                    "(small cohorts) mobile-web users' error propensity x3 from window 4: paused \
+                     within 6 windows"
+                        .into(),
+                    share(ok, n),
+                    "".into(),
+                    sc.name.into(),
+                ]);
+                notes.push(format!(
+                    "mobile-web: stopped before the onset (false): {}; paused within 6 windows \
+                     on `*`: {by_star}, on a mobile-web cohort: {}, elsewhere: {}; stops by \
+                     guardrail: {}",
+                    count(&|o| o.stop.as_ref().is_some_and(|s| s.0 < ONSET)),
+                    count(&|o| {
+                        o.stop.as_ref().is_some_and(|s| {
+                            within(Some(s.0))
+                                && COHORT_NAMES
+                                    .get(s.1.wrapping_sub(1))
+                                    .is_some_and(|c| c.contains(PLATFORMS[MOBILE_WEB]))
+                        })
+                    }),
+                    count(&|o| {
+                        o.stop.as_ref().is_some_and(|s| {
+                            within(Some(s.0))
+                                && s.1 != 0
+                                && !COHORT_NAMES
+                                    .get(s.1 - 1)
+                                    .is_some_and(|c| c.contains(PLATFORMS[MOBILE_WEB]))
+                        })
                     }),
                     stops_by(&outs),
                 ));

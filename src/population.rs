@@ -38,7 +38,8 @@
 //! - **Regressions** ([`Regression`]), treatment only, from window `onset`: every
 //!   user's error probability × `error_factor`; `tail_fraction` of checkouts
 //!   `tail_factor` × slower, drawn only among checkouts slower than the median, so the
-//!   median stays where it was and only the tail moves (8% × 3 → p95 about +50%).
+//!   median stays where it was and only the tail moves (8% × 3 → p95 about +50%);
+//!   optionally in one platform only (its three cohorts).
 //!
 //! Events are handed to a sink as [`EventRef`]s borrowing the rollout's buffers: no
 //! allocation per event.
@@ -192,6 +193,9 @@ pub struct Regression {
     /// slower than the median (so the median does not move).
     pub tail_fraction: f64,
     pub tail_factor: f64,
+    /// Confines the regression to one platform (an index into [`PLATFORMS`]); `None`:
+    /// every cohort.
+    pub platform: Option<usize>,
 }
 
 impl Default for Regression {
@@ -201,6 +205,7 @@ impl Default for Regression {
             error_factor: 1.0,
             tail_fraction: 0.0,
             tail_factor: 1.0,
+            platform: None,
         }
     }
 }
@@ -457,9 +462,14 @@ impl Rollout {
         write_hex(&mut id_buf[..8], u64::from(*id_prefix), 8);
         id_buf[8] = b'-';
         let window_ms = m.window_ms as f64;
-        let tail_p = (reg.tail_fraction * 2.0).min(1.0);
         for (c, cohort_share) in share.iter().enumerate() {
             let (pi, ri) = (c / REGIONS.len(), c % REGIONS.len());
+            let reg = if reg.platform.is_none_or(|p| p == pi) {
+                reg
+            } else {
+                Regression::default()
+            };
+            let tail_p = (reg.tail_fraction * 2.0).min(1.0);
             let (platform, region) = (PLATFORMS[pi], REGIONS[ri]);
             let rate = m.cohort_rate(c) * m.diurnal(ri, start_ms);
             let range = pop.ranges[c].clone();
@@ -899,6 +909,7 @@ mod tests {
             error_factor: 1.0,
             tail_fraction: 0.08,
             tail_factor: 3.0,
+            platform: None,
         };
         let mut base = latency_sample(&model, None, 200_000, 6);
         let mut slow = latency_sample(&model, Some(&reg), 200_000, 7);
