@@ -138,32 +138,39 @@ fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>,
 }
 
 /// The change-point detector's share of a sequential bound's e-value where the metric
-/// also has a band mSPRT. Without family-wise control, 1/3 kept A/A false pauses lower
-/// on `benches/decision_quality.rs` (0.7% against 1.2% at 1/2); with the stop budget
-/// split over the family, validity no longer depends on the weight. On
-/// `benches/rollouts.rs` (1,000 rollouts, a ×1.5 error regression from window 4 of a
-/// band), paused within 6 windows: 87.3% at 1/2, 89.1% at 2/3; with the 100% band's
-/// budget spent on the others too, 91.1% at 1/2 and 92.2% at 2/3 — but A/A stops rose
-/// from 0.8% to 1.4% (the error-rate test runs above its level in small cohorts), so
-/// 1/2 stays. (`TAU_RELATIVE` 0.5 gave 87.3% as 0.25 did; detector drifts {1, 2} gave
-/// 93.5% at 2/3 but pause a severe regression a window later.)
-pub const DETECTOR_WEIGHT: f64 = 1.0 / 2.0;
+/// also has a band mSPRT. With the stop budget split over the family, validity does not
+/// depend on the weight; it trades a regression that starts mid-band (the detector's
+/// strength) against a small one that spans the band (the mSPRT's). On
+/// `benches/rollouts.rs` (1,000 rollouts each), with [`stats::DETECTOR_DRIFT_WEIGHTS`]:
+/// a ×1.5 error regression from window 4 of a band paused within 6 windows in 90.9%
+/// (87.4% at 1/2 with equal drift weights), a ×3 regression in one platform's three
+/// small cohorts in 78.4% (69.3%); A/A stops unchanged, 8/1,000. (Earlier: 2/3 alone gave
+/// 89.1%; `TAU_RELATIVE` 0.5 gave the same as 0.25; drifts {1, 2} pause a severe
+/// regression a window later.)
+pub const DETECTOR_WEIGHT: f64 = 3.0 / 4.0;
 
 /// One bound's sequential e-value in log: (1−w)·Λ₁ + w·M, w = [`DETECTOR_WEIGHT`], Λ₁ the band's mSPRT (strong when
 /// the regression spans the band) and M the change-point detector (strong when it starts
 /// mid-band); M alone for quantiles, which have no band aggregate. Both are nonnegative
 /// supermartingales starting at 1, so a weighted average is too. The detector must be
 /// updated with this window first.
-fn bound_log_e(band: Option<(Option<f64>, f64)>, detector: &Detector) -> (f64, String) {
-    let log_m = detector.log_e();
-    let drifts = stats::DETECTOR_DRIFTS
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("/");
+fn bound_log_e(
+    band: Option<(Option<f64>, f64)>,
+    detector: &Detector,
+    weights: &[f64; 3],
+) -> (f64, String) {
+    let log_m = detector.log_e_weighted(weights);
+    let join = |v: &[f64]| {
+        v.iter()
+            .map(|d| format!("{d:.2}"))
+            .collect::<Vec<_>>()
+            .join("/")
+    };
     let detector_name = format!(
-        "change-point e-detector over {} window(s) (drifts {drifts} sd)",
-        detector.windows
+        "change-point e-detector over {} window(s) (drifts {} sd, weights {})",
+        detector.windows,
+        join(&stats::DETECTOR_DRIFTS),
+        join(weights)
     );
     match band {
         Some((log_l, tau)) => {
@@ -282,7 +289,11 @@ pub fn guardrail(
                     d.relative.update(r.p_value);
                 }
                 let band = band.and_then(|b| band_log_e(&b[TREATMENT], &b[CONTROL], margin, tail));
-                parts.push(bound_log_e(band, d.relative));
+                let weights = match reference {
+                    Reference::Baseline { .. } => &stats::DETECTOR_EQUAL_WEIGHTS,
+                    _ => &stats::DETECTOR_DRIFT_WEIGHTS,
+                };
+                parts.push(bound_log_e(band, d.relative, weights));
             }
             if !absolute.is_empty() {
                 // Several absolute bounds (max and min) share one detector on the
@@ -298,7 +309,11 @@ pub fn guardrail(
                 }
                 // The change-point detector alone: it forgets a breach that is over (a
                 // band-wide average would keep a recovered cohort breached).
-                parts.push(bound_log_e(None, d.absolute));
+                parts.push(bound_log_e(
+                    None,
+                    d.absolute,
+                    &stats::DETECTOR_DRIFT_WEIGHTS,
+                ));
             }
             if parts.is_empty() {
                 None
