@@ -162,6 +162,12 @@ fn a_cohort_whose_error_rate_doubles_against_its_previous_windows_is_paused() {
         }
         if action(&j) == Some(Action::Pause) {
             assert!(ev.method.contains("vs baseline"), "{}", ev.method);
+            // Windows sharing a baseline: the detector's drifts keep equal weights.
+            assert!(
+                ev.method.contains("weights 0.33/0.33/0.33"),
+                "{}",
+                ev.method
+            );
             let reason = &j.command.as_ref().unwrap().reason;
             assert!(reason.contains("in the cohort's baseline"), "{reason}");
             // The onset window (12: doubled, not yet significant) did not enter.

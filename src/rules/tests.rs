@@ -996,6 +996,13 @@ fn evidence_carries_interval_band_alpha_and_family() {
         "{}",
         err.method
     );
+    // An absolute bound's detector weighs its drifts 0.2/0.6/0.2.
+    assert!(
+        err.method
+            .contains("(drifts 1.00/2.00/3.00 sd, weights 0.20/0.60/0.20)"),
+        "{}",
+        err.method
+    );
     // With absolute bounds only, the interval is of the treatment value (1% here).
     let r = run(&mut Rules::new(policy.clone()), &policy, 1, &[HEALTHY]);
     let e = evidence(&r[0], "err", Role::Guardrail);
@@ -1179,6 +1186,14 @@ fn relative_bounds_are_not_judged_against_control_at_100_percent() {
         actions(&at_10).contains(&Some(Action::Rollback)),
         "{:?}",
         actions(&at_10)
+    );
+    // Against control: 1/4 the band's mSPRT, 3/4 the detector, drifts weighed 0.2/0.6/0.2.
+    let m = &evidence(&at_10[1], "err", Role::Guardrail).method;
+    assert!(
+        m.contains("0.250 the band's mSPRT")
+            && m.contains("0.750 a change-point e-detector")
+            && m.contains("(drifts 1.00/2.00/3.00 sd, weights 0.20/0.60/0.20)"),
+        "{m}"
     );
     // ...but at 100% the cohort has no control of its own: the bound is not tested
     // (the window's evidence says so), and nothing is rolled back.
