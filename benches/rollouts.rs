@@ -772,42 +772,32 @@ fn main() {
                 ));
             }
             Kind::PlatformErrors => {
-                let ok = count(&|o| within(o.stop.as_ref().map(|s| s.0)));
-                let by_star = count(&|o| {
-                    o.stop
-                        .as_ref()
-                        .is_some_and(|s| within(Some(s.0)) && s.1 == 0)
-                });
+                // Where the pause within 6 windows came from: `*` (slot 0), a mobile-web
+                // cohort, or another cohort.
+                let on_mobile_web = |slot: usize| {
+                    slot.checked_sub(1)
+                        .and_then(|c| COHORT_NAMES.get(c))
+                        .is_some_and(|c| c.contains(PLATFORMS[MOBILE_WEB]))
+                };
+                let paused_on = |f: &dyn Fn(usize) -> bool| {
+                    count(&|o| o.stop.as_ref().is_some_and(|s| within(Some(s.0)) && f(s.1)))
+                };
                 rows.push([
                     "(small cohorts) mobile-web users' error propensity x3 from window 4: paused \
                      within 6 windows"
                         .into(),
-                    share(ok, n),
+                    share(count(&|o| within(o.stop.as_ref().map(|s| s.0))), n),
                     "".into(),
                     sc.name.into(),
                 ]);
                 notes.push(format!(
                     "mobile-web: stopped before the onset (false): {}; paused within 6 windows \
-                     on `*`: {by_star}, on a mobile-web cohort: {}, elsewhere: {}; stops by \
+                     on `*`: {}, on a mobile-web cohort: {}, elsewhere: {}; stops by \
                      guardrail: {}",
                     count(&|o| o.stop.as_ref().is_some_and(|s| s.0 < ONSET)),
-                    count(&|o| {
-                        o.stop.as_ref().is_some_and(|s| {
-                            within(Some(s.0))
-                                && COHORT_NAMES
-                                    .get(s.1.wrapping_sub(1))
-                                    .is_some_and(|c| c.contains(PLATFORMS[MOBILE_WEB]))
-                        })
-                    }),
-                    count(&|o| {
-                        o.stop.as_ref().is_some_and(|s| {
-                            within(Some(s.0))
-                                && s.1 != 0
-                                && !COHORT_NAMES
-                                    .get(s.1 - 1)
-                                    .is_some_and(|c| c.contains(PLATFORMS[MOBILE_WEB]))
-                        })
-                    }),
+                    paused_on(&|slot| slot == 0),
+                    paused_on(&on_mobile_web),
+                    paused_on(&|slot| slot != 0 && !on_mobile_web(slot)),
                     stops_by(&outs),
                 ));
             }

@@ -157,7 +157,7 @@ pub const DETECTOR_WEIGHT: f64 = 3.0 / 4.0;
 fn bound_log_e(
     band: Option<(Option<f64>, f64)>,
     detector: &Detector,
-    weights: &[f64; 3],
+    weights: &[f64; stats::DETECTOR_DRIFTS.len()],
 ) -> (f64, String) {
     let log_m = detector.log_e_weighted(weights);
     let join = |v: &[f64]| {

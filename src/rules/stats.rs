@@ -670,14 +670,15 @@ pub const DETECTOR_DRIFTS: [f64; 3] = [1.0, 2.0, 3.0];
 /// windows 90.9% against 87.4% at equal weights and 1/2. Any fixed weights keep the
 /// mixture a supermartingale, and a state saved under other weights stays valid (the
 /// weights enter only [`Detector::log_e`]).
-pub const DETECTOR_DRIFT_WEIGHTS: [f64; 3] = [0.2, 0.6, 0.2];
+pub const DETECTOR_DRIFT_WEIGHTS: [f64; DETECTOR_DRIFTS.len()] = [0.2, 0.6, 0.2];
 
 /// Equal drift weights: for a relative bound against a rolling baseline, whose windows'
 /// p-values are dependent (consecutive windows share most of their baseline), so the
 /// detector's guarantee is approximate there. With [`DETECTOR_DRIFT_WEIGHTS`] a
 /// stationary cohort with 30% window-to-window rate noise was stopped in 1 of 20 runs
 /// over 200 windows, against none with these (`rules::baseline_tests`).
-pub const DETECTOR_EQUAL_WEIGHTS: [f64; 3] = [1.0 / 3.0; 3];
+pub const DETECTOR_EQUAL_WEIGHTS: [f64; DETECTOR_DRIFTS.len()] =
+    [1.0 / DETECTOR_DRIFTS.len() as f64; DETECTOR_DRIFTS.len()];
 
 /// A change-point e-detector (Shin, Ramdas & Rinaldo, "E-detectors", 2023) for a
 /// regression that may begin at any window of a ramp band.
@@ -726,7 +727,7 @@ impl Detector {
     }
 
     /// ln M_n with drift weights `weights` (summing to 1, one per [`DETECTOR_DRIFTS`]).
-    pub fn log_e_weighted(&self, weights: &[f64; 3]) -> f64 {
+    pub fn log_e_weighted(&self, weights: &[f64; DETECTOR_DRIFTS.len()]) -> f64 {
         let n = f64::from(self.windows);
         let tail = -(n + 1.0).ln();
         self.log_s
@@ -774,6 +775,41 @@ mod tests {
 
     use super::*;
     use serde_json::Value;
+
+    /// The detector's ln M_n, window by window, against `scripts/detector_vectors.py`: every
+    /// change point summed separately (no recursion), z from scipy's `norm.isf`.
+    #[test]
+    fn detector_matches_the_direct_sum_for_both_weightings() {
+        let all: Value =
+            serde_json::from_str(include_str!("../../tests/data/detector_vectors.json")).unwrap();
+        let drifts: Vec<f64> = serde_json::from_value(all["drifts"].clone()).unwrap();
+        assert_eq!(drifts, DETECTOR_DRIFTS);
+        let cases = all["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 8);
+        for case in cases {
+            let p: Vec<f64> = serde_json::from_value(case["p"].clone()).unwrap();
+            let w: Vec<f64> = serde_json::from_value(case["weights"].clone()).unwrap();
+            let want: Vec<f64> = serde_json::from_value(case["log_m"].clone()).unwrap();
+            let weights: [f64; DETECTOR_DRIFTS.len()] = w.try_into().unwrap();
+            let mut d = Detector::default();
+            for (pv, want) in p.iter().zip(&want) {
+                d.update(*pv);
+                let got = d.log_e_weighted(&weights);
+                assert!(
+                    (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                    "{}: {got} vs {want}",
+                    case["name"]
+                );
+            }
+        }
+        // Both weightings are a probability over the drifts (sum 1: M stays a
+        // supermartingale with M_0 = 1).
+        for w in [DETECTOR_DRIFT_WEIGHTS, DETECTOR_EQUAL_WEIGHTS] {
+            assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{w:?}");
+            assert!(w.iter().all(|x| *x > 0.0), "{w:?}");
+        }
+        assert_eq!(Detector::default().log_e(), 0.0);
+    }
 
     /// Relative tolerance against scipy/statsmodels/mpmath. An exact 0 reference (e.g. a
     /// perfectly balanced SRM statistic) is compared with an absolute 1e-12 instead.
