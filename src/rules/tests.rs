@@ -1136,17 +1136,24 @@ fn a_reported_applied_split_ends_the_pending_allowance() {
 }
 
 #[test]
-fn the_full_band_keeps_its_budget_share_and_srm_spends_none_there() {
-    // Flag 0 ramps 5 -> 20 -> 50 -> 100: four bands for every guardrail, a relative-only
-    // one too (not tested at 100%, its share kept: `family_alpha`), three for the
-    // sample-ratio test, which has no split to test at 100%.
+fn only_star_spends_an_untested_full_band_share_and_srm_spends_none_there() {
+    // Flag 0 ramps 5 -> 20 -> 50 -> 100 (4 bands) with cohorts. A guardrail with an
+    // absolute bound is tested in all four; a relative-only one is not tested at 100%:
+    // `*` spends that band's share on its three other bands, every other cohort keeps it
+    // unspent (`family_alpha`). The sample-ratio test has no split to test at 100%.
     let base = policy();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-15 * b.abs();
     let (flag, g) = (&base.flags[0], &base.flags[0].guardrails[0]);
     assert!(g.sequential && g.max.is_some() && g.max_relative_increase.is_none());
+    assert!(!flag.cohort_by.is_empty() && flag.ramp.contains(&100.0));
+    let cohorts = flag.max_cohorts.unwrap_or(base.window.max_cohorts_per_flag) as f64 + 1.0;
     assert!(close(
         family_alpha(&base, flag, g, "*").0,
         g.alpha * 0.5 / 4.0
+    ));
+    assert!(close(
+        family_alpha(&base, flag, g, "platform=ios").0,
+        g.alpha * 0.5 / cohorts / 4.0
     ));
     let text = CONFIG.replacen(
         "  metric = \"err\"\n  max = 0.05\n",
@@ -1156,10 +1163,18 @@ fn the_full_band_keeps_its_budget_share_and_srm_spends_none_there() {
     let relative = Arc::new(Policy::compile(&Config::parse(&text).unwrap()).unwrap());
     let (flag, g) = (&relative.flags[0], &relative.flags[0].guardrails[0]);
     assert!(g.sequential && g.max.is_none() && g.max_relative_increase.is_some());
-    assert!(close(
-        family_alpha(&relative, flag, g, "*").0,
-        g.alpha * 0.5 / 4.0
-    ));
+    let (star, family) = family_alpha(&relative, flag, g, "*");
+    assert!(close(star, g.alpha * 0.5 / 3.0), "{star}");
+    assert!(
+        family.ends_with("half to cohort *, 3 band(s) below 100%"),
+        "{family}"
+    );
+    let (ios, family) = family_alpha(&relative, flag, g, "platform=ios");
+    assert!(close(ios, g.alpha * 0.5 / cohorts / 4.0), "{ios}");
+    assert!(family.ends_with(", 4 band(s)"), "{family}");
+    // The union bound: the rollout's spend, band by band, stays within alpha.
+    let spent = 3.0 * star + cohorts * 4.0 * ios;
+    assert!(spent <= g.alpha * (1.0 + 1e-12), "{spent}");
     let flag = &base.flags[0];
     assert!(close(srm_alpha(&base, flag, "*").0, SRM_ALPHA * 0.5 / 3.0));
 }
