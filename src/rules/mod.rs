@@ -150,11 +150,12 @@ pub fn family_alpha(policy: &Policy, flag: &Flag, g: &Guardrail, cohort: &str) -
     // control there). Cohort `*` spends its 100% band's share on the bands where it is
     // tested: valid by the union bound, and measured (`benches/rollouts.rs`, 1,000
     // rollouts each) the ×1.5 error regression was paused within 6 windows in 93.7%
-    // instead of 90.9%, A/A stops 10 instead of 8. The other cohorts keep that share unspent:
-    // their error-rate test runs above its nominal level (a small cohort's window holds
-    // a handful of errors; 5 of 8 A/A stops were in them), and both calibrations tried
-    // there (Student's t, an exact binomial test) halved the pauses of a regression
-    // confined to a small cohort (`mobile-web`: 519 → 261–317 of 1,000).
+    // instead of 90.9%, with A/A stops 10 instead of 8. The other cohorts leave that
+    // share unspent: their error-rate test runs above its nominal level (a small
+    // cohort's window holds a handful of errors; 5 of the 10 A/A stops), and the two
+    // calibrations tried there (Student's t, an exact binomial test) cut the pauses
+    // found on the small cohorts of `mobile-web` from 460 to 261–317 of 1,000
+    // (docs/STATISTICS.md §4).
     let tested_at_full = cohort != "*"
         || g.max.is_some()
         || g.min.is_some()
