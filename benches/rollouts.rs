@@ -213,6 +213,19 @@ fn scenarios() -> Vec<Scenario> {
             ..base
         },
         Scenario {
+            // The same regression present from the start: a ramp band's tests restart, so
+            // a regression the flag has is in every band from its first window.
+            name: "errors-start",
+            kind: Kind::Errors,
+            id: 8,
+            regression: Regression {
+                onset: 0,
+                error_factor: 1.5,
+                ..Regression::default()
+            },
+            ..base
+        },
+        Scenario {
             name: "tail",
             kind: Kind::Tail,
             id: 4,
@@ -384,7 +397,9 @@ fn run_rollout(
         out.windows = w + 1;
         done |= observe(judged, &mut platform, &mut sim, &mut out);
         done |= match sc.kind {
-            Kind::Errors | Kind::Tail | Kind::PlatformErrors => w + 1 >= ONSET + WITHIN,
+            Kind::Errors | Kind::Tail | Kind::PlatformErrors => {
+                w + 1 >= sc.regression.onset + WITHIN
+            }
             Kind::Biased => out.advance.is_some(),
             Kind::Approval => out.srm_hold.is_some(),
             Kind::AaClustered | Kind::Aa5 => false,
@@ -556,8 +571,8 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
 }
 
 /// Detected at or after the onset, within `WITHIN` windows, and nothing before it.
-fn within(first: Option<u32>) -> bool {
-    first.is_some_and(|w| (ONSET..ONSET + WITHIN).contains(&w))
+fn within(onset: u32, first: Option<u32>) -> bool {
+    first.is_some_and(|w| (onset..onset + WITHIN).contains(&w))
 }
 
 fn describe(model: &TrafficModel) {
@@ -695,6 +710,7 @@ fn main() {
             ));
         }
         let count = |f: &dyn Fn(&Out) -> bool| outs.iter().filter(|o| f(o)).count();
+        let onset = sc.regression.onset;
         let stops_by = |outs: &[Out]| {
             let mut by: Vec<(String, usize)> = Vec::new();
             for o in outs {
@@ -751,22 +767,48 @@ fn main() {
                 ));
             }
             Kind::Errors => {
-                let ok = count(&|o| within(o.stop.as_ref().map(|s| s.0)));
+                let ok = count(&|o| within(onset, o.stop.as_ref().map(|s| s.0)));
                 rows.push([
-                    "every user's error propensity x1.5 from window 4: paused within 6 windows"
-                        .into(),
+                    match onset {
+                        0 => "every user's error propensity x1.5 from the band's first window: \
+                              paused within 6 windows"
+                            .into(),
+                        _ => format!(
+                            "every user's error propensity x1.5 from window {onset}: paused \
+                             within 6 windows"
+                        ),
+                    },
                     share(ok, n),
                     ">= 95%".into(),
                     sc.name.into(),
                 ]);
+                // How long the pauses within 6 windows took, the onset window counting 1.
+                let mut took: Vec<u32> = outs
+                    .iter()
+                    .filter_map(|o| o.stop.as_ref().map(|s| s.0))
+                    .filter(|&w| within(onset, Some(w)))
+                    .map(|w| w - onset + 1)
+                    .collect();
+                took.sort_unstable();
+                let histogram = (1..=WITHIN)
+                    .map(|k| format!("{k}: {}", took.iter().filter(|&&t| t == k).count()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 notes.push(format!(
-                    "errors: stopped before the onset (false): {}; paused within 6 windows by \
+                    "{}: paused in window (onset = 1) {histogram}; median {}",
+                    sc.name,
+                    took.get(took.len() / 2)
+                        .map_or("-".into(), |m| m.to_string()),
+                ));
+                notes.push(format!(
+                    "{}: stopped before the onset (false): {}; paused within 6 windows by \
                      checkout_error_rate: {}; stops by guardrail: {}",
-                    count(&|o| o.stop.as_ref().is_some_and(|s| s.0 < ONSET)),
+                    sc.name,
+                    count(&|o| o.stop.as_ref().is_some_and(|s| s.0 < onset)),
                     count(&|o| {
-                        o.stop
-                            .as_ref()
-                            .is_some_and(|s| within(Some(s.0)) && s.2 == "checkout_error_rate")
+                        o.stop.as_ref().is_some_and(|s| {
+                            within(onset, Some(s.0)) && s.2 == "checkout_error_rate"
+                        })
                     }),
                     stops_by(&outs),
                 ));
@@ -780,13 +822,17 @@ fn main() {
                         .is_some_and(|c| c.contains(PLATFORMS[MOBILE_WEB]))
                 };
                 let paused_on = |f: &dyn Fn(usize) -> bool| {
-                    count(&|o| o.stop.as_ref().is_some_and(|s| within(Some(s.0)) && f(s.1)))
+                    count(&|o| {
+                        o.stop
+                            .as_ref()
+                            .is_some_and(|s| within(onset, Some(s.0)) && f(s.1))
+                    })
                 };
                 rows.push([
                     "(small cohorts) mobile-web users' error propensity x3 from window 4: paused \
                      within 6 windows"
                         .into(),
-                    share(count(&|o| within(o.stop.as_ref().map(|s| s.0))), n),
+                    share(count(&|o| within(onset, o.stop.as_ref().map(|s| s.0))), n),
                     "".into(),
                     sc.name.into(),
                 ]);
@@ -794,7 +840,7 @@ fn main() {
                     "mobile-web: stopped before the onset (false): {}; paused within 6 windows \
                      on `*`: {}, on a mobile-web cohort: {}, elsewhere: {}; stops by \
                      guardrail: {}",
-                    count(&|o| o.stop.as_ref().is_some_and(|s| s.0 < ONSET)),
+                    count(&|o| o.stop.as_ref().is_some_and(|s| s.0 < onset)),
                     paused_on(&|slot| slot == 0),
                     paused_on(&on_mobile_web),
                     paused_on(&|slot| slot != 0 && !on_mobile_web(slot)),
@@ -810,14 +856,14 @@ fn main() {
                 rows.push([
                     "p95 +50%, median unchanged, from window 4: stopped or held within 6 windows"
                         .into(),
-                    share(count(&|o| within(first(o))), n),
+                    share(count(&|o| within(onset, first(o))), n),
                     ">= 90%".into(),
                     sc.name.into(),
                 ]);
                 notes.push(format!(
                     "tail: stopped/held before the onset (false): {}; stops by guardrail: {}; \
                      SRM HOLDs (not counted as detection): {}",
-                    count(&|o| first(o).is_some_and(|w| w < ONSET)),
+                    count(&|o| first(o).is_some_and(|w| w < onset)),
                     stops_by(&outs),
                     count(&|o| o.srm_hold.is_some()),
                 ));

@@ -1202,6 +1202,11 @@ fn relative_bounds_are_not_judged_against_control_at_100_percent() {
         "{:?}",
         actions(&at_10)
     );
+    // Breached in the band's first window already: the band's mSPRT alone gives this
+    // tenfold rate an e-value of about 9 there, the change-point detector's prior weight
+    // on the first window carries it (docs/STATISTICS.md §4).
+    let first = evidence(&at_10[0], "err", Role::Guardrail);
+    assert!(first.breached, "{first:?}");
     // Against control: 1/4 the band's mSPRT, 3/4 the detector, drifts weighed 0.2/0.6/0.2.
     let m = &evidence(&at_10[1], "err", Role::Guardrail).method;
     assert!(
