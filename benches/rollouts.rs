@@ -11,7 +11,9 @@
 //! Options: `--rollouts N` (per scenario), `--threads N` (default 2), `--scenario NAME`
 //! (run the scenarios whose name contains NAME, or is NAME with `=NAME`; repeatable), `--describe` (print the
 //! traffic model's realised properties for one day and exit), `--trace` (print every
-//! command of each scenario's first rollout to stderr), `--list`; policy settings
+//! command of each scenario's first rollout to stderr), `--list`, `--redraw-assignment`
+//! (every user's arm drawn afresh each window instead of once: what persistent
+//! assignment costs the change-point detector, docs/STATISTICS.md §4); policy settings
 //! `--error-margin M` (default 0), `--error-windows N` (1), `--alpha A` (0.01, every
 //! guardrail); `--first N` starts at rollout N (seeds are per rollout index, so runs
 //! `--rollouts 500` and `--first 500 --rollouts 500` together are `--rollouts 1000`).
@@ -654,7 +656,13 @@ fn main() {
     );
     let _ = SETTINGS.set(settings);
     FIRST.store(arg(&args, "--first").unwrap_or(0usize), Ordering::Relaxed);
-    let model = TrafficModel::default();
+    let model = TrafficModel {
+        redraw_assignment_each_window: args.iter().any(|a| a == "--redraw-assignment"),
+        ..TrafficModel::default()
+    };
+    if model.redraw_assignment_each_window {
+        println!("assignment: drawn afresh every window (--redraw-assignment)");
+    }
     let all = scenarios();
     if args.iter().any(|a| a == "--list") {
         for sc in &all {

@@ -126,6 +126,11 @@ pub struct TrafficModel {
     pub support_shape: f64,
     /// Added contact probability per error in the session.
     pub support_per_error: f64,
+    /// Draw every user's assignment afresh each window instead of once per user and
+    /// flag (not how a flag platform assigns): measures what persistent assignment,
+    /// which makes consecutive windows' arms the same users, costs a test that treats
+    /// windows as independent.
+    pub redraw_assignment_each_window: bool,
 }
 
 impl Default for TrafficModel {
@@ -155,6 +160,7 @@ impl Default for TrafficModel {
             support_rate: 0.003,
             support_shape: 0.5,
             support_per_error: 0.05,
+            redraw_assignment_each_window: false,
         }
     }
 }
@@ -484,7 +490,11 @@ impl Rollout {
                 let local = pop.alias[c].draw(rng) as u32;
                 let user = range.start + local;
                 let u = pop.users[user as usize];
-                let treat = treated(u.assign, threshold);
+                let assign = match m.redraw_assignment_each_window {
+                    false => u.assign,
+                    true => (splitmix((u64::from(u.assign) << 32) ^ start_ms as u64) >> 32) as u32,
+                };
+                let treat = treated(assign, threshold);
                 let meta = Meta {
                     user,
                     cohort: c as u8,
@@ -949,5 +959,42 @@ mod tests {
             seen[2] += u64::from(ev.source() == crate::model::Source::Support);
         });
         assert!(seen[0] > 2_000, "{seen:?}");
+    }
+
+    /// Persistent assignment keeps every user in one arm across windows; the bench's
+    /// `--redraw-assignment` draws it afresh each window at the same share.
+    #[test]
+    fn assignment_is_persistent_unless_redrawn_each_window() {
+        for redraw in [false, true] {
+            let model = TrafficModel {
+                redraw_assignment_each_window: redraw,
+                ..small()
+            };
+            let mut r = Rollout::new(model, "f", "on", "off", 0.5, 9);
+            let start = 1_700_000_100_000 / 900_000 * 900_000;
+            let mut arms: [std::collections::HashMap<u32, bool>; 2] = Default::default();
+            let mut treated = [0u64; 2];
+            for (w, arm) in arms.iter_mut().enumerate() {
+                r.window(w as u32, start + w as i64 * 900_000, |_, meta| {
+                    arm.insert(meta.user, meta.treatment);
+                });
+                treated[w] = arm.values().filter(|&&t| t).count() as u64;
+                let share = treated[w] as f64 / arm.len() as f64;
+                assert!((0.45..0.55).contains(&share), "redraw {redraw}: {share}");
+            }
+            let both: Vec<u32> = arms[0]
+                .keys()
+                .filter(|u| arms[1].contains_key(u))
+                .copied()
+                .collect();
+            assert!(both.len() > 200, "{}", both.len());
+            let switched =
+                both.iter().filter(|u| arms[0][u] != arms[1][u]).count() as f64 / both.len() as f64;
+            if redraw {
+                assert!((0.4..0.6).contains(&switched), "switched {switched}");
+            } else {
+                assert_eq!(switched, 0.0);
+            }
+        }
     }
 }
