@@ -340,7 +340,14 @@ pub struct AppliedSeen {
 }
 
 /// Assigns `topic`'s partitions at their current ends: only what comes next is read.
-fn from_end(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<()> {
+/// Adds `topic`'s partitions to `consumer`'s assignment at their end offsets (or, with
+/// `from_start`, at their beginning); returns how many it has (0: the topic does not
+/// exist yet).
+fn from_end(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<usize> {
+    watch(consumer, topic, false)
+}
+
+fn watch(consumer: &BaseConsumer, topic: &str, from_start: bool) -> anyhow::Result<usize> {
     let meta = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .with_context(|| format!("metadata of {topic}"))?;
@@ -351,17 +358,26 @@ fn from_end(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<()> {
         .map_or(0, |t| t.partitions().len() as i32);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .with_context(|| format!("end offsets of {topic}"))?;
-        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+        let offset = match from_start {
+            true => Offset::Beginning,
+            false => {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .with_context(|| format!("end offsets of {topic}"))?;
+                Offset::Offset(high)
+            }
+        };
+        tpl.add_partition_offset(topic, p, offset)?;
+    }
+    if partitions == 0 {
+        return Ok(0);
     }
     let mut current = consumer.assignment().unwrap_or_default();
     for e in tpl.elements() {
         current.add_partition_offset(e.topic(), e.partition(), e.offset())?;
     }
     consumer.assign(&current)?;
-    Ok(())
+    Ok(partitions as usize)
 }
 
 /// Runs a game day against the cluster of `config`: injects until a PAUSE, ROLLBACK or
@@ -402,15 +418,22 @@ pub async fn run(config: &Config, policy: &Policy, spec: &Spec) -> anyhow::Resul
         config.topics.flag_commands.clone(),
         config.topics.applied.clone(),
     );
-    let watcher = tokio::task::spawn_blocking(move || -> anyhow::Result<BaseConsumer> {
-        from_end(&watcher, &commands_topic)?;
-        // The applied-state topic exists once a platform subscriber published to it.
-        if let Err(e) = from_end(&watcher, &applied_topic) {
-            tracing::info!(error = %e, "no applied-state topic: the change applied will not be measured");
-        }
-        Ok(watcher)
-    })
-    .await??;
+    let (watcher, mut applied_watched) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(BaseConsumer, bool)> {
+            from_end(&watcher, &commands_topic)?;
+            // The applied-state topic exists once a platform subscriber published to it;
+            // if it does not yet, it is looked for again while the game day runs.
+            let watched = match from_end(&watcher, &applied_topic) {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::info!(error = %e, "no applied-state topic yet");
+                    false
+                }
+            };
+            Ok((watcher, watched))
+        })
+        .await??;
+    let mut applied_checked = Instant::now();
     let watcher = std::sync::Arc::new(watcher);
     let schemas = SchemaRegistry::shipped().map_err(anyhow::Error::msg)?;
     let reader = crate::kafka::OutputReader::commands()?;
@@ -453,6 +476,15 @@ pub async fn run(config: &Config, policy: &Policy, spec: &Spec) -> anyhow::Resul
             }
             events +=
                 crate::kafka::produce_events(&producer, &config.topics, &schemas, &batch).await?;
+        }
+        // A platform subscriber that published its first record after the game day began
+        // created the applied-state topic then: all of it is new, read from the start.
+        if !applied_watched && applied_checked.elapsed() >= Duration::from_secs(1) {
+            applied_checked = Instant::now();
+            let (w, topic) = (watcher.clone(), config.topics.applied.clone());
+            applied_watched = tokio::task::spawn_blocking(move || watch(&w, &topic, true))
+                .await?
+                .is_ok_and(|n| n > 0);
         }
         // Read what arrived.
         let w = watcher.clone();
