@@ -339,14 +339,9 @@ pub struct AppliedSeen {
     pub approved_by: Option<String>,
 }
 
-/// Assigns `topic`'s partitions at their current ends: only what comes next is read.
-/// Adds `topic`'s partitions to `consumer`'s assignment at their end offsets (or, with
-/// `from_start`, at their beginning); returns how many it has (0: the topic does not
-/// exist yet).
-fn from_end(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<usize> {
-    watch(consumer, topic, false)
-}
-
+/// Adds `topic`'s partitions to `consumer`'s assignment at their current ends (only what
+/// comes next is read) or, with `from_start`, at their beginning; returns how many
+/// partitions it has (0: the topic does not exist yet, nothing assigned).
 fn watch(consumer: &BaseConsumer, topic: &str, from_start: bool) -> anyhow::Result<usize> {
     let meta = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -356,6 +351,9 @@ fn watch(consumer: &BaseConsumer, topic: &str, from_start: bool) -> anyhow::Resu
         .iter()
         .find(|t| t.name() == topic)
         .map_or(0, |t| t.partitions().len() as i32);
+    if partitions == 0 {
+        return Ok(0);
+    }
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         let offset = match from_start {
@@ -368,9 +366,6 @@ fn watch(consumer: &BaseConsumer, topic: &str, from_start: bool) -> anyhow::Resu
             }
         };
         tpl.add_partition_offset(topic, p, offset)?;
-    }
-    if partitions == 0 {
-        return Ok(0);
     }
     let mut current = consumer.assignment().unwrap_or_default();
     for e in tpl.elements() {
@@ -420,10 +415,10 @@ pub async fn run(config: &Config, policy: &Policy, spec: &Spec) -> anyhow::Resul
     );
     let (watcher, mut applied_watched) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(BaseConsumer, bool)> {
-            from_end(&watcher, &commands_topic)?;
+            watch(&watcher, &commands_topic, false)?;
             // The applied-state topic exists once a platform subscriber published to it;
             // if it does not yet, it is looked for again while the game day runs.
-            let watched = match from_end(&watcher, &applied_topic) {
+            let watched = match watch(&watcher, &applied_topic, false) {
                 Ok(n) => n > 0,
                 Err(e) => {
                     tracing::info!(error = %e, "no applied-state topic yet");

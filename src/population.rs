@@ -973,13 +973,12 @@ mod tests {
             let mut r = Rollout::new(model, "f", "on", "off", 0.5, 9);
             let start = 1_700_000_100_000 / 900_000 * 900_000;
             let mut arms: [std::collections::HashMap<u32, bool>; 2] = Default::default();
-            let mut treated = [0u64; 2];
             for (w, arm) in arms.iter_mut().enumerate() {
                 r.window(w as u32, start + w as i64 * 900_000, |_, meta| {
                     arm.insert(meta.user, meta.treatment);
                 });
-                treated[w] = arm.values().filter(|&&t| t).count() as u64;
-                let share = treated[w] as f64 / arm.len() as f64;
+                let treated = arm.values().filter(|&&t| t).count();
+                let share = treated as f64 / arm.len() as f64;
                 assert!((0.45..0.55).contains(&share), "redraw {redraw}: {share}");
             }
             let both: Vec<u32> = arms[0]
