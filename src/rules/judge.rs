@@ -146,7 +146,9 @@ fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>,
 /// (87.4% at 1/2 with equal drift weights), a ×3 regression in one platform's three
 /// small cohorts in 78.4% (69.3%); A/A stops unchanged, 8/1,000. (Earlier: 2/3 alone gave
 /// 89.1%; `TAU_RELATIVE` 0.5 gave the same as 0.25; drifts {1, 2} pause a severe
-/// regression a window later.)
+/// regression a window later.) These were measured when the detector scored each
+/// window's own test; with innovations (`stats::ratio_innovation_test`) the ×1.5 row is
+/// 89.4% and A/A stops 3/1,000 (docs/STATISTICS.md §4).
 pub const DETECTOR_WEIGHT: f64 = 3.0 / 4.0;
 
 /// One bound's sequential e-value in log: (1−w)·Λ₁ + w·M, w = [`DETECTOR_WEIGHT`], Λ₁ the band's mSPRT (strong when
@@ -158,6 +160,7 @@ fn bound_log_e(
     band: Option<(Option<f64>, f64)>,
     detector: &Detector,
     weights: &[f64; stats::DETECTOR_DRIFTS.len()],
+    innovations: bool,
 ) -> (f64, String) {
     let log_m = detector.log_e_weighted(weights);
     let join = |v: &[f64]| {
@@ -166,8 +169,13 @@ fn bound_log_e(
             .collect::<Vec<_>>()
             .join("/")
     };
+    let scores = if innovations {
+        ", scoring after the band's first window each window's innovation given the band's earlier windows"
+    } else {
+        ""
+    };
     let detector_name = format!(
-        "change-point e-detector over {} window(s) (drifts {} sd, weights {})",
+        "change-point e-detector over {} window(s) (drifts {} sd, weights {}){scores}",
         detector.windows,
         join(&stats::DETECTOR_DRIFTS),
         join(weights)
@@ -188,6 +196,33 @@ fn bound_log_e(
         }
         None => (log_m, format!("a {detector_name}")),
     }
+}
+
+/// One arm's bucket totals over the band's windows before this one.
+struct Earlier {
+    x: Vec<f64>,
+    y: Vec<f64>,
+}
+
+impl Earlier {
+    fn slices(&self) -> (&[f64], &[f64]) {
+        (&self.x, &self.y)
+    }
+}
+
+/// The band's earlier windows of one arm: the band (which already holds this window)
+/// less this window, bucket by bucket. `None` in the band's first window (no earlier
+/// denominator) or without unit buckets.
+fn earlier(band: &Agg, now: &Agg) -> Option<Earlier> {
+    let ((bx, by), (nx, ny)) = (band.ratio()?, now.ratio()?);
+    let minus =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
+    let e = Earlier {
+        x: minus(bx, nx),
+        // Counts: exact in f64, never below 0.
+        y: minus(by, ny).into_iter().map(|v| v.max(0.0)).collect(),
+    };
+    (e.y.iter().sum::<f64>() > 0.0).then_some(e)
 }
 
 fn relative_change(t: f64, c: Option<f64>) -> Option<f64> {
@@ -283,26 +318,46 @@ pub fn guardrail(
         Some(d) => {
             // Sequential: this window's p-values feed the detectors (unless the window
             // is insufficient), then each bound's e-value; the guardrail's is their mean.
+            // After a band's first window, the detectors score each window's innovation
+            // given the band's earlier windows (`stats::ratio_innovation_test`): the
+            // arms keep their units, so the windows' own tests are correlated.
+            let earlier_t = band.and_then(|b| earlier(&b[TREATMENT], t));
             let mut parts: Vec<(f64, String)> = Vec::new();
             if let Some((margin, tail)) = relative {
                 if let (false, Some((r, _))) = (insufficient, &rel_window) {
-                    d.relative.update(r.p_value);
+                    let innovation = band.and_then(|b| {
+                        let (et, ec) = (earlier_t.as_ref()?, earlier(&b[CONTROL], c)?);
+                        stats::ratio_innovation_test(
+                            [t.ratio()?, c.ratio()?],
+                            [et.slices(), ec.slices()],
+                            margin,
+                            tail,
+                        )
+                    });
+                    d.relative
+                        .update(innovation.map_or(r.p_value, |(r, _)| r.p_value));
                 }
+                let has_band = band.is_some();
                 let band = band.and_then(|b| band_log_e(&b[TREATMENT], &b[CONTROL], margin, tail));
                 let weights = match reference {
                     Reference::Baseline { .. } => &stats::DETECTOR_EQUAL_WEIGHTS,
                     _ => &stats::DETECTOR_DRIFT_WEIGHTS,
                 };
-                parts.push(bound_log_e(band, d.relative, weights));
+                parts.push(bound_log_e(band, d.relative, weights, has_band));
             }
             if !absolute.is_empty() {
                 // Several absolute bounds (max and min) share one detector on the
                 // smallest p-value times their number (Bonferroni, still a p-value).
                 let k = abs_window.len() as f64;
-                let p_abs = abs_window
+                let p_abs = absolute
                     .iter()
-                    .flatten()
-                    .map(|r| r.p_value)
+                    .zip(&abs_window)
+                    .filter_map(|((b, tail), plain)| {
+                        let innovation = earlier_t.as_ref().and_then(|e| {
+                            stats::bound_innovation_test(t.ratio()?, e.slices(), *b, *tail)
+                        });
+                        innovation.map(|(r, _)| r).or(*plain).map(|r| r.p_value)
+                    })
                     .fold(f64::INFINITY, f64::min);
                 if !insufficient && p_abs.is_finite() {
                     d.absolute.update((p_abs * k).min(1.0));
@@ -313,6 +368,7 @@ pub fn guardrail(
                     None,
                     d.absolute,
                     &stats::DETECTOR_DRIFT_WEIGHTS,
+                    band.is_some(),
                 ));
             }
             if parts.is_empty() {

@@ -527,6 +527,162 @@ pub fn ratio_test_null(
     ))
 }
 
+/// One arm of an innovation test: its bucket totals in this window and in the band's
+/// earlier windows, its weight in the effect and the null centre of each ratio.
+struct InnovationArm<'a> {
+    now: (&'a [f64], &'a [f64]),
+    earlier: (&'a [f64], &'a [f64]),
+    weight: f64,
+    centre_now: f64,
+    centre_earlier: f64,
+}
+
+/// The innovation of this window's effect given the band's earlier windows, and its
+/// one-sided test. Users keep their arm for the whole band, so an arm that drew more
+/// error-prone users by chance leans the same way in every window: the windows' effects
+/// share a component, and scores that treat them as independent add it up again and
+/// again. With δ this window's effect and δ′ the earlier windows' (same units, same
+/// buckets), the innovation is I = δ − θ·δ′, θ = Cov(δ, δ′)/Var(δ′) ∈ [0, 1] estimated
+/// over the unit buckets (each arm's bucket deviations from its own ratio), so
+/// I is the part of this window not predicted by the band so far: under the null the
+/// windows' innovations are uncorrelated (the prediction-error decomposition of a
+/// random arm effect), and a detector that multiplies their likelihood ratios keeps
+/// its level. Var(I) = Σ_arms G/(G−1)·Σ_b (h_b − θ·h′_b)², h the null-centred
+/// linearised bucket terms of [`ratio_test_null`] / [`bound_test`]. With θ = 0 (no
+/// persistence) it is this window's own test. A regression that began before this
+/// window keeps (1 − θ·share of the earlier windows it covers) of its effect here; the
+/// band's mSPRT, on the cumulative effect with clustered variance, keeps it whole.
+/// Returns the test and θ; `None` if an arm has no earlier denominator, fewer than two
+/// buckets, or no variance.
+fn innovation(
+    arms: &[InnovationArm<'_>],
+    delta_now: f64,
+    delta_earlier: f64,
+    tail: Tail,
+) -> Option<(TestResult, f64)> {
+    let (mut cov, mut var_earlier) = (0.0, 0.0);
+    for a in arms {
+        let (sy_now, sy_earlier): (f64, f64) = (a.now.1.iter().sum(), a.earlier.1.iter().sum());
+        if !(sy_now > 0.0 && sy_earlier > 0.0) {
+            return None;
+        }
+        let r_now = a.now.0.iter().sum::<f64>() / sy_now;
+        let r_earlier = a.earlier.0.iter().sum::<f64>() / sy_earlier;
+        let w2 = a.weight * a.weight;
+        for b in 0..a.now.0.len() {
+            let g = (a.now.0[b] - r_now * a.now.1[b]) / sy_now;
+            let g_earlier = (a.earlier.0[b] - r_earlier * a.earlier.1[b]) / sy_earlier;
+            cov += w2 * g * g_earlier;
+            var_earlier += w2 * g_earlier * g_earlier;
+        }
+    }
+    let theta = if var_earlier > 0.0 {
+        (cov / var_earlier).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let mut variance = 0.0;
+    for a in arms {
+        let sy_now: f64 = a.now.1.iter().sum();
+        let sy_earlier: f64 = a.earlier.1.iter().sum();
+        let (mut ss, mut g) = (0.0, 0usize);
+        for b in 0..a.now.0.len() {
+            let (x, y) = (a.now.0[b], a.now.1[b]);
+            let (xe, ye) = (a.earlier.0[b], a.earlier.1[b]);
+            if x == 0.0 && y == 0.0 && xe == 0.0 && ye == 0.0 {
+                continue;
+            }
+            g += 1;
+            let h =
+                (x - a.centre_now * y) / sy_now - theta * (xe - a.centre_earlier * ye) / sy_earlier;
+            ss += h * h;
+        }
+        if g < 2 {
+            return None;
+        }
+        let gf = g as f64;
+        variance += a.weight * a.weight * gf / (gf - 1.0) * ss;
+    }
+    if !(variance > 0.0 && variance.is_finite()) {
+        return None;
+    }
+    let z = (delta_now - theta * delta_earlier) / variance.sqrt();
+    Some((
+        TestResult {
+            statistic: z,
+            p_value: normal_p(z, tail),
+        },
+        theta,
+    ))
+}
+
+/// [`ratio_test_null`]'s window test as an innovation given the band's earlier windows
+/// (see [`innovation`]): `now` and `earlier` are [treatment, control] bucket totals.
+/// Returns the test and θ.
+pub fn ratio_innovation_test(
+    now: [(&[f64], &[f64]); 2],
+    earlier: [(&[f64], &[f64]); 2],
+    margin: f64,
+    tail: Tail,
+) -> Option<(TestResult, f64)> {
+    if !valid_margin(margin) {
+        return None;
+    }
+    let r = 1.0 + margin;
+    let sums = |(x, y): (&[f64], &[f64])| (x.iter().sum::<f64>(), y.iter().sum::<f64>());
+    // The null centres and the effect of one period, as in `ratio_test_null`.
+    let period = |[t, c]: [(&[f64], &[f64]); 2]| {
+        let ((sxt, syt), (sxc, syc)) = (sums(t), sums(c));
+        let rc0 = (sxt + sxc) / (r * syt + syc);
+        (r * rc0, rc0, sxt / syt - r * sxc / syc)
+    };
+    let (t_now, c_now, delta_now) = period(now);
+    let (t_earlier, c_earlier, delta_earlier) = period(earlier);
+    let arms = [
+        InnovationArm {
+            now: now[0],
+            earlier: earlier[0],
+            weight: 1.0,
+            centre_now: t_now,
+            centre_earlier: t_earlier,
+        },
+        InnovationArm {
+            now: now[1],
+            earlier: earlier[1],
+            weight: r,
+            centre_now: c_now,
+            centre_earlier: c_earlier,
+        },
+    ];
+    // Control's terms enter with weight r; the sign is immaterial to θ and the variance
+    // (both arms' terms are squared or paired with themselves).
+    innovation(&arms, delta_now, delta_earlier, tail)
+}
+
+/// [`bound_test`]'s window test of a ratio against an absolute bound as an innovation
+/// given the band's earlier windows (see [`innovation`]); each period's terms are
+/// centred on its own ratio, as [`ratio_estimate`]'s variance is. Returns the test and θ.
+pub fn bound_innovation_test(
+    now: (&[f64], &[f64]),
+    earlier: (&[f64], &[f64]),
+    bound: f64,
+    tail: Tail,
+) -> Option<(TestResult, f64)> {
+    if !bound.is_finite() {
+        return None;
+    }
+    let ratio = |(x, y): (&[f64], &[f64])| x.iter().sum::<f64>() / y.iter().sum::<f64>();
+    let (r_now, r_earlier) = (ratio(now), ratio(earlier));
+    let arms = [InnovationArm {
+        now,
+        earlier,
+        weight: 1.0,
+        centre_now: r_now,
+        centre_earlier: r_earlier,
+    }];
+    innovation(&arms, r_now - bound, r_earlier - bound, tail)
+}
+
 /// One-sided z-test of an estimate against a fixed bound (absolute guardrails):
 /// H1 value > bound (`Greater`) or value < bound (`Less`), z = (value − bound)/se.
 pub fn bound_test(value: f64, se: f64, bound: f64, tail: Tail) -> Option<TestResult> {
@@ -683,9 +839,11 @@ pub const DETECTOR_EQUAL_WEIGHTS: [f64; DETECTOR_DRIFTS.len()] =
 /// A change-point e-detector (Shin, Ramdas & Rinaldo, "E-detectors", 2023) for a
 /// regression that may begin at any window of a ramp band.
 ///
-/// Each window contributes a one-sided score z (the standard-normal quantile of that
-/// window's own test p-value: N(0, 1) at the null boundary, stochastically smaller
-/// inside the null). For a drift θ the likelihood ratio of windows k..n is
+/// Each window contributes a one-sided score z (the standard-normal quantile of a
+/// p-value: N(0, 1) at the null boundary, stochastically smaller inside the null): the
+/// window's own test in a band's first window, after it the window's innovation given
+/// the band's earlier windows ([`ratio_innovation_test`]) where the metric has a band,
+/// since units keep their arm and the windows' own tests are correlated. For a drift θ the likelihood ratio of windows k..n is
 /// L_{k,n}(θ) = Π_{j=k..n} exp(θ·z_j − θ²/2), a nonnegative martingale under the null
 /// with mean 1. Change point k gets the prior weight w_k = 1/(k(k+1)), which sums to 1;
 /// a change point still in the future contributes its weight unchanged. So

@@ -954,6 +954,47 @@ fn change_point_detector_keeps_its_error_rate_and_catches_a_late_regression() {
     assert!(caught > caught_by_band, "{caught} vs {caught_by_band}");
 }
 
+/// After a band's first window the detector scores the window's innovation given the
+/// band's earlier windows (the band less this window, the same units in the same
+/// buckets), not the window's own test.
+#[test]
+fn detectors_score_innovations_after_the_first_window() {
+    let policy = policy();
+    let mut rules = Rules::new(policy.clone());
+    let worse = Traffic {
+        err: [(30, 1000), (10, 1000)],
+        ..HEALTHY
+    };
+    run(&mut rules, &policy, 0, &[HEALTHY, worse]);
+    let slot = policy.flags[0]
+        .metric_ids
+        .iter()
+        .position(|&m| policy.metrics[m].name == "err")
+        .unwrap();
+    let treatment = |t: &Traffic| arm(&policy, 0, t, 0).aggs[slot].clone();
+    let (w1, w2) = (treatment(&HEALTHY), treatment(&worse));
+    let own = |a: &Agg| {
+        let e = judge::ratio(a).unwrap();
+        stats::bound_test(e.ratio, e.variance.sqrt(), 0.05, stats::Tail::Greater)
+            .unwrap()
+            .p_value
+    };
+    let (innovation, theta) = stats::bound_innovation_test(
+        w2.ratio().unwrap(),
+        w1.ratio().unwrap(),
+        0.05,
+        stats::Tail::Greater,
+    )
+    .unwrap();
+    // The same units in both windows: the second window leans on the first.
+    assert!(theta > 0.0, "{theta}");
+    assert_ne!(innovation.p_value, own(&w2));
+    let mut want = stats::Detector::default();
+    want.update(own(&w1));
+    want.update(innovation.p_value);
+    assert_eq!(rules.states[0]["*"].abs_detectors[0], want);
+}
+
 #[test]
 fn detector_state_round_trips_and_rejects_bad_shapes() {
     let mut d = stats::Detector::default();
@@ -1000,6 +1041,13 @@ fn evidence_carries_interval_band_alpha_and_family() {
     assert!(
         err.method
             .contains("(drifts 1.00/2.00/3.00 sd, weights 0.20/0.60/0.20)"),
+        "{}",
+        err.method
+    );
+    // A rate has a band: the detector scores innovations after the first window.
+    assert!(
+        err.method
+            .contains("each window's innovation given the band's earlier windows"),
         "{}",
         err.method
     );

@@ -271,3 +271,76 @@ fn sample_ratio_e_process_matches_the_reference_window_by_window() {
         println!("{name}: log_e {} crossed {crossed}", state.log_e);
     }
 }
+
+/// The detector's window score after a band's first window, against
+/// `scripts/innovation_vectors.py` (numpy/scipy, from per-unit totals): exact on the
+/// engine's buckets; on the units themselves, the quantity the buckets estimate.
+#[test]
+fn innovation_scores_match_the_reference() {
+    let all: Value =
+        serde_json::from_str(include_str!("../../tests/data/innovation_vectors.json")).unwrap();
+    let cases = all["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 7);
+    for v in cases {
+        let name = v["name"].as_str().unwrap();
+        let arm = |key: &str| ratio_arm("rate", v[key].as_array().unwrap());
+        let (t_now, t_earlier) = (arm("treatment_now"), arm("treatment_earlier"));
+        let tail = tail(&v["tail"]);
+        let (r, theta) = match v["kind"].as_str().unwrap() {
+            "relative" => {
+                let (c_now, c_earlier) = (arm("control_now"), arm("control_earlier"));
+                let margin = f(&v["margin"]);
+                // The score before this change: this window's own test.
+                let (plain, _, _) = stats::ratio_test_null(
+                    t_now.ratio().unwrap(),
+                    c_now.ratio().unwrap(),
+                    margin,
+                    tail,
+                )
+                .unwrap();
+                assert!(close(plain.statistic, f(&v["plain"]["z"]), 1e-9), "{name}");
+                stats::ratio_innovation_test(
+                    [t_now.ratio().unwrap(), c_now.ratio().unwrap()],
+                    [t_earlier.ratio().unwrap(), c_earlier.ratio().unwrap()],
+                    margin,
+                    tail,
+                )
+                .unwrap()
+            }
+            _ => stats::bound_innovation_test(
+                t_now.ratio().unwrap(),
+                t_earlier.ratio().unwrap(),
+                f(&v["bound"]),
+                tail,
+            )
+            .unwrap(),
+        };
+        let b = &v["bucketed"];
+        assert!(
+            close(theta, f(&b["theta"]), 1e-9),
+            "{name}: θ {theta} vs {}",
+            b["theta"]
+        );
+        assert!(
+            close(r.statistic, f(&b["z"]), 1e-9),
+            "{name}: z {} vs {}",
+            r.statistic,
+            b["z"]
+        );
+        assert!(close(r.p_value, f(&b["p"]), 1e-9), "{name}");
+        // 64 buckets against every unit its own cluster: the same score, estimated with
+        // 63 degrees of freedom (θ to within 0.3, z to within 0.6 on these vectors).
+        let u = &v["unit_level"];
+        assert!(
+            (theta - f(&u["theta"])).abs() < 0.3,
+            "{name}: θ {theta} vs {}",
+            u["theta"]
+        );
+        assert!(
+            (r.statistic - f(&u["z"])).abs() < 0.6,
+            "{name}: z {} vs {}",
+            r.statistic,
+            u["z"]
+        );
+    }
+}

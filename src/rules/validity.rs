@@ -260,3 +260,84 @@ fn sample_ratio_test_is_valid_at_every_look_and_finds_a_46_54_split() {
     println!("SRM 46/54: {found} of 20 found at alpha 0.001 within 24 windows");
     assert!(found >= 15, "{found}");
 }
+
+/// The change-point detector's window scores under persistent assignment: every user
+/// keeps their arm for a band of 6 windows. Each window's own test is correlated with
+/// the band's earlier windows (an arm that drew error-prone users leans the same way
+/// every window), so a sum of scores spreads far beyond a sum of independent N(0, 1);
+/// the innovations given the band's earlier windows (`stats::ratio_innovation_test`)
+/// do not: their sum has the variance of independent scores.
+#[test]
+fn innovation_scores_are_uncorrelated_under_persistent_assignment() {
+    let mut rng = SmallRng::seed_from_u64(11);
+    let (bands, windows) = (300, 6);
+    let (mut plain_sums, mut innovation_sums) = (Vec::new(), Vec::new());
+    let (mut lag_plain, mut lag_innovation) = (Vec::new(), Vec::new());
+    for _ in 0..bands {
+        let (t_users, c_users) = (population(&mut rng, 1500), population(&mut rng, 1500));
+        let (mut band_t, mut band_c): (Option<Agg>, Option<Agg>) = (None, None);
+        let (mut plain, mut innovation) = (Vec::new(), Vec::new());
+        for _ in 0..windows {
+            let (rt, _) = window(&mut rng, &t_users);
+            let (rc, _) = window(&mut rng, &c_users);
+            let (r, _, _) = stats::ratio_test_null(
+                rt.ratio().unwrap(),
+                rc.ratio().unwrap(),
+                0.0,
+                Tail::Greater,
+            )
+            .unwrap();
+            plain.push(r.statistic);
+            let z = match (&band_t, &band_c) {
+                (Some(bt), Some(bc)) => {
+                    stats::ratio_innovation_test(
+                        [rt.ratio().unwrap(), rc.ratio().unwrap()],
+                        [bt.ratio().unwrap(), bc.ratio().unwrap()],
+                        0.0,
+                        Tail::Greater,
+                    )
+                    .unwrap()
+                    .0
+                    .statistic
+                }
+                _ => r.statistic,
+            };
+            innovation.push(z);
+            // The band's earlier windows, for the next window's innovation.
+            for (band, now) in [(&mut band_t, &rt), (&mut band_c, &rc)] {
+                match band {
+                    Some(b) => b.merge(now),
+                    None => *band = Some(now.clone()),
+                }
+            }
+        }
+        plain_sums.push(plain.iter().sum::<f64>());
+        innovation_sums.push(innovation.iter().sum::<f64>());
+        lag_plain.push((plain[0], plain[windows - 1]));
+        lag_innovation.push((innovation[0], innovation[windows - 1]));
+    }
+    let var = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64
+    };
+    let corr = |v: &[(f64, f64)]| {
+        let (a, b): (Vec<f64>, Vec<f64>) = v.iter().copied().unzip();
+        let (ma, mb) = (
+            a.iter().sum::<f64>() / a.len() as f64,
+            b.iter().sum::<f64>() / b.len() as f64,
+        );
+        let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+        cov / (var(&a) * var(&b)).sqrt() / (a.len() - 1) as f64
+    };
+    let (vp, vi) = (var(&plain_sums), var(&innovation_sums));
+    let (cp, ci) = (corr(&lag_plain), corr(&lag_innovation));
+    println!(
+        "A/A, {bands} bands of {windows} windows: variance of the sum of window scores: own tests {vp:.2}, innovations {vi:.2} (independent: {windows}); corr(window 1, window {windows}): {cp:.2}, {ci:.2}"
+    );
+    // Independent N(0, 1) scores: the sum's variance is 6, its sample variance over 300
+    // bands within [4.6, 7.7] with 99.9% probability.
+    assert!((4.6..=7.7).contains(&vi), "{vi}");
+    assert!(vp > 9.0, "{vp}");
+    assert!(ci.abs() < 0.19, "{ci}");
+    assert!(cp > 0.25, "{cp}");
+}
