@@ -148,7 +148,7 @@ fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>,
 /// 89.1%; `TAU_RELATIVE` 0.5 gave the same as 0.25; drifts {1, 2} pause a severe
 /// regression a window later.) These were measured when the detector scored each
 /// window's own test; with innovations (`stats::ratio_innovation_test`) the ×1.5 row is
-/// 89.4% and A/A stops 3/1,000 (docs/STATISTICS.md §4).
+/// 89.0% (docs/STATISTICS.md §4).
 pub const DETECTOR_WEIGHT: f64 = 3.0 / 4.0;
 
 /// One bound's sequential e-value in log: (1−w)·Λ₁ + w·M, w = [`DETECTOR_WEIGHT`], Λ₁ the band's mSPRT (strong when
@@ -318,15 +318,15 @@ pub fn guardrail(
         Some(d) => {
             // Sequential: this window's p-values feed the detectors (unless the window
             // is insufficient), then each bound's e-value; the guardrail's is their mean.
-            // After a band's first window, the detectors score each window's innovation
-            // given the band's earlier windows (`stats::ratio_innovation_test`): the
-            // arms keep their units, so the windows' own tests are correlated.
-            let earlier_t = band.and_then(|b| earlier(&b[TREATMENT], t));
+            // After a band's first window, a relative bound's detector scores each
+            // window's innovation given the band's earlier windows
+            // (`stats::ratio_innovation_test`): the arms keep their units, so the
+            // windows' own tests are correlated.
             let mut parts: Vec<(f64, String)> = Vec::new();
             if let Some((margin, tail)) = relative {
                 if let (false, Some((r, _))) = (insufficient, &rel_window) {
                     let innovation = band.and_then(|b| {
-                        let (et, ec) = (earlier_t.as_ref()?, earlier(&b[CONTROL], c)?);
+                        let (et, ec) = (earlier(&b[TREATMENT], t)?, earlier(&b[CONTROL], c)?);
                         stats::ratio_innovation_test(
                             [t.ratio()?, c.ratio()?],
                             [et.slices(), ec.slices()],
@@ -349,15 +349,13 @@ pub fn guardrail(
                 // Several absolute bounds (max and min) share one detector on the
                 // smallest p-value times their number (Bonferroni, still a p-value).
                 let k = abs_window.len() as f64;
-                let p_abs = absolute
+                // Each window's own test: an absolute bound judges the rate the
+                // treatment's users meet, window by window (and has no band mSPRT to
+                // carry a breach present from the band's start).
+                let p_abs = abs_window
                     .iter()
-                    .zip(&abs_window)
-                    .filter_map(|((b, tail), plain)| {
-                        let innovation = earlier_t.as_ref().and_then(|e| {
-                            stats::bound_innovation_test(t.ratio()?, e.slices(), *b, *tail)
-                        });
-                        innovation.map(|(r, _)| r).or(*plain).map(|r| r.p_value)
-                    })
+                    .flatten()
+                    .map(|r| r.p_value)
                     .fold(f64::INFINITY, f64::min);
                 if !insufficient && p_abs.is_finite() {
                     d.absolute.update((p_abs * k).min(1.0));
@@ -368,7 +366,7 @@ pub fn guardrail(
                     None,
                     d.absolute,
                     &stats::DETECTOR_DRIFT_WEIGHTS,
-                    band.is_some(),
+                    false,
                 ));
             }
             if parts.is_empty() {

@@ -527,6 +527,27 @@ pub fn ratio_test_null(
     ))
 }
 
+/// How far one arm's earlier windows predict this window, over the unit buckets: the
+/// regression coefficient θ = Σ_b g_b·g′_b / Σ_b g′_b², g_b = (x_b − R·y_b)/Y each
+/// period's linearised bucket term around its own ratio R, clamped to [0, 1]. `None`
+/// when either period has no denominator or the earlier one no spread.
+pub fn persistence(now: (&[f64], &[f64]), earlier: (&[f64], &[f64])) -> Option<f64> {
+    let (sy_now, sy_earlier): (f64, f64) = (now.1.iter().sum(), earlier.1.iter().sum());
+    if !(sy_now > 0.0 && sy_earlier > 0.0) {
+        return None;
+    }
+    let r_now = now.0.iter().sum::<f64>() / sy_now;
+    let r_earlier = earlier.0.iter().sum::<f64>() / sy_earlier;
+    let (mut cov, mut var) = (0.0, 0.0);
+    for b in 0..now.0.len().min(earlier.0.len()) {
+        let g = (now.0[b] - r_now * now.1[b]) / sy_now;
+        let g_earlier = (earlier.0[b] - r_earlier * earlier.1[b]) / sy_earlier;
+        cov += g * g_earlier;
+        var += g_earlier * g_earlier;
+    }
+    (var > 0.0 && cov.is_finite()).then(|| (cov / var).clamp(0.0, 1.0))
+}
+
 /// One arm of an innovation test: its bucket totals in this window and in the band's
 /// earlier windows, its weight in the effect and the null centre of each ratio.
 struct InnovationArm<'a> {
@@ -542,49 +563,34 @@ struct InnovationArm<'a> {
 /// error-prone users by chance leans the same way in every window: the windows' effects
 /// share a component, and scores that treat them as independent add it up again and
 /// again. With δ this window's effect and δ′ the earlier windows' (same units, same
-/// buckets), the innovation is I = δ − θ·δ′, θ = Cov(δ, δ′)/Var(δ′) ∈ [0, 1] estimated
-/// over the unit buckets (each arm's bucket deviations from its own ratio), so
-/// I is the part of this window not predicted by the band so far: under the null the
-/// windows' innovations are uncorrelated (the prediction-error decomposition of a
-/// random arm effect), and a detector that multiplies their likelihood ratios keeps
-/// its level. Var(I) = Σ_arms G/(G−1)·Σ_b (h_b − θ·h′_b)², h the null-centred
-/// linearised bucket terms of [`ratio_test_null`] / [`bound_test`]. With θ = 0 (no
-/// persistence) it is this window's own test. A regression that began before this
-/// window keeps (1 − θ·share of the earlier windows it covers) of its effect here; the
-/// band's mSPRT, on the cumulative effect with clustered variance, keeps it whole.
-/// Returns the test and θ; `None` if an arm has no earlier denominator, fewer than two
-/// buckets, or no variance.
+/// buckets), the innovation is I = δ − θ·δ′ with θ = Cov(δ, δ′)/Var(δ′) ∈ [0, 1], the
+/// regression of this window on the band so far ([`persistence`]): in a random arm
+/// effect model, the shrinkage factor of the best predictor, so under the null the
+/// windows' innovations are uncorrelated (the prediction-error decomposition) and a
+/// detector that multiplies their likelihood ratios keeps its level. θ is estimated on
+/// control where there is one: a regression multiplies the treatment's bucket
+/// deviations and would inflate it there, while under the null both arms, drawn from
+/// the same units, share it. Var(I) = Σ_arms w²·G/(G−1)·Σ_b (h_b − θ·h′_b)², h the
+/// null-centred linearised bucket terms of [`ratio_test_null`], G the buckets non-empty
+/// in either period. With θ = 0
+/// (no persistence) it is this window's own test. A regression that began before this
+/// window keeps (1 − θ·s) of its effect here, s the earlier windows' share it covers;
+/// the band's mSPRT, on the cumulative effect with clustered variance, keeps it whole.
+/// `None` if an arm has no denominator in a period, fewer than two buckets, or no
+/// variance.
 fn innovation(
     arms: &[InnovationArm<'_>],
+    theta: f64,
     delta_now: f64,
     delta_earlier: f64,
     tail: Tail,
-) -> Option<(TestResult, f64)> {
-    let (mut cov, mut var_earlier) = (0.0, 0.0);
+) -> Option<TestResult> {
+    let mut variance = 0.0;
     for a in arms {
         let (sy_now, sy_earlier): (f64, f64) = (a.now.1.iter().sum(), a.earlier.1.iter().sum());
         if !(sy_now > 0.0 && sy_earlier > 0.0) {
             return None;
         }
-        let r_now = a.now.0.iter().sum::<f64>() / sy_now;
-        let r_earlier = a.earlier.0.iter().sum::<f64>() / sy_earlier;
-        let w2 = a.weight * a.weight;
-        for b in 0..a.now.0.len() {
-            let g = (a.now.0[b] - r_now * a.now.1[b]) / sy_now;
-            let g_earlier = (a.earlier.0[b] - r_earlier * a.earlier.1[b]) / sy_earlier;
-            cov += w2 * g * g_earlier;
-            var_earlier += w2 * g_earlier * g_earlier;
-        }
-    }
-    let theta = if var_earlier > 0.0 {
-        (cov / var_earlier).clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let mut variance = 0.0;
-    for a in arms {
-        let sy_now: f64 = a.now.1.iter().sum();
-        let sy_earlier: f64 = a.earlier.1.iter().sum();
         let (mut ss, mut g) = (0.0, 0usize);
         for b in 0..a.now.0.len() {
             let (x, y) = (a.now.0[b], a.now.1[b]);
@@ -607,13 +613,22 @@ fn innovation(
         return None;
     }
     let z = (delta_now - theta * delta_earlier) / variance.sqrt();
-    Some((
-        TestResult {
-            statistic: z,
-            p_value: normal_p(z, tail),
-        },
-        theta,
-    ))
+    Some(TestResult {
+        statistic: z,
+        p_value: normal_p(z, tail),
+    })
+}
+
+/// θ for an innovation test: control's [`persistence`] where it has spread, else the
+/// treatment's, else 0.
+pub fn innovation_theta(
+    treatment: [(&[f64], &[f64]); 2],
+    control: Option<[(&[f64], &[f64]); 2]>,
+) -> f64 {
+    control
+        .and_then(|[now, earlier]| persistence(now, earlier))
+        .or_else(|| persistence(treatment[0], treatment[1]))
+        .unwrap_or(0.0)
 }
 
 /// [`ratio_test_null`]'s window test as an innovation given the band's earlier windows
@@ -638,6 +653,7 @@ pub fn ratio_innovation_test(
     };
     let (t_now, c_now, delta_now) = period(now);
     let (t_earlier, c_earlier, delta_earlier) = period(earlier);
+    let theta = innovation_theta([now[0], earlier[0]], Some([now[1], earlier[1]]));
     let arms = [
         InnovationArm {
             now: now[0],
@@ -654,33 +670,7 @@ pub fn ratio_innovation_test(
             centre_earlier: c_earlier,
         },
     ];
-    // Control's terms enter with weight r; the sign is immaterial to θ and the variance
-    // (both arms' terms are squared or paired with themselves).
-    innovation(&arms, delta_now, delta_earlier, tail)
-}
-
-/// [`bound_test`]'s window test of a ratio against an absolute bound as an innovation
-/// given the band's earlier windows (see [`innovation`]); each period's terms are
-/// centred on its own ratio, as [`ratio_estimate`]'s variance is. Returns the test and θ.
-pub fn bound_innovation_test(
-    now: (&[f64], &[f64]),
-    earlier: (&[f64], &[f64]),
-    bound: f64,
-    tail: Tail,
-) -> Option<(TestResult, f64)> {
-    if !bound.is_finite() {
-        return None;
-    }
-    let ratio = |(x, y): (&[f64], &[f64])| x.iter().sum::<f64>() / y.iter().sum::<f64>();
-    let (r_now, r_earlier) = (ratio(now), ratio(earlier));
-    let arms = [InnovationArm {
-        now,
-        earlier,
-        weight: 1.0,
-        centre_now: r_now,
-        centre_earlier: r_earlier,
-    }];
-    innovation(&arms, r_now - bound, r_earlier - bound, tail)
+    innovation(&arms, theta, delta_now, delta_earlier, tail).map(|t| (t, theta))
 }
 
 /// One-sided z-test of an estimate against a fixed bound (absolute guardrails):
@@ -841,9 +831,10 @@ pub const DETECTOR_EQUAL_WEIGHTS: [f64; DETECTOR_DRIFTS.len()] =
 ///
 /// Each window contributes a one-sided score z (the standard-normal quantile of a
 /// p-value: N(0, 1) at the null boundary, stochastically smaller inside the null): the
-/// window's own test in a band's first window, after it the window's innovation given
-/// the band's earlier windows ([`ratio_innovation_test`]) where the metric has a band,
-/// since units keep their arm and the windows' own tests are correlated. For a drift θ the likelihood ratio of windows k..n is
+/// window's own test; for a relative bound against control on a rate or mean, after the
+/// band's first window, the window's innovation given the band's earlier windows
+/// ([`ratio_innovation_test`]), since units keep their arm and the windows' own tests
+/// are correlated. For a drift θ the likelihood ratio of windows k..n is
 /// L_{k,n}(θ) = Π_{j=k..n} exp(θ·z_j − θ²/2), a nonnegative martingale under the null
 /// with mean 1. Change point k gets the prior weight w_k = 1/(k(k+1)), which sums to 1;
 /// a change point still in the future contributes its weight unchanged. So

@@ -954,45 +954,68 @@ fn change_point_detector_keeps_its_error_rate_and_catches_a_late_regression() {
     assert!(caught > caught_by_band, "{caught} vs {caught_by_band}");
 }
 
-/// After a band's first window the detector scores the window's innovation given the
-/// band's earlier windows (the band less this window, the same units in the same
-/// buckets), not the window's own test.
+/// After a band's first window a relative bound's detector scores the window's
+/// innovation given the band's earlier windows (the band less this window, the same
+/// units in the same buckets), not the window's own test; an absolute bound's detector
+/// keeps each window's own test.
 #[test]
-fn detectors_score_innovations_after_the_first_window() {
-    let policy = policy();
+fn relative_detectors_score_innovations_after_the_first_window() {
+    let config = CONFIG.replacen(
+        "  max = 0.05\n  windows = 2",
+        "  max_relative_increase = 0.1\n  windows = 2",
+        1,
+    );
+    let policy = Arc::new(Policy::compile(&Config::parse(&config).unwrap()).unwrap());
+    assert_eq!(
+        policy.flags[0].guardrails[0].max_relative_increase,
+        Some(0.1)
+    );
     let mut rules = Rules::new(policy.clone());
     let worse = Traffic {
         err: [(30, 1000), (10, 1000)],
         ..HEALTHY
     };
-    run(&mut rules, &policy, 0, &[HEALTHY, worse]);
+    let judged = run(&mut rules, &policy, 0, &[HEALTHY, worse]);
     let slot = policy.flags[0]
         .metric_ids
         .iter()
         .position(|&m| policy.metrics[m].name == "err")
         .unwrap();
-    let treatment = |t: &Traffic| arm(&policy, 0, t, 0).aggs[slot].clone();
-    let (w1, w2) = (treatment(&HEALTHY), treatment(&worse));
-    let own = |a: &Agg| {
-        let e = judge::ratio(a).unwrap();
-        stats::bound_test(e.ratio, e.variance.sqrt(), 0.05, stats::Tail::Greater)
-            .unwrap()
-            .p_value
+    let agg = |t: &Traffic, a: usize| arm(&policy, 0, t, a).aggs[slot].clone();
+    let (t1, t2) = (agg(&HEALTHY, 0), agg(&worse, 0));
+    let (c1, c2) = (agg(&HEALTHY, 1), agg(&worse, 1));
+    let own = |t: &Agg, c: &Agg| {
+        stats::ratio_test_null(
+            t.ratio().unwrap(),
+            c.ratio().unwrap(),
+            0.1,
+            stats::Tail::Greater,
+        )
+        .unwrap()
+        .0
+        .p_value
     };
-    let (innovation, theta) = stats::bound_innovation_test(
-        w2.ratio().unwrap(),
-        w1.ratio().unwrap(),
-        0.05,
+    let (innovation, theta) = stats::ratio_innovation_test(
+        [t2.ratio().unwrap(), c2.ratio().unwrap()],
+        [t1.ratio().unwrap(), c1.ratio().unwrap()],
+        0.1,
         stats::Tail::Greater,
     )
     .unwrap();
-    // The same units in both windows: the second window leans on the first.
+    // The same units in both windows: the second leans on the first.
     assert!(theta > 0.0, "{theta}");
-    assert_ne!(innovation.p_value, own(&w2));
+    assert_ne!(innovation.p_value, own(&t2, &c2));
     let mut want = stats::Detector::default();
-    want.update(own(&w1));
+    want.update(own(&t1, &c1));
     want.update(innovation.p_value);
-    assert_eq!(rules.states[0]["*"].abs_detectors[0], want);
+    assert_eq!(rules.states[0]["*"].detectors[0], want);
+    let err = evidence(&judged[1], "err", Role::Guardrail);
+    assert!(
+        err.method
+            .contains("each window's innovation given the band's earlier windows"),
+        "{}",
+        err.method
+    );
 }
 
 #[test]
@@ -1044,13 +1067,8 @@ fn evidence_carries_interval_band_alpha_and_family() {
         "{}",
         err.method
     );
-    // A rate has a band: the detector scores innovations after the first window.
-    assert!(
-        err.method
-            .contains("each window's innovation given the band's earlier windows"),
-        "{}",
-        err.method
-    );
+    // An absolute bound's detector scores each window's own test.
+    assert!(!err.method.contains("innovation"), "{}", err.method);
     // With absolute bounds only, the interval is of the treatment value (1% here).
     let r = run(&mut Rules::new(policy.clone()), &policy, 1, &[HEALTHY]);
     let e = evidence(&r[0], "err", Role::Guardrail);

@@ -280,41 +280,31 @@ fn innovation_scores_match_the_reference() {
     let all: Value =
         serde_json::from_str(include_str!("../../tests/data/innovation_vectors.json")).unwrap();
     let cases = all["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 7);
+    assert_eq!(cases.len(), 5);
     for v in cases {
         let name = v["name"].as_str().unwrap();
         let arm = |key: &str| ratio_arm("rate", v[key].as_array().unwrap());
         let (t_now, t_earlier) = (arm("treatment_now"), arm("treatment_earlier"));
         let tail = tail(&v["tail"]);
-        let (r, theta) = match v["kind"].as_str().unwrap() {
-            "relative" => {
-                let (c_now, c_earlier) = (arm("control_now"), arm("control_earlier"));
-                let margin = f(&v["margin"]);
-                // The score before this change: this window's own test.
-                let (plain, _, _) = stats::ratio_test_null(
-                    t_now.ratio().unwrap(),
-                    c_now.ratio().unwrap(),
-                    margin,
-                    tail,
-                )
+        let (c_now, c_earlier) = (arm("control_now"), arm("control_earlier"));
+        let margin = f(&v["margin"]);
+        // The score before this change: this window's own test.
+        let (plain, _, _) =
+            stats::ratio_test_null(t_now.ratio().unwrap(), c_now.ratio().unwrap(), margin, tail)
                 .unwrap();
-                assert!(close(plain.statistic, f(&v["plain"]["z"]), 1e-9), "{name}");
-                stats::ratio_innovation_test(
-                    [t_now.ratio().unwrap(), c_now.ratio().unwrap()],
-                    [t_earlier.ratio().unwrap(), c_earlier.ratio().unwrap()],
-                    margin,
-                    tail,
-                )
-                .unwrap()
-            }
-            _ => stats::bound_innovation_test(
-                t_now.ratio().unwrap(),
-                t_earlier.ratio().unwrap(),
-                f(&v["bound"]),
-                tail,
-            )
-            .unwrap(),
-        };
+        assert!(close(plain.statistic, f(&v["plain"]["z"]), 1e-9), "{name}");
+        let (r, theta) = stats::ratio_innovation_test(
+            [t_now.ratio().unwrap(), c_now.ratio().unwrap()],
+            [t_earlier.ratio().unwrap(), c_earlier.ratio().unwrap()],
+            margin,
+            tail,
+        )
+        .unwrap();
+        // θ is control's persistence.
+        assert_eq!(
+            Some(theta),
+            stats::persistence(c_now.ratio().unwrap(), c_earlier.ratio().unwrap())
+        );
         let b = &v["bucketed"];
         assert!(
             close(theta, f(&b["theta"]), 1e-9),
