@@ -572,8 +572,7 @@ struct InnovationArm<'a> {
 /// deviations and would inflate it there, while under the null both arms, drawn from
 /// the same units, share it. Var(I) = Σ_arms w²·G/(G−1)·Σ_b (h_b − θ·h′_b)², h the
 /// null-centred linearised bucket terms of [`ratio_test_null`], G the buckets non-empty
-/// in either period. With θ = 0
-/// (no persistence) it is this window's own test. A regression that began before this
+/// in either period. With θ = 0 (no persistence) it is this window's own test. A regression that began before this
 /// window keeps (1 − θ·s) of its effect here, s the earlier windows' share it covers;
 /// the band's mSPRT, on the cumulative effect with clustered variance, keeps it whole.
 /// `None` if an arm has no denominator in a period, fewer than two buckets, or no
@@ -619,18 +618,6 @@ fn innovation(
     })
 }
 
-/// θ for an innovation test: control's [`persistence`] where it has spread, else the
-/// treatment's, else 0.
-pub fn innovation_theta(
-    treatment: [(&[f64], &[f64]); 2],
-    control: Option<[(&[f64], &[f64]); 2]>,
-) -> f64 {
-    control
-        .and_then(|[now, earlier]| persistence(now, earlier))
-        .or_else(|| persistence(treatment[0], treatment[1]))
-        .unwrap_or(0.0)
-}
-
 /// [`ratio_test_null`]'s window test as an innovation given the band's earlier windows
 /// (see [`innovation`]): `now` and `earlier` are [treatment, control] bucket totals.
 /// Returns the test and θ.
@@ -653,7 +640,10 @@ pub fn ratio_innovation_test(
     };
     let (t_now, c_now, delta_now) = period(now);
     let (t_earlier, c_earlier, delta_earlier) = period(earlier);
-    let theta = innovation_theta([now[0], earlier[0]], Some([now[1], earlier[1]]));
+    // θ from control where it has spread, else from the treatment, else 0.
+    let theta = persistence(now[1], earlier[1])
+        .or_else(|| persistence(now[0], earlier[0]))
+        .unwrap_or(0.0);
     let arms = [
         InnovationArm {
             now: now[0],
