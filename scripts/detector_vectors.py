@@ -9,11 +9,14 @@ Run (from the crate root; scipy for the normal quantile):
 
 An INDEPENDENT computation from the written definition, not from the Rust recursion: for
 one-sided window p-values p_1..p_n, z_j = norm.isf(p_j), drifts theta with weights pi,
-change-point prior w_k = 1/(k(k+1)):
+change-point prior w_k = (a+1)/((k+a)(k+a+1)) (a = 0: 1/(k(k+1)); a = 3 beside a band
+mSPRT):
 
     M_n = sum_theta pi_theta * sum_{k<=n} w_k * prod_{j=k..n} exp(theta z_j - theta^2/2)
-          + sum_{k>n} w_k,          sum_{k>n} w_k = 1/(n+1)
+          + sum_{k>n} w_k,
 
+the future change points' mass sum_{k>n} w_k taken as 1 - sum_{k<=n} w_k (summed, not
+from the closed form the engine uses),
 summed term by term (every change point separately, log-sum-exp), where the engine
 keeps one running sum per drift. Stored: ln M_n after every window.
 """
@@ -34,15 +37,16 @@ def logsumexp(xs):
     return m + math.log(math.fsum(math.exp(x - m) for x in xs))
 
 
-def log_m(ps, weights):
+def log_m(ps, weights, a):
     z = [float(norm.isf(p)) for p in ps]
+    w = [(a + 1) / ((k + a) * (k + a + 1)) for k in range(1, len(z) + 1)]
     out = []
     for n in range(1, len(z) + 1):
-        terms = [-math.log(n + 1)]
+        terms = [math.log(1.0 - math.fsum(w[:n]))]
         for theta, pi in zip(DRIFTS, weights):
             for k in range(1, n + 1):
                 s = math.fsum(theta * z[j] - theta * theta / 2 for j in range(k - 1, n))
-                terms.append(math.log(pi) - math.log(k * (k + 1)) + s)
+                terms.append(math.log(pi) + math.log(w[k - 1]) + s)
         out.append(logsumexp(terms))
     return out
 
@@ -55,10 +59,14 @@ SEQUENCES = {
 }
 WEIGHTS = {"shipped": [0.2, 0.6, 0.2], "equal": [1 / 3, 1 / 3, 1 / 3]}
 
+PRIORS = {"from_start": 0.0, "beside_band": 3.0}
+
 cases = [
-    {"name": f"{s}/{w}", "p": ps, "weights": ws, "log_m": log_m(ps, ws)}
+    {"name": f"{s}/{w}/{pr}", "p": ps, "weights": ws, "prior_offset": a,
+     "log_m": log_m(ps, ws, a)}
     for s, ps in SEQUENCES.items()
     for w, ws in WEIGHTS.items()
+    for pr, a in PRIORS.items()
 ]
 OUT.write_text(json.dumps({
     "generator": f"scripts/detector_vectors.py, Python {platform.python_version()}, scipy {scipy.__version__}",

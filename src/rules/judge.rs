@@ -4,7 +4,7 @@
 use crate::model::Role;
 use crate::policy::{Direction, Guardrail, MetricKind, Policy, SuccessMetric};
 use crate::records::MetricEvidence;
-use crate::rules::stats::{self, Detector, Tail, TestResult};
+use crate::rules::stats::{self, ChangePrior, Detector, Tail, TestResult};
 use crate::window::aggregate::{Agg, quantile};
 use crate::window::{CONTROL, Cell, TREATMENT};
 
@@ -141,28 +141,28 @@ fn band_log_e(t: &Agg, c: &Agg, margin: f64, tail: Tail) -> Option<(Option<f64>,
 /// also has a band mSPRT. With the stop budget split over the family, validity does not
 /// depend on the weight; it trades a regression that starts mid-band (the detector's
 /// strength) against a small one that spans the band (the mSPRT's). On
-/// `benches/rollouts.rs` (1,000 rollouts each), with [`stats::DETECTOR_DRIFT_WEIGHTS`]:
-/// a ×1.5 error regression from window 4 of a band paused within 6 windows in 90.9%
-/// (87.4% at 1/2 with equal drift weights), a ×3 regression in one platform's three
-/// small cohorts in 78.4% (69.3%); A/A stops unchanged, 8/1,000. (Earlier: 2/3 alone gave
-/// 89.1%; `TAU_RELATIVE` 0.5 gave the same as 0.25; drifts {1, 2} pause a severe
-/// regression a window later.) These were measured when the detector scored each
-/// window's own test; with innovations (`stats::ratio_innovation_test`) the ×1.5 row is
-/// 89.0% (docs/STATISTICS.md §4).
-pub const DETECTOR_WEIGHT: f64 = 3.0 / 4.0;
+/// `benches/rollouts.rs` (1,000 rollouts each), with the detector scoring innovations
+/// and its prior [`ChangePrior::BESIDE_BAND`]: a ×1.5 error regression from window 4
+/// paused within 6 windows in 92.0% at 0.9 (91.3% at 3/4), ×3 in mobile-web's small
+/// cohorts 72.3% (70.4%), ×1.5 from the band's first window 94.8% (95.3%). (Earlier, with
+/// each window's own test scored: 3/4 against 1/2 gave 90.9% against 87.4% on the first
+/// row; `TAU_RELATIVE` 0.5 gave the same as 0.25; drifts {1, 2} pause a severe
+/// regression a window later.) docs/STATISTICS.md §4.
+pub const DETECTOR_WEIGHT: f64 = 0.9;
 
 /// One bound's sequential e-value in log: (1−w)·Λ₁ + w·M, w = [`DETECTOR_WEIGHT`], Λ₁ the band's mSPRT (strong when
 /// the regression spans the band) and M the change-point detector (strong when it starts
 /// mid-band); M alone for quantiles, which have no band aggregate. Both are nonnegative
 /// supermartingales starting at 1, so a weighted average is too. The detector must be
-/// updated with this window first.
+/// updated with this window first, under `prior`.
 fn bound_log_e(
     band: Option<(Option<f64>, f64)>,
     detector: &Detector,
     weights: &[f64; stats::DETECTOR_DRIFTS.len()],
+    prior: ChangePrior,
     innovations: bool,
 ) -> (f64, String) {
-    let log_m = detector.log_e_weighted(weights);
+    let log_m = detector.log_e_weighted(weights, prior);
     let join = |v: &[f64]| {
         v.iter()
             .map(|d| format!("{d:.2}"))
@@ -175,10 +175,11 @@ fn bound_log_e(
         ""
     };
     let detector_name = format!(
-        "change-point e-detector over {} window(s) (drifts {} sd, weights {}){scores}",
+        "change-point e-detector over {} window(s) (drifts {} sd, weights {}; change point k weighted (a+1)/((k+a)(k+a+1)), a = {}){scores}",
         detector.windows,
         join(&stats::DETECTOR_DRIFTS),
-        join(weights)
+        join(weights),
+        prior.offset()
     );
     match band {
         Some((log_l, tau)) => {
@@ -324,6 +325,14 @@ pub fn guardrail(
             // windows' own tests are correlated.
             let mut parts: Vec<(f64, String)> = Vec::new();
             if let Some((margin, tail)) = relative {
+                // Beside a band mSPRT, which carries a regression present from the band's
+                // start, the detector's prior weighs later starts.
+                let has_band = band.is_some();
+                let prior = if has_band {
+                    ChangePrior::BESIDE_BAND
+                } else {
+                    ChangePrior::FROM_START
+                };
                 if let (false, Some((r, _))) = (insufficient, &rel_window) {
                     let innovation = band.and_then(|b| {
                         let (et, ec) = (earlier(&b[TREATMENT], t)?, earlier(&b[CONTROL], c)?);
@@ -335,15 +344,14 @@ pub fn guardrail(
                         )
                     });
                     d.relative
-                        .update(innovation.map_or(r.p_value, |(r, _)| r.p_value));
+                        .update(innovation.map_or(r.p_value, |(r, _)| r.p_value), prior);
                 }
-                let has_band = band.is_some();
                 let band = band.and_then(|b| band_log_e(&b[TREATMENT], &b[CONTROL], margin, tail));
                 let weights = match reference {
                     Reference::Baseline { .. } => &stats::DETECTOR_EQUAL_WEIGHTS,
                     _ => &stats::DETECTOR_DRIFT_WEIGHTS,
                 };
-                parts.push(bound_log_e(band, d.relative, weights, has_band));
+                parts.push(bound_log_e(band, d.relative, weights, prior, has_band));
             }
             if !absolute.is_empty() {
                 // Several absolute bounds (max and min) share one detector on the
@@ -358,7 +366,8 @@ pub fn guardrail(
                     .map(|r| r.p_value)
                     .fold(f64::INFINITY, f64::min);
                 if !insufficient && p_abs.is_finite() {
-                    d.absolute.update((p_abs * k).min(1.0));
+                    d.absolute
+                        .update((p_abs * k).min(1.0), ChangePrior::FROM_START);
                 }
                 // The change-point detector alone: it forgets a breach that is over (a
                 // band-wide average would keep a recovered cohort breached).
@@ -366,6 +375,7 @@ pub fn guardrail(
                     None,
                     d.absolute,
                     &stats::DETECTOR_DRIFT_WEIGHTS,
+                    ChangePrior::FROM_START,
                     false,
                 ));
             }

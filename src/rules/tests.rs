@@ -907,19 +907,24 @@ fn change_point_detector_keeps_its_error_rate_and_catches_a_late_regression() {
     let sf = |z: f64| Normal::standard().sf(z);
     let alpha: f64 = 0.05;
     let (runs, looks) = (2000, 96);
-    let mut false_alarms = 0;
-    for _ in 0..runs {
-        let mut d = stats::Detector::default();
-        let mut hit = false;
-        for _ in 0..looks {
-            d.update(sf(normal(0.0)));
-            hit |= d.log_e() >= (1.0 / alpha).ln();
+    for prior in [
+        stats::ChangePrior::FROM_START,
+        stats::ChangePrior::BESIDE_BAND,
+    ] {
+        let mut false_alarms = 0;
+        for _ in 0..runs {
+            let mut d = stats::Detector::default();
+            let mut hit = false;
+            for _ in 0..looks {
+                d.update(sf(normal(0.0)), prior);
+                hit |= d.log_e(prior) >= (1.0 / alpha).ln();
+            }
+            false_alarms += usize::from(hit);
         }
-        false_alarms += usize::from(hit);
+        let rate = false_alarms as f64 / runs as f64;
+        eprintln!("detector false alarms over {looks} looks at alpha {alpha} ({prior:?}): {rate}");
+        assert!(rate <= alpha, "false-alarm rate {rate} ({prior:?})");
     }
-    let rate = false_alarms as f64 / runs as f64;
-    eprintln!("detector false alarms over {looks} looks at alpha {alpha}: {rate}");
-    assert!(rate <= alpha, "false-alarm rate {rate}");
 
     // Drift 2.5 sd per window after 20 null windows (about +50% errors at 6,000
     // exposures per arm), judged at alpha 0.01.
@@ -932,8 +937,8 @@ fn change_point_detector_keeps_its_error_rate_and_catches_a_late_regression() {
         for w in 0..onset + horizon {
             let z = normal(if w >= onset { 2.5 } else { 0.0 });
             sum_z += z;
-            d.update(sf(z));
-            if at.is_none() && d.log_e() >= (1.0 / alpha).ln() {
+            d.update(sf(z), stats::ChangePrior::FROM_START);
+            if at.is_none() && d.log_e(stats::ChangePrior::FROM_START) >= (1.0 / alpha).ln() {
                 at = Some(w);
             }
             // The band's evidence as a whole (a fixed test on the cumulative score, not
@@ -1005,9 +1010,10 @@ fn relative_detectors_score_innovations_after_the_first_window() {
     // The same units in both windows: the second leans on the first.
     assert!(theta > 0.0, "{theta}");
     assert_ne!(innovation.p_value, own(&t2, &c2));
+    // A relative bound beside its band's mSPRT: the prior that weighs later starts.
     let mut want = stats::Detector::default();
-    want.update(own(&t1, &c1));
-    want.update(innovation.p_value);
+    want.update(own(&t1, &c1), stats::ChangePrior::BESIDE_BAND);
+    want.update(innovation.p_value, stats::ChangePrior::BESIDE_BAND);
     assert_eq!(rules.states[0]["*"].detectors[0], want);
     let err = evidence(&judged[1], "err", Role::Guardrail);
     assert!(
@@ -1020,11 +1026,13 @@ fn relative_detectors_score_innovations_after_the_first_window() {
 
 #[test]
 fn detector_state_round_trips_and_rejects_bad_shapes() {
+    let prior = stats::ChangePrior::FROM_START;
     let mut d = stats::Detector::default();
-    assert_eq!(d.log_e(), 0.0, "M_0 = 1");
+    assert_eq!(d.log_e(prior), 0.0, "M_0 = 1");
+    assert_eq!(d.log_e(stats::ChangePrior::BESIDE_BAND), 0.0, "M_0 = 1");
     assert!(d.values().is_empty());
     for p in [0.5, 0.01, 1e-30, 1.0] {
-        d.update(p);
+        d.update(p, prior);
     }
     assert_eq!(stats::Detector::from_values(&d.values()), Some(d.clone()));
     assert_eq!(
@@ -1032,7 +1040,7 @@ fn detector_state_round_trips_and_rejects_bad_shapes() {
         Some(stats::Detector::default())
     );
     assert_eq!(stats::Detector::from_values(&[2.0, 0.0]), None);
-    assert!(d.log_e().is_finite());
+    assert!(d.log_e(prior).is_finite());
 }
 
 /// Evidence states the level spent, the family, the interval and the band (SPEC §2).
@@ -1060,10 +1068,11 @@ fn evidence_carries_interval_band_alpha_and_family() {
         "{}",
         err.method
     );
-    // An absolute bound's detector weighs its drifts 0.2/0.6/0.2.
+    // An absolute bound's detector weighs its drifts 0.2/0.6/0.2, and half its prior is
+    // on the band's first window (it has no band mSPRT beside it).
     assert!(
         err.method
-            .contains("(drifts 1.00/2.00/3.00 sd, weights 0.20/0.60/0.20)"),
+            .contains("(drifts 1.00/2.00/3.00 sd, weights 0.20/0.60/0.20; change point k weighted (a+1)/((k+a)(k+a+1)), a = 0)"),
         "{}",
         err.method
     );
@@ -1270,15 +1279,16 @@ fn relative_bounds_are_not_judged_against_control_at_100_percent() {
     );
     // Breached in the band's first window already: the band's mSPRT alone gives this
     // tenfold rate an e-value of about 9 there, the change-point detector's prior weight
-    // on the first window carries it (docs/STATISTICS.md §4).
+    // on the first window (1/5 beside the band) carries it (docs/STATISTICS.md §4).
     let first = evidence(&at_10[0], "err", Role::Guardrail);
     assert!(first.breached, "{first:?}");
-    // Against control: 1/4 the band's mSPRT, 3/4 the detector, drifts weighed 0.2/0.6/0.2.
+    // Against control: 0.1 the band's mSPRT, 0.9 the detector, drifts weighed
+    // 0.2/0.6/0.2, its prior off the band's first window (a = 3).
     let m = &evidence(&at_10[1], "err", Role::Guardrail).method;
     assert!(
-        m.contains("0.250 the band's mSPRT")
-            && m.contains("0.750 a change-point e-detector")
-            && m.contains("(drifts 1.00/2.00/3.00 sd, weights 0.20/0.60/0.20)"),
+        m.contains("0.100 the band's mSPRT")
+            && m.contains("0.900 a change-point e-detector")
+            && m.contains("(drifts 1.00/2.00/3.00 sd, weights 0.20/0.60/0.20; change point k weighted (a+1)/((k+a)(k+a+1)), a = 3)"),
         "{m}"
     );
     // ...but at 100% the cohort has no control of its own: the bound is not tested
