@@ -802,8 +802,10 @@ pub const DETECTOR_DRIFTS: [f64; 3] = [1.0, 2.0, 3.0];
 
 /// The drifts' weights in the mixture (they sum to 1). Most on 2 sd, about a ×1.5
 /// error regression at the benchmark's volume: measured on `benches/rollouts.rs`
-/// (1,000 rollouts), with [`crate::rules::judge::DETECTOR_WEIGHT`] 3/4, paused within 6
-/// windows 90.9% against 87.4% at equal weights and 1/2. Any fixed weights keep the
+/// (1,000 rollouts, each window's own test scored), with
+/// [`crate::rules::judge::DETECTOR_WEIGHT`] then 3/4, paused within 6 windows 90.9%
+/// against 87.4% at equal weights and 1/2; re-tried with innovations and
+/// [`ChangePrior::BESIDE_BAND`], 0.3/0.6/0.1 and 0.45/0.45/0.1 gave the same 92.0–92.1%. Any fixed weights keep the
 /// mixture a supermartingale, and a state saved under other weights stays valid (the
 /// weights enter only [`Detector::log_e`]).
 pub const DETECTOR_DRIFT_WEIGHTS: [f64; DETECTOR_DRIFTS.len()] = [0.2, 0.6, 0.2];
