@@ -394,6 +394,7 @@ pub async fn run_engine(
             .get("auto.offset.reset")
             .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end")),
     };
+    shell.publisher.already_published(restored.published);
     let (tx, mut rx) = tokio::sync::mpsc::channel(POLL_QUEUE_BATCHES);
     let stop_polling = Arc::new(AtomicBool::new(false));
     let poller = kafka::spawn_poller(

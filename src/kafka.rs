@@ -2,7 +2,7 @@
 //! entry passed through), the rebalance-aware consumer context, the output encodings,
 //! and the startup restore of decision state from the evaluations topic.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -519,6 +519,10 @@ pub struct Restored {
     pub positions: Vec<InputPosition>,
     /// Cohorts whose state was not restored because their flag's policy changed.
     pub resets: Vec<StateReset>,
+    /// (flag, cohort, window start) of evaluations on the evaluations topic whose
+    /// state records are not on the changelog (the process died between the two):
+    /// re-judged, they go to the changelog only (see [`crate::publisher::Publisher`]).
+    pub published: HashSet<(String, String, i64)>,
 }
 
 /// How long restore may take to read the evaluations topic to its end.
@@ -617,6 +621,18 @@ pub fn read_to_end(
     group: &str,
     timeout: Duration,
 ) -> Result<Option<TopicRecords>, String> {
+    read_tails(k, topic, group, timeout, |_, _, _| None)
+}
+
+/// [`read_to_end`] from a chosen offset per partition: `from(partition, low, high)`
+/// of each partition's watermarks, `None` for its beginning. Records before it are not read.
+fn read_tails(
+    k: &KafkaConfig,
+    topic: &str,
+    group: &str,
+    timeout: Duration,
+    from: impl Fn(i32, i64, i64) -> Option<i64>,
+) -> Result<Option<TopicRecords>, String> {
     let mut cfg = client_config(
         k,
         &[
@@ -644,8 +660,14 @@ pub fn read_to_end(
             .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
             .map_err(|e| format!("offsets of {topic}: {e}"))?;
         ends.push((p.id(), high));
-        if high > low {
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+        let start = from(p.id(), low, high).map_or(low, |o| o.clamp(low, high));
+        if high > start {
+            let offset = if start > low {
+                Offset::Offset(start)
+            } else {
+                Offset::Beginning
+            };
+            tpl.add_partition_offset(topic, p.id(), offset)
                 .map_err(|e| e.to_string())?;
             unread.insert(p.id());
         }
@@ -678,6 +700,69 @@ pub fn read_to_end(
     Ok(Some(TopicRecords { records: out, ends }))
 }
 
+/// The evaluations published without their state records: a process killed between
+/// a close's evaluations and its state records (at-least-once: two topics, no
+/// transaction) leaves them at the end of the evaluations topic. An evaluation is
+/// covered when its cohort's restored state, or its flag's newest restored close, is at
+/// least as new. One writer publishes closes in order and waits for each close's state
+/// before the next, so only the newest close can be uncovered: each partition is read
+/// from its end backwards (64 records, then 8 times more) until its first record read
+/// is covered. Keys are (flag, cohort, window start).
+fn published_without_state(
+    k: &KafkaConfig,
+    topic: &str,
+    reader: &OutputReader,
+    newest: &HashMap<(String, String), WindowEvaluation>,
+) -> Result<HashSet<(String, String, i64)>, String> {
+    let mut flag_frontier: HashMap<&str, i64> = HashMap::new();
+    for e in newest.values() {
+        let f = flag_frontier.entry(e.flag_key.as_str()).or_insert(i64::MIN);
+        *f = (*f).max(e.window_end);
+    }
+    let covered = |e: &WindowEvaluation| {
+        let cohort = newest.get(&(e.flag_key.clone(), e.cohort.clone()));
+        cohort.is_some_and(|s| s.window_end >= e.window_end)
+            || flag_frontier
+                .get(e.flag_key.as_str())
+                .is_some_and(|f| *f >= e.window_end)
+    };
+    let group = format!("{}-restore", k.group_id);
+    let mut back = 64i64;
+    loop {
+        let starts = std::cell::RefCell::new(Vec::new());
+        let read = read_tails(k, topic, &group, RESTORE_TIMEOUT, |p, low, high| {
+            let start = (high - back).max(low);
+            starts.borrow_mut().push((p, start, low));
+            Some(start)
+        })?;
+        let Some(TopicRecords { records, .. }) = read else {
+            return Ok(HashSet::new());
+        };
+        let mut first_covered: HashMap<i32, bool> = HashMap::new();
+        let mut out = HashSet::new();
+        for (partition, _, payload) in records {
+            // Unreadable records are not this build's evaluations: skipped.
+            let Ok(e) = reader.decode::<WindowEvaluation>(&payload) else {
+                continue;
+            };
+            let covered = covered(&e);
+            first_covered.entry(partition).or_insert(covered);
+            if !covered {
+                out.insert((e.flag_key, e.cohort, e.window_start));
+            }
+        }
+        // Far enough back once every partition was read from its beginning or from a
+        // covered record.
+        let deep_enough = starts.into_inner().iter().all(|(p, start, low)| {
+            start <= low || first_covered.get(p).is_none_or(|covered| *covered)
+        });
+        if deep_enough {
+            return Ok(out);
+        }
+        back = back.saturating_mul(8);
+    }
+}
+
 /// Restores decision state at start: the state changelog (`topics.state`) read to its
 /// end, or — when it is still empty, on the first start after an upgrade — the
 /// evaluations topic. Per flag and cohort the newest evaluation's streaks, percent and
@@ -689,6 +774,25 @@ pub fn restore(
 ) -> Result<Restored, KafkaError> {
     let reader = OutputReader::evaluations()?;
     let mut state = read_state(k, &topics.state, &reader, true)?;
+    let mut published = HashSet::new();
+    if state.records > 0 {
+        match published_without_state(k, &topics.evaluations, &reader, &state.newest) {
+            Ok(p) => published = p,
+            // Then a close cut short by a crash may publish its evaluations twice
+            // (at-least-once); judging is unaffected.
+            Err(e) => tracing::warn!(
+                "reading the newest evaluations of {}: {e}",
+                topics.evaluations
+            ),
+        }
+        if !published.is_empty() {
+            tracing::info!(
+                evaluations = published.len(),
+                "evaluations published without their state records: re-judged, they go to {} only",
+                topics.state
+            );
+        }
+    }
     if state.records == 0 {
         let evaluations = read_state(k, &topics.evaluations, &reader, false)?;
         if evaluations.records > 0 {
@@ -756,6 +860,7 @@ pub fn restore(
         evaluations: restored,
         positions: positions.1,
         resets,
+        published,
     })
 }
 

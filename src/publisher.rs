@@ -10,6 +10,7 @@
 //! offsets only up to what was covered when every batch submitted before was
 //! acknowledged (SPEC §6), and stops when a batch could not be published.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,10 @@ pub struct Publisher {
     progress: watch::Receiver<Progress>,
     task: Option<JoinHandle<()>>,
     encoder: Encoder,
+    /// (flag, cohort, window start) already on the evaluations topic without their
+    /// state records ([`crate::kafka::Restored::published`]): judged again after a
+    /// restart, only their state is published.
+    published: HashSet<(String, String, i64)>,
 }
 
 impl Publisher {
@@ -98,6 +103,7 @@ impl Publisher {
             progress,
             task: Some(task),
             encoder,
+            published: HashSet::new(),
         }
     }
 
@@ -107,14 +113,46 @@ impl Publisher {
         self.submit_with(judged, Vec::new(), closed_at).await
     }
 
+    /// Evaluations restore found published without their state records: when they
+    /// are judged again, their command, audit entry and evaluation are not published
+    /// a second time (the command and the audit entry went out before the evaluation).
+    pub fn already_published(&mut self, keys: HashSet<(String, String, i64)>) {
+        self.published = keys;
+    }
+
     /// [`Publisher::submit`] with audit entries, published after the commands, in the
     /// same transaction under exactly-once.
     pub async fn submit_with(
         &mut self,
-        judged: Vec<Judged>,
-        audit: Vec<crate::audit::AuditRecord>,
+        mut judged: Vec<Judged>,
+        mut audit: Vec<crate::audit::AuditRecord>,
         closed_at: Instant,
     ) -> anyhow::Result<()> {
+        let mut again = vec![false; judged.len()];
+        if !self.published.is_empty() {
+            let mut dropped = HashSet::new();
+            for (j, again) in judged.iter_mut().zip(&mut again) {
+                let e = &j.evaluation;
+                let key = (e.flag_key.clone(), e.cohort.clone(), e.window_start);
+                if self.published.remove(&key) {
+                    *again = true;
+                    if let Some(c) = j.command.take() {
+                        dropped.insert(c.command_id);
+                    }
+                }
+            }
+            audit.retain(|a| a.command_id.as_ref().is_none_or(|id| !dropped.contains(id)));
+            // A flag's closes come in order: its entries older than this close will not
+            // be judged again.
+            let mut first: HashMap<&str, i64> = HashMap::new();
+            for j in &judged {
+                let e = &j.evaluation;
+                let start = first.entry(e.flag_key.as_str()).or_insert(e.window_start);
+                *start = (*start).min(e.window_start);
+            }
+            self.published
+                .retain(|k| first.get(k.0.as_str()).is_none_or(|start| k.2 >= *start));
+        }
         let commands = judged
             .iter()
             .filter_map(|j| j.command.as_ref())
@@ -125,7 +163,9 @@ impl Publisher {
         // do not need them, and they are most of a record's size).
         let evaluations: Vec<(String, Vec<u8>)> = judged
             .iter()
-            .map(|j| {
+            .zip(&again)
+            .filter(|(_, again)| !**again)
+            .map(|(j, _)| {
                 let e = &j.evaluation;
                 (
                     e.flag_key.clone(),

@@ -801,6 +801,136 @@ async fn restart_mid_window_loses_and_repeats_nothing() {
     restart(false).await;
 }
 
+/// 4c: a process killed between a close's evaluations and its state records (two
+/// topics, no transaction under at-least-once). Engine A's changelog is copied without
+/// its newest close to the state topic of engine B, which re-reads the inputs from the
+/// beginning (its own group): B judges that close again (its state must be rebuilt) but
+/// publishes neither its evaluations nor its commands a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_published_without_its_state_is_not_published_again() {
+    let env = env();
+    let producer = env.producer();
+    let mut sim = env.simulator();
+    let half = WINDOWS / 2;
+    let mut produced = produce(&env, &producer, &mut sim, half).await;
+    let a = start_engine(&env).await;
+    a.wait_closed(u64::from(half - 1), Duration::from_secs(60))
+        .await;
+    let closed_a = a.stop().await;
+    assert!(closed_a >= 2, "engine A closed {closed_a} windows");
+
+    // The changelog as the kill left it: every state record but the newest close's.
+    let reader = guardrail::kafka::OutputReader::evaluations().unwrap();
+    let state_of = |topic: &str| -> Vec<(Vec<u8>, Vec<u8>, WindowEvaluation)> {
+        (0..3)
+            .flat_map(|p| common::read_partition(&env.brokers, topic, p))
+            .map(|m| {
+                let payload = m.payload().unwrap().to_vec();
+                let e: WindowEvaluation = reader.decode(&payload).expect("a state record");
+                (m.key().unwrap().to_vec(), payload, e)
+            })
+            .collect()
+    };
+    let state_a = state_of(&env.config.topics.state);
+    let newest = state_a.iter().map(|r| r.2.window_end).max().unwrap();
+    let evaluated_a = read_evaluations(&env);
+    assert!(
+        evaluated_a.iter().any(|e| e.window_end == newest),
+        "A published the newest close's evaluations"
+    );
+    let state_b = format!("{}-b", env.config.topics.state);
+    env.cluster
+        .as_ref()
+        .unwrap()
+        .create_topic(&state_b, 3, 1)
+        .unwrap();
+    let mut kept = 0;
+    for (key, payload, e) in &state_a {
+        if e.window_end < newest {
+            producer
+                .send(
+                    FutureRecord::to(&state_b).key(key).payload(payload),
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("copying a state record");
+            kept += 1;
+        }
+    }
+    assert!(
+        kept > 0 && kept < state_a.len(),
+        "kept {kept} of {}",
+        state_a.len()
+    );
+
+    let mut config = env.config.clone();
+    config.topics.state = state_b.clone();
+    let k = config.kafka.as_mut().unwrap();
+    k.group_id = format!("{}-b", k.group_id);
+    produced += produce(&env, &producer, &mut sim, WINDOWS).await;
+    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
+        .await
+        .unwrap();
+    let b = Running {
+        engine: guardrail::app::spawn_engine(
+            &served,
+            config,
+            env.policy.clone(),
+            Duration::from_secs(10),
+            None,
+        ),
+        registry: served.registry,
+        stop: served.stop,
+        http: served.server,
+        addr: served.addr,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let evaluated: BTreeSet<i64> = read_evaluations(&env)
+            .iter()
+            .map(|e| e.window_start)
+            .collect();
+        if evaluated.len() as u32 >= WINDOWS - 1 {
+            break;
+        }
+        assert!(!b.engine.is_finished(), "engine B stopped early");
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {} windows",
+            evaluated.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closed_b = b.stop().await;
+
+    // B judged the newest close again: its state is on B's changelog, once per cohort.
+    let rebuilt: Vec<_> = state_of(&state_b)
+        .into_iter()
+        .filter(|r| r.2.window_end == newest)
+        .collect();
+    let cohorts = evaluated_a
+        .iter()
+        .filter(|e| e.window_end == newest)
+        .count();
+    assert_eq!(
+        rebuilt.len(),
+        cohorts,
+        "the newest close's state rebuilt by B"
+    );
+    assert_eq!(
+        closed_a + closed_b,
+        u64::from(WINDOWS),
+        "B closed A's newest window again, and the rest"
+    );
+    // Its evaluations and commands are on the topics once.
+    assert_each_window_once(&env, &read_evaluations(&env), WINDOWS - 1);
+    let commands = read_commands(&env);
+    let ids: BTreeSet<&str> = commands.iter().map(|c| c.command_id.as_str()).collect();
+    assert_eq!(ids.len(), commands.len(), "no command published twice");
+    assert_decides_like_replay(&env, produced, &commands, "B decides what replay decides");
+}
+
 async fn restart(wait_for_commit: bool) {
     let t0 = Instant::now();
     let env = env();

@@ -371,6 +371,7 @@ impl Judge {
             merger.judged_until(&r.flag_key, r.window_end);
             self.shared.record_reset(r);
         }
+        self.publisher.already_published(restored.published);
         self.engine = engine;
         self.merger = merger;
         self.last_metadata = None;
