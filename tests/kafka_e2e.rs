@@ -1165,10 +1165,11 @@ async fn kill_9_while_streaming_decides_each_window_once() {
             t0.elapsed().as_secs_f64()
         );
     }
-    // Timing decides how many kills land after a close (about one in two): the test is
-    // only meaningful if some do.
+    // Timing decides how many kills land after a close: the test is only meaningful if
+    // some do. At most one per window close (7 here), fewer when one child closes two
+    // (the CI run of 2026-12-04 saw 6, two of them after two closes each).
     assert!(
-        kills_after_a_close >= 5,
+        kills_after_a_close >= 3,
         "kills after the child closed windows: {kills_after_a_close} of {KILLS}"
     );
     let produced = streamer.await.unwrap();
