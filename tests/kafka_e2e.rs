@@ -135,16 +135,15 @@ async fn start_engine(env: &Env) -> Running {
 }
 
 async fn start_engine_with(env: &Env, policy: Arc<Policy>) -> Running {
+    start_engine_config(env.config.clone(), policy).await
+}
+
+async fn start_engine_config(config: Config, policy: Arc<Policy>) -> Running {
     let served = guardrail::http::start("127.0.0.1:0", &policy)
         .await
         .expect("binding HTTP");
-    let engine = guardrail::app::spawn_engine(
-        &served,
-        env.config.clone(),
-        policy,
-        Duration::from_secs(10),
-        None,
-    );
+    let engine =
+        guardrail::app::spawn_engine(&served, config, policy, Duration::from_secs(10), None);
     Running {
         registry: served.registry,
         stop: served.stop,
@@ -205,6 +204,28 @@ impl Running {
 
     /// Graceful stop through the watch channel; the engine must exit Ok. Returns the
     /// windows it closed in all (draining may close one more).
+    /// Waits until every window but the newest is on the evaluations topic.
+    async fn wait_evaluated(&self, env: &Env, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let evaluated: BTreeSet<i64> = read_evaluations(env)
+                .iter()
+                .map(|e| e.window_start)
+                .collect();
+            if evaluated.len() as u32 >= WINDOWS - 1 {
+                return;
+            }
+            assert!(!self.engine.is_finished(), "the engine stopped early");
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {} of {} windows evaluated",
+                evaluated.len(),
+                WINDOWS - 1
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn stop(self) -> u64 {
         let _ = self.stop.send(true);
         let engine = tokio::time::timeout(Duration::from_secs(30), self.engine).await;
@@ -868,39 +889,8 @@ async fn a_close_published_without_its_state_is_not_published_again() {
     let k = config.kafka.as_mut().unwrap();
     k.group_id = format!("{}-b", k.group_id);
     produced += produce(&env, &producer, &mut sim, WINDOWS).await;
-    let served = guardrail::http::start("127.0.0.1:0", &env.policy)
-        .await
-        .unwrap();
-    let b = Running {
-        engine: guardrail::app::spawn_engine(
-            &served,
-            config,
-            env.policy.clone(),
-            Duration::from_secs(10),
-            None,
-        ),
-        registry: served.registry,
-        stop: served.stop,
-        http: served.server,
-        addr: served.addr,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let evaluated: BTreeSet<i64> = read_evaluations(&env)
-            .iter()
-            .map(|e| e.window_start)
-            .collect();
-        if evaluated.len() as u32 >= WINDOWS - 1 {
-            break;
-        }
-        assert!(!b.engine.is_finished(), "engine B stopped early");
-        assert!(
-            Instant::now() < deadline,
-            "timed out: {} windows",
-            evaluated.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let b = start_engine_config(config, env.policy.clone()).await;
+    b.wait_evaluated(&env, Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let closed_b = b.stop().await;
 
@@ -967,24 +957,7 @@ async fn restart(wait_for_commit: bool) {
     }
     println!("engine B assigned after {:.1}s", tb.elapsed().as_secs_f64());
     // B closes what A did not; A may have closed one more while draining.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let evaluated: BTreeSet<i64> = read_evaluations(&env)
-            .iter()
-            .map(|e| e.window_start)
-            .collect();
-        if evaluated.len() as u32 >= WINDOWS - 1 {
-            break;
-        }
-        assert!(!b.engine.is_finished(), "engine B stopped early");
-        assert!(
-            Instant::now() < deadline,
-            "timed out: {} of {} windows evaluated",
-            evaluated.len(),
-            WINDOWS - 1
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    b.wait_evaluated(&env, Duration::from_secs(60)).await;
     // Let B publish anything else it (wrongly) would.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let closed_b = b.stop().await;
@@ -1033,21 +1006,7 @@ async fn refused_outputs_stop_the_engine_and_lose_nothing() {
 
     cluster.clear_request_errors(RDKafkaApiKey::Produce);
     let b = start_engine(&env).await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while (read_evaluations(&env)
-        .iter()
-        .map(|e| e.window_start)
-        .collect::<BTreeSet<_>>()
-        .len() as u32)
-        < WINDOWS - 1
-    {
-        assert!(!b.engine.is_finished(), "engine B stopped early");
-        assert!(
-            Instant::now() < deadline,
-            "engine B did not evaluate every window"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    b.wait_evaluated(&env, Duration::from_secs(90)).await;
     b.stop().await;
     assert_each_window_once(&env, &read_evaluations(&env), WINDOWS - 1);
     assert_commands_unique(&read_commands(&env));
