@@ -631,7 +631,7 @@ fn read_tails(
     topic: &str,
     group: &str,
     timeout: Duration,
-    from: impl Fn(i32, i64, i64) -> Option<i64>,
+    mut from: impl FnMut(i32, i64, i64) -> Option<i64>,
 ) -> Result<Option<TopicRecords>, String> {
     let mut cfg = client_config(
         k,
@@ -729,10 +729,10 @@ fn published_without_state(
     let group = format!("{}-restore", k.group_id);
     let mut back = 64i64;
     loop {
-        let starts = std::cell::RefCell::new(Vec::new());
+        let mut starts = Vec::new();
         let read = read_tails(k, topic, &group, RESTORE_TIMEOUT, |p, low, high| {
             let start = (high - back).max(low);
-            starts.borrow_mut().push((p, start, low));
+            starts.push((p, start, low));
             Some(start)
         })?;
         let Some(TopicRecords { records, .. }) = read else {
@@ -753,7 +753,7 @@ fn published_without_state(
         }
         // Far enough back once every partition was read from its beginning or from a
         // covered record.
-        let deep_enough = starts.into_inner().iter().all(|(p, start, low)| {
+        let deep_enough = starts.iter().all(|(p, start, low)| {
             start <= low || first_covered.get(p).is_none_or(|covered| *covered)
         });
         if deep_enough {

@@ -202,8 +202,6 @@ impl Running {
         }
     }
 
-    /// Graceful stop through the watch channel; the engine must exit Ok. Returns the
-    /// windows it closed in all (draining may close one more).
     /// Waits until every window but the newest is on the evaluations topic.
     async fn wait_evaluated(&self, env: &Env, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -226,6 +224,8 @@ impl Running {
         }
     }
 
+    /// Graceful stop through the watch channel; the engine must exit Ok. Returns the
+    /// windows it closed in all (draining may close one more).
     async fn stop(self) -> u64 {
         let _ = self.stop.send(true);
         let engine = tokio::time::timeout(Duration::from_secs(30), self.engine).await;
