@@ -14,9 +14,10 @@
 //! command of each scenario's first rollout to stderr), `--list`, `--redraw-assignment`
 //! (every user's arm drawn afresh each window instead of once: what persistent
 //! assignment costs the change-point detector, docs/STATISTICS.md §4); policy settings
-//! `--error-margin M` (default 0), `--error-windows N` (1), `--alpha A` (0.01, every
-//! guardrail); `--first N` starts at rollout N (seeds are per rollout index, so runs
-//! `--rollouts 500` and `--first 500 --rollouts 500` together are `--rollouts 1000`).
+//! `--error-margin M` (default 0), `--error-windows N` (1), `--error-alpha A` (0.03),
+//! `--alpha A` (0.01 for the other guardrails; given alone, every guardrail's);
+//! `--first N` starts at rollout N (seeds are per rollout index, so runs `--rollouts
+//! 500` and `--first 500 --rollouts 500` together are `--rollouts 1000`).
 //!
 //! The flag platform: a treatment percent per cohort (12 targeting rules) and a default
 //! rule. An ADVANCE with `requires_approval = false` on cohort `*` sets the default
@@ -97,7 +98,7 @@ advance_when = "@ADVANCE_WHEN@"
   [[flags.guardrails]]
   metric = "checkout_error_rate"
   max_relative_increase = @ERR_MARGIN@
-  alpha = @ALPHA@
+  alpha = @ERR_ALPHA@
   windows = @ERR_WINDOWS@
   min_samples = 200
   severity = "critical"
@@ -273,16 +274,34 @@ fn scenarios() -> Vec<Scenario> {
 /// The index of the first rollout (`--first N`): runs can be split and their counts added.
 static FIRST: AtomicUsize = AtomicUsize::new(0);
 
-/// Policy settings the command line may change (`--error-margin`, `--error-windows`,
-/// `--alpha`): the trade-offs the README reports.
-static SETTINGS: std::sync::OnceLock<(String, String, String)> = std::sync::OnceLock::new();
+/// Policy settings the command line may change: the trade-offs the README reports.
+struct Settings {
+    /// The error-rate guardrail's margin (`--error-margin`, default 0), consecutive
+    /// windows (`--error-windows`, 1) and alpha (`--error-alpha`, else `--alpha`, else
+    /// [`ERROR_ALPHA`]).
+    error_margin: String,
+    error_windows: String,
+    error_alpha: String,
+    /// The other two guardrails' alpha (`--alpha`, default [`ALPHA`]).
+    alpha: String,
+}
+
+/// The error-rate guardrail's alpha by default: the smallest of the measured levels at
+/// which the ×1.5 error regression is paused within 6 windows in at least 95% of
+/// rollouts (README, "What each setting trades").
+const ERROR_ALPHA: &str = "0.03";
+/// The other guardrails' alpha by default.
+const ALPHA: &str = "0.01";
+
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
 
 fn policy(sc: &Scenario) -> Arc<Policy> {
-    let (margin, windows, alpha) = SETTINGS.get_or_init(|| ("0".into(), "1".into(), "0.01".into()));
+    let s = SETTINGS.get().expect("main sets the policy settings first");
     let text = POLICY
-        .replace("@ERR_MARGIN@", margin)
-        .replace("@ERR_WINDOWS@", windows)
-        .replace("@ALPHA@", alpha)
+        .replace("@ERR_MARGIN@", &s.error_margin)
+        .replace("@ERR_WINDOWS@", &s.error_windows)
+        .replace("@ERR_ALPHA@", &s.error_alpha)
+        .replace("@ALPHA@", &s.alpha)
         .replace("@START@", &sc.start.to_string())
         .replace("@APPROVAL@", sc.approval)
         .replace("@ADVANCE_WHEN@", sc.advance_when);
@@ -645,14 +664,24 @@ fn main() {
             .find(|w| w[0] == name)
             .map_or(default.to_string(), |w| w[1].clone())
     };
-    let settings = (
-        setting("--error-margin", "0"),
-        setting("--error-windows", "1"),
-        setting("--alpha", "0.01"),
-    );
+    let alpha = setting("--alpha", ALPHA);
+    let settings = Settings {
+        error_margin: setting("--error-margin", "0"),
+        error_windows: setting("--error-windows", "1"),
+        // `--alpha` alone sets every guardrail's.
+        error_alpha: setting(
+            "--error-alpha",
+            if args.iter().any(|a| a == "--alpha") {
+                &alpha
+            } else {
+                ERROR_ALPHA
+            },
+        ),
+        alpha,
+    };
     println!(
-        "policy: error-rate margin {}, windows {}; every guardrail's alpha {}",
-        settings.0, settings.1, settings.2
+        "policy: error-rate margin {}, windows {}, alpha {}; the other guardrails' alpha {}",
+        settings.error_margin, settings.error_windows, settings.error_alpha, settings.alpha
     );
     let _ = SETTINGS.set(settings);
     FIRST.store(arg(&args, "--first").unwrap_or(0usize), Ordering::Relaxed);
